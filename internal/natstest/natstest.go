@@ -1,0 +1,45 @@
+// Package natstest starts a real embedded nats-server with JetStream for a
+// test, in a temporary directory, and shuts it down when the test ends.
+package natstest
+
+import (
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetsaga/saga/internal/embeddednats"
+)
+
+// Server is a test's embedded server.
+type Server struct {
+	*embeddednats.Server
+	t testing.TB
+}
+
+// Start runs a server listening on a random loopback port, with its store in
+// a fresh temporary directory. It is shut down when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	srv, err := embeddednats.Start(embeddednats.Options{
+		Dir:    t.TempDir(),
+		Listen: "127.0.0.1:0",
+	})
+	if err != nil {
+		t.Fatalf("start nats-server: %v", err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return &Server{Server: srv, t: t}
+}
+
+// Conn opens a client connection over TCP that is closed when the test
+// ends. Each simulated node should get its own, so that closing one
+// connection cuts off exactly one node.
+func (s *Server) Conn() *nats.Conn {
+	s.t.Helper()
+	nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1))
+	if err != nil {
+		s.t.Fatalf("connect to nats-server: %v", err)
+	}
+	s.t.Cleanup(nc.Close)
+	return nc
+}

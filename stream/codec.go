@@ -1,0 +1,287 @@
+package stream
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Marshal encodes v as msgpack. Struct fields are named by their json tags
+// when they have no msgpack tag, so a JSON document and its msgpack
+// translation decode into the same Go value.
+func Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := msgpack.NewEncoder(&buf)
+	enc.SetCustomStructTag("json")
+	enc.UseCompactInts(true)
+	if err := enc.Encode(v); err != nil {
+		return nil, fmt.Errorf("%w: encode %T: %v", ErrCodec, v, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// Unmarshal decodes untrusted msgpack into v. It first checks that data is
+// exactly one well-formed value whose declared lengths fit in the bytes
+// present: msgpack v5 sizes some allocations from the length headers
+// alone, so a few crafted bytes could otherwise ask for gigabytes.
+func Unmarshal(data []byte, v any) error {
+	if err := CheckMsgpack(data); err != nil {
+		return err
+	}
+	dec := msgpack.NewDecoder(bytes.NewReader(data))
+	dec.SetCustomStructTag("json")
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: decode %T: %v", ErrCodec, v, err)
+	}
+	return nil
+}
+
+// maxMsgpackDepth bounds nesting so that validation and decoding cannot
+// exhaust the stack.
+const maxMsgpackDepth = 64
+
+// CheckMsgpack reports whether data holds exactly one well-formed msgpack
+// value. Every array and map must declare no more elements than there are
+// bytes left (each element takes at least one byte), every string, binary
+// and extension must fit, and nesting is at most 64 levels deep.
+func CheckMsgpack(data []byte) error {
+	n, err := checkValue(data, 0, 0)
+	if err != nil {
+		return err
+	}
+	if n != len(data) {
+		return fmt.Errorf("%w: %d trailing bytes after the msgpack value", ErrCodec, len(data)-n)
+	}
+	return nil
+}
+
+var errTruncated = fmt.Errorf("%w: truncated msgpack", ErrCodec)
+
+// checkValue validates the value starting at data[off] and returns the
+// offset just past it.
+func checkValue(data []byte, off, depth int) (int, error) {
+	if depth > maxMsgpackDepth {
+		return 0, fmt.Errorf("%w: msgpack nested deeper than %d levels", ErrCodec, maxMsgpackDepth)
+	}
+	if off >= len(data) {
+		return 0, errTruncated
+	}
+	c := data[off]
+	off++
+	switch {
+	case c <= 0x7f, c >= 0xe0, c == 0xc0, c == 0xc2, c == 0xc3:
+		return off, nil
+	case c >= 0x80 && c <= 0x8f:
+		return checkElems(data, off, 2*int(c&0x0f), depth)
+	case c >= 0x90 && c <= 0x9f:
+		return checkElems(data, off, int(c&0x0f), depth)
+	case c >= 0xa0 && c <= 0xbf:
+		return skip(data, off, int(c&0x1f))
+	}
+	switch c {
+	case 0xc4, 0xd9: // bin8, str8
+		n, off, err := readLen(data, off, 1)
+		if err != nil {
+			return 0, err
+		}
+		return skip(data, off, n)
+	case 0xc5, 0xda: // bin16, str16
+		n, off, err := readLen(data, off, 2)
+		if err != nil {
+			return 0, err
+		}
+		return skip(data, off, n)
+	case 0xc6, 0xdb: // bin32, str32
+		n, off, err := readLen(data, off, 4)
+		if err != nil {
+			return 0, err
+		}
+		return skip(data, off, n)
+	case 0xc7, 0xc8, 0xc9: // ext8/16/32: length, type byte, data
+		width := map[byte]int{0xc7: 1, 0xc8: 2, 0xc9: 4}[c]
+		n, off, err := readLen(data, off, width)
+		if err != nil {
+			return 0, err
+		}
+		return skip(data, off, n+1)
+	case 0xca, 0xce, 0xd2: // float32, uint32, int32
+		return skip(data, off, 4)
+	case 0xcb, 0xcf, 0xd3: // float64, uint64, int64
+		return skip(data, off, 8)
+	case 0xcc, 0xd0: // uint8, int8
+		return skip(data, off, 1)
+	case 0xcd, 0xd1: // uint16, int16
+		return skip(data, off, 2)
+	case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1, 2, 4, 8, 16 plus the type byte
+		return skip(data, off, 1+(1<<(c-0xd4)))
+	case 0xdc, 0xdd: // array16, array32
+		width := 2
+		if c == 0xdd {
+			width = 4
+		}
+		n, off, err := readLen(data, off, width)
+		if err != nil {
+			return 0, err
+		}
+		return checkElems(data, off, n, depth)
+	case 0xde, 0xdf: // map16, map32
+		width := 2
+		if c == 0xdf {
+			width = 4
+		}
+		n, off, err := readLen(data, off, width)
+		if err != nil {
+			return 0, err
+		}
+		return checkElems(data, off, 2*n, depth)
+	}
+	return 0, fmt.Errorf("%w: invalid msgpack type byte 0x%02x", ErrCodec, c)
+}
+
+func checkElems(data []byte, off, n, depth int) (int, error) {
+	if n > len(data)-off {
+		return 0, fmt.Errorf("%w: msgpack container declares %d elements in %d bytes", ErrCodec, n, len(data)-off)
+	}
+	var err error
+	for range n {
+		if off, err = checkValue(data, off, depth+1); err != nil {
+			return 0, err
+		}
+	}
+	return off, nil
+}
+
+func readLen(data []byte, off, width int) (int, int, error) {
+	if len(data)-off < width {
+		return 0, 0, errTruncated
+	}
+	n := 0
+	for i := range width {
+		n = n<<8 | int(data[off+i])
+	}
+	return n, off + width, nil
+}
+
+func skip(data []byte, off, n int) (int, error) {
+	if n < 0 || n > len(data)-off {
+		return 0, errTruncated
+	}
+	return off + n, nil
+}
+
+// Payload is a user value (a workflow input or output, an activity input or
+// result) as msgpack bytes. It is kept opaque in history and decoded into
+// the user's type only by the code that knows that type.
+type Payload []byte
+
+// EncodeMsgpack writes the payload as the raw value it already is.
+func (p Payload) EncodeMsgpack(enc *msgpack.Encoder) error {
+	if len(p) == 0 {
+		return enc.EncodeNil()
+	}
+	return enc.Encode(msgpack.RawMessage(p))
+}
+
+// DecodeMsgpack captures the next value without decoding it.
+func (p *Payload) DecodeMsgpack(dec *msgpack.Decoder) error {
+	raw, err := dec.DecodeRaw()
+	if err != nil {
+		return err
+	}
+	if len(raw) == 1 && raw[0] == 0xc0 {
+		*p = nil
+		return nil
+	}
+	*p = Payload(bytes.Clone(raw))
+	return nil
+}
+
+// MarshalJSON renders the payload as the JSON of its generic decoding, so
+// that histories read well in the CLI and over the API.
+func (p Payload) MarshalJSON() ([]byte, error) {
+	v, err := p.Generic()
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
+}
+
+// Generic decodes the payload into JSON-compatible Go values (maps with
+// string keys, slices, numbers, strings, booleans, nil).
+func (p Payload) Generic() (any, error) {
+	if len(p) == 0 {
+		return nil, nil
+	}
+	var v any
+	if err := Unmarshal(p, &v); err != nil {
+		return nil, err
+	}
+	return jsonCompatible(v), nil
+}
+
+func jsonCompatible(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = jsonCompatible(e)
+		}
+		return x
+	case map[any]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[fmt.Sprint(k)] = jsonCompatible(e)
+		}
+		return m
+	case []any:
+		for i, e := range x {
+			x[i] = jsonCompatible(e)
+		}
+		return x
+	case time.Time:
+		return x.UTC().Format(time.RFC3339Nano)
+	}
+	return v
+}
+
+// PayloadFromJSON translates a JSON document into a msgpack payload without
+// knowing its Go type. Integral numbers become integers so that they decode
+// into integer fields.
+func PayloadFromJSON(doc []byte) (Payload, error) {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("%w: input is not JSON: %v", ErrCodec, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: input holds more than one JSON value", ErrCodec)
+	}
+	b, err := Marshal(fromJSONNumbers(v))
+	if err != nil {
+		return nil, err
+	}
+	return Payload(b), nil
+}
+
+func fromJSONNumbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		for k, e := range x {
+			x[k] = fromJSONNumbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = fromJSONNumbers(e)
+		}
+	}
+	return v
+}

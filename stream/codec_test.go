@@ -1,0 +1,163 @@
+package stream_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jetsaga/saga/stream"
+)
+
+func TestValidateID(t *testing.T) {
+	for _, ok := range []string{"a", "order-1", "A_b-9", strings.Repeat("x", stream.MaxIDLength)} {
+		if err := stream.ValidateID("saga id", ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "a.b", "a*", ">", "a b", "tab\t", "ü", "a/b", strings.Repeat("x", stream.MaxIDLength+1)} {
+		if err := stream.ValidateID("saga id", bad); !errors.Is(err, stream.ErrInvalidID) {
+			t.Errorf("%q: got %v, want ErrInvalidID", bad, err)
+		}
+	}
+}
+
+func TestCheckMsgpackRefusesLengthsLargerThanTheData(t *testing.T) {
+	cases := map[string][]byte{
+		"array32 of 4G elements":   {0xdd, 0xff, 0xff, 0xff, 0xff},
+		"map32 of 4G pairs":        {0xdf, 0xff, 0xff, 0xff, 0xff, 0x01},
+		"str32 of 4 GiB":           {0xdb, 0xff, 0xff, 0xff, 0xff, 'a'},
+		"bin32 longer than data":   {0xc6, 0x00, 0x00, 0x10, 0x00, 1, 2, 3},
+		"truncated uint64":         {0xcf, 1, 2},
+		"reserved byte 0xc1":       {0xc1},
+		"trailing bytes":           {0x01, 0x02},
+		"empty":                    {},
+		"fixarray missing element": {0x92, 0x01},
+	}
+	for name, data := range cases {
+		if err := stream.CheckMsgpack(data); !errors.Is(err, stream.ErrCodec) {
+			t.Errorf("%s: got %v, want ErrCodec", name, err)
+		}
+	}
+	deep := []byte{}
+	for range 100 {
+		deep = append(deep, 0x91)
+	}
+	deep = append(deep, 0x01)
+	if err := stream.CheckMsgpack(deep); !errors.Is(err, stream.ErrCodec) {
+		t.Errorf("100 nested arrays: got %v, want ErrCodec", err)
+	}
+	// Decoding into a typed slice must not allocate from the header.
+	var items []struct{ A [1024]byte }
+	if err := stream.Unmarshal([]byte{0xdd, 0x7f, 0xff, 0xff, 0xff}, &items); !errors.Is(err, stream.ErrCodec) {
+		t.Errorf("typed slice bomb: got %v", err)
+	}
+}
+
+func TestCheckMsgpackAcceptsWhatMarshalWrites(t *testing.T) {
+	type item struct {
+		SKU string `json:"sku"`
+		Qty int    `json:"qty"`
+	}
+	values := []any{
+		nil, true, 1, -1, 1 << 40, -(1 << 40), 3.5, float32(1.5), "", strings.Repeat("s", 70000),
+		[]byte{1, 2, 3}, []item{{"a", 1}, {"b", 2}}, map[string]any{"k": []any{1, "x", nil}},
+		time.Now(), map[int]string{1: "a"},
+	}
+	for _, v := range values {
+		b, err := stream.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.CheckMsgpack(b); err != nil {
+			t.Errorf("%T: %v", v, err)
+		}
+	}
+}
+
+func TestPayloadJSONRoundTrip(t *testing.T) {
+	type line struct {
+		SKU string `json:"sku"`
+		Qty int    `json:"qty"`
+	}
+	type order struct {
+		OrderID string  `json:"order_id"`
+		Amount  float64 `json:"amount"`
+		Items   []line  `json:"items"`
+	}
+	p, err := stream.PayloadFromJSON([]byte(`{"order_id":"o-1","amount":42,"items":[{"sku":"A","qty":2}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o order
+	if err := stream.Unmarshal(p, &o); err != nil {
+		t.Fatal(err)
+	}
+	if o.OrderID != "o-1" || o.Amount != 42 || len(o.Items) != 1 || o.Items[0].Qty != 2 {
+		t.Fatalf("decoded %+v", o)
+	}
+	j, err := p.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(j); got != `{"amount":42,"items":[{"qty":2,"sku":"A"}],"order_id":"o-1"}` {
+		t.Fatalf("json %s", got)
+	}
+	if _, err := stream.PayloadFromJSON([]byte(`{"a":`)); !errors.Is(err, stream.ErrCodec) {
+		t.Fatalf("bad json: %v", err)
+	}
+}
+
+func TestCommitRoundTripAndRejects(t *testing.T) {
+	now := time.Now().UTC()
+	c := &stream.Commit{SagaID: "s", Events: []stream.Event{
+		{ID: 3, Type: stream.ActivityTaskStarted, Time: now, Attrs: &stream.ActivityTaskStartedAttrs{ScheduledEventID: 1, Attempt: 2, Node: "n"}},
+		{ID: 4, Type: stream.ActivityTaskCompleted, Time: now, Attrs: &stream.ActivityTaskCompletedAttrs{ScheduledEventID: 1, Result: stream.Payload{0x01}}},
+	}}
+	b, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := stream.DecodeCommit(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.SagaID != "s" || len(back.Events) != 2 || back.Events[1].Category != stream.CategoryActivity ||
+		back.Events[1].Attrs.(*stream.ActivityTaskCompletedAttrs).Result[0] != 0x01 || !back.Events[0].Time.Equal(now) {
+		t.Fatalf("round trip: %+v", back)
+	}
+	gap := &stream.Commit{SagaID: "s", Events: []stream.Event{c.Events[0], {ID: 9, Type: stream.ActivityTaskCompleted, Attrs: &stream.ActivityTaskCompletedAttrs{}}}}
+	if _, err := gap.Encode(); !errors.Is(err, stream.ErrCodec) {
+		t.Fatalf("gap: %v", err)
+	}
+	unknown := &stream.Commit{SagaID: "s", Events: []stream.Event{{ID: 0, Type: "Bogus", Attrs: &struct{}{}}}}
+	if _, err := unknown.Encode(); !errors.Is(err, stream.ErrCodec) {
+		t.Fatalf("unknown type: %v", err)
+	}
+	if _, err := stream.DecodeCommit([]byte{0x80}); !errors.Is(err, stream.ErrCodec) {
+		t.Fatalf("empty map: %v", err)
+	}
+}
+
+func FuzzDecodeCommit(f *testing.F) {
+	c := &stream.Commit{SagaID: "s", Events: []stream.Event{{ID: 0, Type: stream.WorkflowExecutionStarted, Time: time.Unix(1, 0),
+		Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: "w", Input: stream.Payload{0x91, 0x01}}}}}
+	b, err := c.Encode()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := stream.DecodeCommit(data)
+		if err != nil {
+			if !errors.Is(err, stream.ErrCodec) {
+				t.Fatalf("error not classified as ErrCodec: %v", err)
+			}
+			return
+		}
+		if _, err := c.Encode(); err != nil {
+			t.Fatalf("decoded commit does not encode: %v", err)
+		}
+	})
+}

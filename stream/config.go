@@ -1,0 +1,188 @@
+package stream
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// MaxIDLength bounds saga ids and type names.
+const MaxIDLength = 128
+
+// ValidateID checks that s can be used as one subject token: 1 to 128
+// letters, digits, '-' or '_'. what names the thing for the error message.
+// A '.', '*', '>' or whitespace would change the meaning of a subject and is
+// refused here, before anything reaches NATS.
+func ValidateID(what, s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: %s is empty", ErrInvalidID, what)
+	}
+	if len(s) > MaxIDLength {
+		return fmt.Errorf("%w: %s is %d bytes long, the limit is %d", ErrInvalidID, what, len(s), MaxIDLength)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
+			continue
+		}
+		return fmt.Errorf("%w: %s %q has %q at byte %d; use letters, digits, '-' and '_'", ErrInvalidID, what, s, c, i)
+	}
+	return nil
+}
+
+// Config names and sizes the engine's streams. Every node and client of
+// one engine must use the same Prefix and HistoryShards.
+type Config struct {
+	// Prefix is the first token of every subject and, upper-cased, of every
+	// stream name, so that several engines can share one NATS account.
+	// Defaults to "saga".
+	Prefix string
+	// HistoryShards is the number of history streams. A saga is placed by
+	// a stable hash of its id and never moves, so this cannot change once
+	// sagas exist. Defaults to 1.
+	HistoryShards int
+	// Replicas of every stream: 1 for a single server, 3 in a cluster.
+	// Defaults to 1.
+	Replicas int
+	// MaxMsgSize bounds one commit or task message. Defaults to 1 MiB, the
+	// server's default max_payload.
+	MaxMsgSize int32
+	// DuplicateWindow is how long the streams remember Nats-Msg-Id values
+	// for de-duplication. Defaults to 2 minutes.
+	DuplicateWindow time.Duration
+	// Storage of the streams. Defaults to file storage.
+	Storage jetstream.StorageType
+}
+
+// Defaults returns c with every zero field set to its default.
+func (c Config) Defaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = "saga"
+	}
+	if c.HistoryShards == 0 {
+		c.HistoryShards = 1
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.MaxMsgSize == 0 {
+		c.MaxMsgSize = 1 << 20
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = 2 * time.Minute
+	}
+	return c
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if err := ValidateID("prefix", c.Prefix); err != nil {
+		return fmt.Errorf("stream config: Prefix: %w", err)
+	}
+	if c.HistoryShards < 1 || c.HistoryShards > 1024 {
+		return fmt.Errorf("stream config: HistoryShards must be 1..1024, got %d", c.HistoryShards)
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return fmt.Errorf("stream config: Replicas must be 1..5, got %d", c.Replicas)
+	}
+	if c.MaxMsgSize < 4096 {
+		return fmt.Errorf("stream config: MaxMsgSize must be at least 4096, got %d", c.MaxMsgSize)
+	}
+	return nil
+}
+
+// Shard returns the history shard of a saga: FNV-1a of its id modulo the
+// shard count. Stable across versions: changing it would orphan histories.
+func (c Config) Shard(sagaID string) int {
+	if c.HistoryShards <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	h.Write([]byte(sagaID))
+	return int(h.Sum32() % uint32(c.HistoryShards))
+}
+
+// HistoryStream names the history stream of a shard, e.g. SAGA_HISTORY_0.
+func (c Config) HistoryStream(shard int) string {
+	return strings.ToUpper(c.Prefix) + "_HISTORY_" + strconv.Itoa(shard)
+}
+
+// HistorySubject is the subject of one saga's history.
+func (c Config) HistorySubject(sagaID string) string {
+	return c.Prefix + ".h." + strconv.Itoa(c.Shard(sagaID)) + "." + sagaID
+}
+
+// HistoryFilter matches every saga subject of a shard.
+func (c Config) HistoryFilter(shard int) string {
+	return c.Prefix + ".h." + strconv.Itoa(shard) + ".*"
+}
+
+// SagaIDFromSubject extracts the saga id from a history subject.
+func (c Config) SagaIDFromSubject(subject string) (string, error) {
+	rest, ok := strings.CutPrefix(subject, c.Prefix+".h.")
+	if !ok {
+		return "", fmt.Errorf("%w: %q is not a history subject", ErrInvalidID, subject)
+	}
+	_, id, ok := strings.Cut(rest, ".")
+	if !ok {
+		return "", fmt.Errorf("%w: %q is not a history subject", ErrInvalidID, subject)
+	}
+	if err := ValidateID("saga id", id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// TaskStream names the stream of activity tasks.
+func (c Config) TaskStream() string { return strings.ToUpper(c.Prefix) + "_TASKS" }
+
+// TaskSubject is the subject activity tasks of one type are published on.
+func (c Config) TaskSubject(activityType string) string {
+	return c.Prefix + ".task." + activityType
+}
+
+// APISubject is the request subject of an API verb, e.g. saga.api.start.
+func (c Config) APISubject(verb string) string { return c.Prefix + ".api." + verb }
+
+// historyStreamConfig is the history stream of one shard.
+//
+//   - Limits retention with no limits: histories stay until archived.
+//   - DenyDelete: events are immutable; whole sagas can still be purged by
+//     subject once archived.
+//   - AllowDirect: reads of one saga go straight to the stream's store.
+//   - Duplicates: the window in which a retried publish is recognised.
+func (c Config) historyStreamConfig(shard int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.HistoryStream(shard),
+		Description: "saga histories, one subject per saga",
+		Subjects:    []string{c.HistoryFilter(shard)},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		MaxMsgSize:  c.MaxMsgSize,
+		Duplicates:  c.DuplicateWindow,
+		DenyDelete:  true,
+		AllowDirect: true,
+		Discard:     jetstream.DiscardNew,
+	}
+}
+
+// taskStreamConfig is the work queue of activity tasks, one subject per
+// activity type so that a node consumes only the types it registered.
+func (c Config) taskStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.TaskStream(),
+		Description: "activity tasks derived from saga histories",
+		Subjects:    []string{c.Prefix + ".task.*"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		MaxMsgSize:  c.MaxMsgSize,
+		Duplicates:  c.DuplicateWindow,
+		Discard:     jetstream.DiscardNew,
+	}
+}

@@ -1,0 +1,64 @@
+package stream
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Errors of the history log. Match them with errors.Is.
+var (
+	// ErrConcurrency means another writer appended to the saga first: the
+	// expected last sequence did not match. Re-read and decide again.
+	ErrConcurrency = errors.New("concurrent append: the saga's history moved on")
+	// ErrNotFound means the saga has no history.
+	ErrNotFound = errors.New("saga not found")
+	// ErrInvalidID means a saga id, workflow type or activity type is not
+	// a safe subject token.
+	ErrInvalidID = errors.New("invalid identifier")
+	// ErrCodec means bytes that do not decode as what they claim to be.
+	ErrCodec = errors.New("undecodable message")
+	// ErrTooLarge means a message exceeds the configured maximum size.
+	ErrTooLarge = errors.New("message too large")
+	// ErrNoStream means no stream captures the subject: the streams were
+	// not created (no node has started with this prefix) or were deleted.
+	ErrNoStream = errors.New("no stream for subject (has a node set up the streams for this prefix?)")
+)
+
+// JetStream API error codes the log reacts to.
+const (
+	codeWrongLastSequence         jetstream.ErrorCode = 10071
+	codeWrongLastSequenceInFlight jetstream.ErrorCode = 10164
+	codeMessageTooLarge           jetstream.ErrorCode = 10054
+	codeNoMessageFound            jetstream.ErrorCode = 10037
+	codeStreamNotFound            jetstream.ErrorCode = 10059
+)
+
+// mapError is the one place that turns JetStream server errors into the
+// log's errors. The original error stays in the chain.
+func mapError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case codeWrongLastSequence, codeWrongLastSequenceInFlight:
+			return fmt.Errorf("%w: %w", ErrConcurrency, err)
+		case codeMessageTooLarge:
+			return fmt.Errorf("%w: %w", ErrTooLarge, err)
+		case codeNoMessageFound:
+			return fmt.Errorf("%w: %w", ErrNotFound, err)
+		case codeStreamNotFound:
+			return fmt.Errorf("%w: %w", ErrNoStream, err)
+		}
+	}
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("%w: %w", ErrNoStream, err)
+	}
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	return err
+}

@@ -1,0 +1,267 @@
+package stream
+
+import (
+	"fmt"
+	"time"
+)
+
+// EventType names what happened. The names are the reference manual's,
+// plus the compensation events and WorkflowExecutionBlocked, which records
+// that the engine stopped driving a saga it cannot replay safely.
+type EventType string
+
+// Event types.
+const (
+	WorkflowExecutionStarted         EventType = "WorkflowExecutionStarted"
+	WorkflowExecutionCompleted       EventType = "WorkflowExecutionCompleted"
+	WorkflowExecutionFailed          EventType = "WorkflowExecutionFailed"
+	WorkflowExecutionTimedOut        EventType = "WorkflowExecutionTimedOut"
+	WorkflowExecutionCanceled        EventType = "WorkflowExecutionCanceled"
+	WorkflowExecutionCancelRequested EventType = "WorkflowExecutionCancelRequested"
+	WorkflowExecutionBlocked         EventType = "WorkflowExecutionBlocked"
+
+	ActivityTaskScheduled EventType = "ActivityTaskScheduled"
+	ActivityTaskStarted   EventType = "ActivityTaskStarted"
+	ActivityTaskCompleted EventType = "ActivityTaskCompleted"
+	ActivityTaskFailed    EventType = "ActivityTaskFailed"
+	ActivityTaskTimedOut  EventType = "ActivityTaskTimedOut"
+	ActivityTaskCanceled  EventType = "ActivityTaskCanceled"
+
+	TimerCreated  EventType = "TimerCreated"
+	TimerFired    EventType = "TimerFired"
+	TimerCanceled EventType = "TimerCanceled"
+
+	SignalReceived EventType = "SignalReceived"
+
+	MarkerRecorded EventType = "MarkerRecorded"
+
+	CompensationStepScheduled EventType = "CompensationStepScheduled"
+	CompensationStepCompleted EventType = "CompensationStepCompleted"
+	CompensationStepFailed    EventType = "CompensationStepFailed"
+)
+
+// Category groups event types, as in the reference manual.
+type Category string
+
+// Event categories.
+const (
+	CategoryWorkflow     Category = "Workflow"
+	CategoryActivity     Category = "Activity"
+	CategoryTimer        Category = "Timer"
+	CategorySignal       Category = "Signal"
+	CategoryMarker       Category = "Marker"
+	CategoryCompensation Category = "Compensation"
+)
+
+// Role says how replay treats an event.
+type Role int
+
+const (
+	// RoleCommand events record a decision of the workflow code: replay
+	// checks that the code makes the same decision again.
+	RoleCommand Role = iota + 1
+	// RoleInput events are facts from outside the code (a start, an
+	// activity's result): replay feeds them to the code.
+	RoleInput
+	// RoleInfo events are kept for people and tools; replay skips them.
+	RoleInfo
+)
+
+type eventSpec struct {
+	category Category
+	role     Role
+	newAttrs func() any
+}
+
+// eventSpecs is the one table of event types: category, replay role and
+// attribute type. An event type missing here does not decode.
+var eventSpecs = map[EventType]eventSpec{
+	WorkflowExecutionStarted:   {CategoryWorkflow, RoleInput, func() any { return new(WorkflowExecutionStartedAttrs) }},
+	WorkflowExecutionCompleted: {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionCompletedAttrs) }},
+	WorkflowExecutionFailed:    {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionFailedAttrs) }},
+	WorkflowExecutionBlocked:   {CategoryWorkflow, RoleInfo, func() any { return new(WorkflowExecutionBlockedAttrs) }},
+	ActivityTaskScheduled:      {CategoryActivity, RoleCommand, func() any { return new(ActivityTaskScheduledAttrs) }},
+	ActivityTaskStarted:        {CategoryActivity, RoleInfo, func() any { return new(ActivityTaskStartedAttrs) }},
+	ActivityTaskCompleted:      {CategoryActivity, RoleInput, func() any { return new(ActivityTaskCompletedAttrs) }},
+	ActivityTaskFailed:         {CategoryActivity, RoleInput, func() any { return new(ActivityTaskFailedAttrs) }},
+	ActivityTaskTimedOut:       {CategoryActivity, RoleInput, func() any { return new(ActivityTaskTimedOutAttrs) }},
+	MarkerRecorded:             {CategoryMarker, RoleCommand, func() any { return new(MarkerRecordedAttrs) }},
+}
+
+// CategoryOf returns the category of an event type, or "" if the type is
+// unknown.
+func CategoryOf(t EventType) Category { return eventSpecs[t].category }
+
+// RoleOf returns how replay treats an event type; 0 for an unknown type.
+func RoleOf(t EventType) Role { return eventSpecs[t].role }
+
+// Event is one immutable history record.
+type Event struct {
+	// ID is 0-based and contiguous within the saga.
+	ID       uint64
+	SagaID   string
+	Type     EventType
+	Category Category
+	Time     time.Time
+	// Attrs points to the attribute struct of Type, for example
+	// *ActivityTaskScheduledAttrs.
+	Attrs any
+}
+
+func (e Event) String() string { return fmt.Sprintf("event %d %s", e.ID, e.Type) }
+
+// Failure is an error as history stores it: kind, message, key/value
+// context and the chain of causes. The root package converts it to and
+// from saga.Error.
+type Failure struct {
+	Kind         string            `msgpack:"kind" json:"kind"`
+	Message      string            `msgpack:"message" json:"message"`
+	Context      map[string]string `msgpack:"context,omitempty" json:"context,omitempty"`
+	NonRetryable bool              `msgpack:"non_retryable,omitempty" json:"non_retryable,omitempty"`
+	Cause        *Failure          `msgpack:"cause,omitempty" json:"cause,omitempty"`
+}
+
+func (f *Failure) Error() string {
+	if f.Cause != nil {
+		return f.Message + ": " + f.Cause.Error()
+	}
+	return f.Message
+}
+
+// RetryPolicy says how an activity is retried. Zero fields mean the
+// engine's defaults.
+type RetryPolicy struct {
+	InitialInterval    time.Duration `msgpack:"initial_interval,omitempty" json:"initial_interval,omitempty"`
+	BackoffCoefficient float64       `msgpack:"backoff_coefficient,omitempty" json:"backoff_coefficient,omitempty"`
+	MaximumInterval    time.Duration `msgpack:"maximum_interval,omitempty" json:"maximum_interval,omitempty"`
+	// MaximumAttempts counts the first attempt; 1 means no retries.
+	MaximumAttempts int `msgpack:"maximum_attempts,omitempty" json:"maximum_attempts,omitempty"`
+	// NonRetryableErrorKinds lists error kinds that are never retried.
+	NonRetryableErrorKinds []string `msgpack:"non_retryable_error_kinds,omitempty" json:"non_retryable_error_kinds,omitempty"`
+}
+
+// ActivityOptions travel with a scheduled activity. They are resolved
+// (defaults filled in) before they are recorded, so that a later change of
+// the defaults does not change a recorded saga.
+type ActivityOptions struct {
+	StartToCloseTimeout time.Duration `msgpack:"start_to_close_timeout" json:"start_to_close_timeout"`
+	RetryPolicy         RetryPolicy   `msgpack:"retry_policy" json:"retry_policy"`
+}
+
+// WorkflowExecutionStartedAttrs opens every history.
+type WorkflowExecutionStartedAttrs struct {
+	WorkflowType string  `msgpack:"workflow_type" json:"workflow_type"`
+	Version      int     `msgpack:"version" json:"version"`
+	Input        Payload `msgpack:"input" json:"input"`
+	// RequestID identifies the start request, so that a client retrying its
+	// own start recognises the history it created.
+	RequestID string `msgpack:"request_id" json:"request_id"`
+}
+
+// WorkflowExecutionCompletedAttrs carries the workflow's output.
+type WorkflowExecutionCompletedAttrs struct {
+	Output Payload `msgpack:"output" json:"output"`
+}
+
+// WorkflowExecutionFailedAttrs carries the error the workflow returned.
+type WorkflowExecutionFailedAttrs struct {
+	Failure *Failure `msgpack:"failure" json:"failure"`
+}
+
+// Reasons a saga is blocked.
+const (
+	BlockedNonDeterminism      = "nondeterminism"
+	BlockedUnknownWorkflowType = "unknown_workflow_type"
+	BlockedPanic               = "panic"
+	BlockedHistoryUnreadable   = "history_unreadable"
+	BlockedDeadlock            = "deadlock"
+)
+
+// WorkflowExecutionBlockedAttrs records why the engine stopped driving a
+// saga. The saga is not failed: once the cause is fixed (for example new
+// code deployed) it can be woken and continues from its history.
+type WorkflowExecutionBlockedAttrs struct {
+	Reason  string `msgpack:"reason" json:"reason"`
+	Message string `msgpack:"message" json:"message"`
+	// AtEventID is the event replay stopped at, when there is one.
+	AtEventID uint64 `msgpack:"at_event_id" json:"at_event_id"`
+	// Node names the node that found the problem.
+	Node string `msgpack:"node" json:"node"`
+}
+
+// ActivityTaskScheduledAttrs is the decision to run an activity.
+type ActivityTaskScheduledAttrs struct {
+	ActivityType string          `msgpack:"activity_type" json:"activity_type"`
+	Input        Payload         `msgpack:"input" json:"input"`
+	Options      ActivityOptions `msgpack:"options" json:"options"`
+}
+
+// ActivityTaskStartedAttrs records the attempt that produced the result
+// that follows it. It is written together with that result, not when the
+// attempt began, so that an attempt costs no extra append.
+type ActivityTaskStartedAttrs struct {
+	ScheduledEventID uint64 `msgpack:"scheduled_event_id" json:"scheduled_event_id"`
+	Attempt          int    `msgpack:"attempt" json:"attempt"`
+	Node             string `msgpack:"node" json:"node"`
+}
+
+// ActivityTaskCompletedAttrs carries an activity's result.
+type ActivityTaskCompletedAttrs struct {
+	ScheduledEventID uint64  `msgpack:"scheduled_event_id" json:"scheduled_event_id"`
+	Result           Payload `msgpack:"result" json:"result"`
+}
+
+// ActivityTaskFailedAttrs carries the error of an activity's last attempt.
+type ActivityTaskFailedAttrs struct {
+	ScheduledEventID uint64   `msgpack:"scheduled_event_id" json:"scheduled_event_id"`
+	Failure          *Failure `msgpack:"failure" json:"failure"`
+	Attempts         int      `msgpack:"attempts" json:"attempts"`
+}
+
+// ActivityTaskTimedOutAttrs says the last attempt ran out of time.
+type ActivityTaskTimedOutAttrs struct {
+	ScheduledEventID uint64   `msgpack:"scheduled_event_id" json:"scheduled_event_id"`
+	Failure          *Failure `msgpack:"failure" json:"failure"`
+	Attempts         int      `msgpack:"attempts" json:"attempts"`
+}
+
+// Marker names.
+const (
+	MarkerSideEffect = "side_effect"
+	MarkerVersion    = "version"
+)
+
+// MarkerRecordedAttrs records a value the workflow code produced once and
+// must see again on replay: a side effect's result, or the version chosen
+// for a change.
+type MarkerRecordedAttrs struct {
+	Name string `msgpack:"name" json:"name"`
+	// ChangeID names the change of a version marker.
+	ChangeID string   `msgpack:"change_id,omitempty" json:"change_id,omitempty"`
+	Data     Payload  `msgpack:"data,omitempty" json:"data,omitempty"`
+	Failure  *Failure `msgpack:"failure,omitempty" json:"failure,omitempty"`
+}
+
+// ScheduledEventID returns the scheduled event an activity input refers to.
+func ScheduledEventID(e Event) (uint64, bool) {
+	switch a := e.Attrs.(type) {
+	case *ActivityTaskStartedAttrs:
+		return a.ScheduledEventID, true
+	case *ActivityTaskCompletedAttrs:
+		return a.ScheduledEventID, true
+	case *ActivityTaskFailedAttrs:
+		return a.ScheduledEventID, true
+	case *ActivityTaskTimedOutAttrs:
+		return a.ScheduledEventID, true
+	}
+	return 0, false
+}
+
+// IsTerminal reports whether an event type closes a saga.
+func IsTerminal(t EventType) bool {
+	switch t {
+	case WorkflowExecutionCompleted, WorkflowExecutionFailed, WorkflowExecutionTimedOut, WorkflowExecutionCanceled:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,119 @@
+package stream
+
+import (
+	"fmt"
+	"time"
+)
+
+// Status is where a saga stands.
+type Status string
+
+// Saga statuses.
+const (
+	StatusRunning   Status = "running"
+	StatusCompleted Status = "completed"
+	StatusFailed    Status = "failed"
+	StatusCanceled  Status = "canceled"
+	StatusTimedOut  Status = "timed_out"
+	// StatusBlocked: the engine found it cannot replay the saga safely
+	// (non-determinism, unknown workflow type, a panic in workflow code)
+	// and stopped driving it. Nothing was failed or lost.
+	StatusBlocked Status = "blocked"
+)
+
+// Terminal reports whether the status is final.
+func (s Status) Terminal() bool {
+	return s == StatusCompleted || s == StatusFailed || s == StatusCanceled || s == StatusTimedOut
+}
+
+// State is a saga folded from its history: what describe shows and what a
+// writer checks before appending.
+type State struct {
+	SagaID       string
+	WorkflowType string
+	Version      int
+	RequestID    string
+	Status       Status
+	Input        Payload
+	Output       Payload
+	Failure      *Failure
+	// Blocked is set while Status is StatusBlocked.
+	Blocked   *WorkflowExecutionBlockedAttrs
+	StartedAt time.Time
+	UpdatedAt time.Time
+	ClosedAt  time.Time
+	// NextEventID is the id the next appended event gets.
+	NextEventID uint64
+	// LastSeq is the stream sequence of the last commit: the expected
+	// sequence of the next append.
+	LastSeq uint64
+	// OpenActivities are the scheduled activities without a result yet,
+	// by scheduled event id.
+	OpenActivities map[uint64]*ActivityTaskScheduledAttrs
+}
+
+// Exists reports whether the saga has any history.
+func (s *State) Exists() bool { return s.LastSeq > 0 }
+
+// Apply folds the next commit into the state. It refuses a commit that
+// does not continue the history (ids not following on, no start event
+// first), which only a writer outside the engine can produce.
+func (s *State) Apply(sc StoredCommit) error {
+	c := sc.Commit
+	if c.FirstEventID() != s.NextEventID {
+		return fmt.Errorf("%w: commit at stream sequence %d starts at event %d, expected %d", ErrCodec, sc.Seq, c.FirstEventID(), s.NextEventID)
+	}
+	if s.NextEventID == 0 && c.Events[0].Type != WorkflowExecutionStarted {
+		return fmt.Errorf("%w: history starts with %s, not %s", ErrCodec, c.Events[0].Type, WorkflowExecutionStarted)
+	}
+	for _, e := range c.Events {
+		s.applyEvent(e)
+	}
+	s.LastSeq = sc.Seq
+	return nil
+}
+
+func (s *State) applyEvent(e Event) {
+	s.NextEventID = e.ID + 1
+	s.UpdatedAt = e.Time
+	if s.SagaID == "" {
+		s.SagaID = e.SagaID
+	}
+	if s.Status == StatusBlocked && RoleOf(e.Type) == RoleCommand {
+		// The engine decided again: whatever blocked the saga is resolved.
+		s.Status, s.Blocked = StatusRunning, nil
+	}
+	switch a := e.Attrs.(type) {
+	case *WorkflowExecutionStartedAttrs:
+		s.WorkflowType, s.Version, s.Input, s.RequestID = a.WorkflowType, a.Version, a.Input, a.RequestID
+		s.Status, s.StartedAt = StatusRunning, e.Time
+		s.OpenActivities = map[uint64]*ActivityTaskScheduledAttrs{}
+	case *WorkflowExecutionCompletedAttrs:
+		s.Status, s.Output, s.ClosedAt = StatusCompleted, a.Output, e.Time
+	case *WorkflowExecutionFailedAttrs:
+		s.Status, s.Failure, s.ClosedAt = StatusFailed, a.Failure, e.Time
+	case *WorkflowExecutionBlockedAttrs:
+		if !s.Status.Terminal() {
+			s.Status, s.Blocked = StatusBlocked, a
+		}
+	case *ActivityTaskScheduledAttrs:
+		s.OpenActivities[e.ID] = a
+	case *ActivityTaskCompletedAttrs:
+		delete(s.OpenActivities, a.ScheduledEventID)
+	case *ActivityTaskFailedAttrs:
+		delete(s.OpenActivities, a.ScheduledEventID)
+	case *ActivityTaskTimedOutAttrs:
+		delete(s.OpenActivities, a.ScheduledEventID)
+	}
+}
+
+// Fold folds a whole history into a new State.
+func Fold(commits []StoredCommit) (*State, error) {
+	s := &State{}
+	for _, sc := range commits {
+		if err := s.Apply(sc); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}

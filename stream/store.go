@@ -1,0 +1,255 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Store is the history log of one engine (one prefix) on one NATS
+// connection. It is safe for concurrent use.
+type Store struct {
+	cfg    Config
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	reader *directReader
+}
+
+// Open returns a Store over nc. It does not create streams: nodes do that
+// with EnsureStreams; clients only need them to exist.
+func Open(nc *nats.Conn, cfg Config) (*Store, error) {
+	cfg = cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	r, err := newDirectReader(nc)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{cfg: cfg, nc: nc, js: js, reader: r}, nil
+}
+
+// Close releases the store's subscription. The connection stays open.
+func (s *Store) Close() { s.reader.close() }
+
+// Config returns the store's configuration with defaults applied.
+func (s *Store) Config() Config { return s.cfg }
+
+// JetStream returns the JetStream handle the store uses.
+func (s *Store) JetStream() jetstream.JetStream { return s.js }
+
+// EnsureStreams creates or updates the history streams of every shard and
+// the task stream. JetStream may not be ready right after a server starts
+// (in a cluster, seconds after), so it retries until ctx is done.
+func (s *Store) EnsureStreams(ctx context.Context) error {
+	cfgs := []jetstream.StreamConfig{s.cfg.taskStreamConfig()}
+	for shard := range s.cfg.HistoryShards {
+		cfgs = append(cfgs, s.cfg.historyStreamConfig(shard))
+	}
+	for _, sc := range cfgs {
+		if err := retryUntil(ctx, func() error {
+			_, err := s.js.CreateOrUpdateStream(ctx, sc)
+			return err
+		}); err != nil {
+			return fmt.Errorf("create stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// retryUntil retries f with a short backoff while it fails with an error
+// that a server still starting up gives, until ctx is done.
+func retryUntil(ctx context.Context, f func() error) error {
+	wait := 50 * time.Millisecond
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if !transientSetupError(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, time.Second)
+	}
+}
+
+func transientSetupError(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		// 10008: JetStream is not ready / cluster has no leader yet;
+		// 10023: insufficient resources while peers come up.
+		return apiErr.ErrorCode == 10008 || apiErr.ErrorCode == 10023 || apiErr.Code == 503
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// StoredCommit is a commit as read from the log, with its stream sequence.
+type StoredCommit struct {
+	Seq    uint64
+	MsgID  string
+	Commit *Commit
+}
+
+// CodecError says which stored message failed to decode.
+type CodecError struct {
+	Subject string
+	Seq     uint64
+	Err     error
+}
+
+func (e *CodecError) Error() string {
+	return fmt.Sprintf("history message %s at stream sequence %d: %v", e.Subject, e.Seq, e.Err)
+}
+
+func (e *CodecError) Unwrap() error { return e.Err }
+
+// Append writes a commit to its saga's history if the saga's last commit is
+// still at expectedSeq (0: the saga must not exist yet), and returns the
+// new commit's stream sequence.
+//
+// It fails with ErrConcurrency when another writer got there first. A
+// retried publish whose first attempt did land (the reply was lost) is
+// recognised by its Nats-Msg-Id and reported as success, whether the server
+// answers "duplicate" or "wrong last sequence".
+func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint64, error) {
+	data, err := c.Encode()
+	if err != nil {
+		return 0, err
+	}
+	if len(data) > int(s.cfg.MaxMsgSize) {
+		return 0, fmt.Errorf("%w: commit of %d events is %d bytes, the limit is %d", ErrTooLarge, len(c.Events), len(data), s.cfg.MaxMsgSize)
+	}
+	msgID := commitMsgID(c.SagaID, c.FirstEventID(), data)
+	subject := s.cfg.HistorySubject(c.SagaID)
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	ack, err := s.js.PublishMsg(ctx, msg,
+		jetstream.WithMsgID(msgID),
+		jetstream.WithExpectLastSequencePerSubject(expectedSeq),
+		jetstream.WithExpectStream(s.cfg.HistoryStream(s.cfg.Shard(c.SagaID))))
+	if err != nil {
+		err = mapError(err)
+		if errors.Is(err, ErrConcurrency) {
+			if seq, ok := s.landedAfter(ctx, c.SagaID, expectedSeq, msgID); ok {
+				return seq, nil
+			}
+		}
+		return 0, fmt.Errorf("append to %s: %w", subject, err)
+	}
+	// A duplicate ack carries the sequence of the message that has our id;
+	// ids are derived from content, so that message is ours.
+	return ack.Sequence, nil
+}
+
+// landedAfter reports whether the commit right after expectedSeq on the
+// saga's subject carries msgID.
+func (s *Store) landedAfter(ctx context.Context, sagaID string, expectedSeq uint64, msgID string) (uint64, bool) {
+	msgs, _, err := s.reader.get(ctx, s.cfg.HistoryStream(s.cfg.Shard(sagaID)), directGetRequest{
+		Seq:        expectedSeq + 1,
+		NextBySubj: s.cfg.HistorySubject(sagaID),
+	})
+	if err != nil || len(msgs) == 0 {
+		return 0, false
+	}
+	if msgs[0].Header.Get(jetstream.MsgIDHeader) != msgID {
+		return 0, false
+	}
+	return msgs[0].Seq, true
+}
+
+// readBatch is how many commits one direct-get request asks for.
+const readBatch = 256
+
+// Read returns the saga's commits with a stream sequence above afterSeq, in
+// order (afterSeq 0: the whole history). A saga without commits there gives
+// an empty slice; a message that does not decode gives a *CodecError.
+func (s *Store) Read(ctx context.Context, sagaID string, afterSeq uint64) ([]StoredCommit, error) {
+	if err := ValidateID("saga id", sagaID); err != nil {
+		return nil, err
+	}
+	stream := s.cfg.HistoryStream(s.cfg.Shard(sagaID))
+	subject := s.cfg.HistorySubject(sagaID)
+	var out []StoredCommit
+	next := afterSeq + 1
+	for {
+		msgs, pending, err := s.reader.get(ctx, stream, directGetRequest{Seq: next, NextBySubj: subject, Batch: readBatch})
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", subject, err)
+		}
+		for _, m := range msgs {
+			sc, err := decodeStored(m, sagaID)
+			if err != nil {
+				return out, err
+			}
+			out = append(out, sc)
+		}
+		if len(msgs) == 0 || pending == 0 {
+			return out, nil
+		}
+		next = msgs[len(msgs)-1].Seq + 1
+	}
+}
+
+// Last returns the saga's last commit, or ErrNotFound.
+func (s *Store) Last(ctx context.Context, sagaID string) (StoredCommit, error) {
+	if err := ValidateID("saga id", sagaID); err != nil {
+		return StoredCommit{}, err
+	}
+	msgs, _, err := s.reader.get(ctx, s.cfg.HistoryStream(s.cfg.Shard(sagaID)), directGetRequest{
+		LastBySubj: s.cfg.HistorySubject(sagaID),
+	})
+	if err != nil {
+		return StoredCommit{}, fmt.Errorf("read last of %s: %w", sagaID, err)
+	}
+	if len(msgs) == 0 {
+		return StoredCommit{}, fmt.Errorf("saga %q: %w", sagaID, ErrNotFound)
+	}
+	return decodeStored(msgs[0], sagaID)
+}
+
+func decodeStored(m storedMsg, sagaID string) (StoredCommit, error) {
+	c, err := decodeFor(sagaID, m.Data)
+	if err != nil {
+		return StoredCommit{}, &CodecError{Subject: m.Subject, Seq: m.Seq, Err: err}
+	}
+	return StoredCommit{Seq: m.Seq, MsgID: m.Header.Get(jetstream.MsgIDHeader), Commit: c}, nil
+}
+
+// DecodeDelivered decodes a commit a consumer delivered from the saga's
+// subject, after checking its size against the configured maximum.
+func (s *Store) DecodeDelivered(sagaID, subject string, seq uint64, data []byte) (*Commit, error) {
+	if len(data) > int(s.cfg.MaxMsgSize) {
+		return nil, &CodecError{Subject: subject, Seq: seq, Err: fmt.Errorf("%w: %d bytes", ErrTooLarge, len(data))}
+	}
+	c, err := decodeFor(sagaID, data)
+	if err != nil {
+		return nil, &CodecError{Subject: subject, Seq: seq, Err: err}
+	}
+	return c, nil
+}
+
+// decodeFor decodes a commit found on sagaID's subject; a commit that
+// names another saga was not written by the engine.
+func decodeFor(sagaID string, data []byte) (*Commit, error) {
+	c, err := DecodeCommit(data)
+	if err != nil {
+		return nil, err
+	}
+	if c.SagaID != sagaID {
+		return nil, fmt.Errorf("%w: commit names saga %q on the subject of %q", ErrCodec, c.SagaID, sagaID)
+	}
+	return c, nil
+}

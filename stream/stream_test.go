@@ -1,0 +1,258 @@
+package stream_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/jetsaga/saga/internal/natstest"
+	"github.com/jetsaga/saga/stream"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newStore(t *testing.T) (*stream.Store, *nats.Conn) {
+	t.Helper()
+	srv := natstest.Start(t)
+	nc := srv.Conn()
+	st, err := stream.Open(nc, stream.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := st.EnsureStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return st, nc
+}
+
+func started(sagaID string, requestID string) *stream.Commit {
+	return &stream.Commit{SagaID: sagaID, Events: []stream.Event{{
+		ID: 0, Type: stream.WorkflowExecutionStarted, Time: time.Now(),
+		Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: "order", Version: 1, RequestID: requestID},
+	}}}
+}
+
+func scheduled(sagaID string, id uint64, activity string) *stream.Commit {
+	return &stream.Commit{SagaID: sagaID, Events: []stream.Event{{
+		ID: id, Type: stream.ActivityTaskScheduled, Time: time.Now(),
+		Attrs: &stream.ActivityTaskScheduledAttrs{ActivityType: activity},
+	}}}
+}
+
+func TestAppendWithExpectedSequence(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+
+	seq, err := st.Append(ctx, started("s1", "r1"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second start at "must not exist" is refused.
+	if _, err := st.Append(ctx, started("s1", "r2"), 0); !errors.Is(err, stream.ErrConcurrency) {
+		t.Fatalf("second start: got %v, want ErrConcurrency", err)
+	}
+	// A stale expected sequence is refused; the right one is accepted.
+	if _, err := st.Append(ctx, scheduled("s1", 1, "a"), seq+100); !errors.Is(err, stream.ErrConcurrency) {
+		t.Fatalf("stale append: got %v, want ErrConcurrency", err)
+	}
+	seq2, err := st.Append(ctx, scheduled("s1", 1, "a"), seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commits, err := st.Read(ctx, "s1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(commits) != 2 || commits[0].Seq != seq || commits[1].Seq != seq2 {
+		t.Fatalf("read back %d commits: %+v", len(commits), commits)
+	}
+	state, err := stream.Fold(commits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state.NextEventID != 2 || state.LastSeq != seq2 || len(state.OpenActivities) != 1 || state.Status != stream.StatusRunning {
+		t.Fatalf("state %+v", state)
+	}
+}
+
+// A writer whose publish landed but whose reply was lost retries the very
+// same commit: that must count as success at the original sequence, not as
+// a conflict, and must not write a second copy.
+func TestAppendRetryOfLandedCommitIsRecognised(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	c := started("s2", "r1")
+	seq, err := st.Append(ctx, c, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := st.Append(ctx, c, 0)
+	if err != nil {
+		t.Fatalf("retry of the same commit: %v", err)
+	}
+	if again != seq {
+		t.Fatalf("retry landed at %d, original at %d", again, seq)
+	}
+	commits, err := st.Read(ctx, "s2", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(commits) != 1 {
+		t.Fatalf("%d commits after a retried append, want 1", len(commits))
+	}
+}
+
+func TestRacingAppendsExactlyOneWins(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	base, err := st.Append(ctx, started("race", "r"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers = 16
+	var wg sync.WaitGroup
+	errs := make([]error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			_, errs[i] = st.Append(ctx, scheduled("race", 1, "w"+strings.Repeat("x", i)), base)
+		})
+	}
+	wg.Wait()
+	wins := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			wins++
+		case !errors.Is(err, stream.ErrConcurrency):
+			t.Fatalf("unexpected error: %v", err)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("%d writers won, want exactly 1", wins)
+	}
+	commits, err := st.Read(ctx, "race", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(commits) != 2 {
+		t.Fatalf("%d commits, want 2", len(commits))
+	}
+}
+
+func TestReadPagesThroughLongHistories(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	seq, err := st.Append(ctx, started("long", "r"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Interleave another saga so that the subject filter matters.
+	if _, err := st.Append(ctx, started("other", "r"), 0); err != nil {
+		t.Fatal(err)
+	}
+	const n = 600 // more than two read batches
+	for i := 1; i <= n; i++ {
+		if seq, err = st.Append(ctx, scheduled("long", uint64(i), "a"), seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commits, err := st.Read(ctx, "long", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(commits) != n+1 {
+		t.Fatalf("read %d commits, want %d", len(commits), n+1)
+	}
+	for i, c := range commits {
+		if c.Commit.FirstEventID() != uint64(i) {
+			t.Fatalf("commit %d has first event %d", i, c.Commit.FirstEventID())
+		}
+	}
+	tail, err := st.Read(ctx, "long", commits[n-1].Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tail) != 1 || tail[0].Seq != seq {
+		t.Fatalf("tail read: %+v", tail)
+	}
+	last, err := st.Last(ctx, "long")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last.Seq != seq {
+		t.Fatalf("last seq %d, want %d", last.Seq, seq)
+	}
+	if _, err := st.Last(ctx, "missing"); !errors.Is(err, stream.ErrNotFound) {
+		t.Fatalf("last of missing saga: %v", err)
+	}
+	if got, err := st.Read(ctx, "missing", 0); err != nil || len(got) != 0 {
+		t.Fatalf("read of missing saga: %v, %d commits", err, len(got))
+	}
+}
+
+func TestForeignMessageOnHistorySubjectIsACodecError(t *testing.T) {
+	st, nc := newStore(t)
+	ctx := context.Background()
+	cfg := st.Config()
+	if _, err := st.JetStream().Publish(ctx, cfg.HistorySubject("junk"), []byte("not msgpack at all")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := st.Read(ctx, "junk", 0)
+	var ce *stream.CodecError
+	if !errors.As(err, &ce) || !errors.Is(err, stream.ErrCodec) {
+		t.Fatalf("got %v, want a CodecError wrapping ErrCodec", err)
+	}
+	// A commit that names another saga is refused too.
+	data, err := started("someone-else", "r").Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.JetStream().Publish(ctx, cfg.HistorySubject("victim"), data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Read(ctx, "victim", 0); !errors.Is(err, stream.ErrCodec) {
+		t.Fatalf("got %v, want ErrCodec", err)
+	}
+	_ = nc
+}
+
+func TestAppendRefusesOversizedCommit(t *testing.T) {
+	st, _ := newStore(t)
+	c := started("big", "r")
+	c.Events[0].Attrs.(*stream.WorkflowExecutionStartedAttrs).Input = stream.Payload(mustMarshal(t, strings.Repeat("x", 2<<20)))
+	if _, err := st.Append(context.Background(), c, 0); !errors.Is(err, stream.ErrTooLarge) {
+		t.Fatalf("got %v, want ErrTooLarge", err)
+	}
+}
+
+func TestAppendWithoutStreamsSaysSo(t *testing.T) {
+	srv := natstest.Start(t)
+	st, err := stream.Open(srv.Conn(), stream.Config{Prefix: "nostreams"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := st.Append(ctx, started("x", "r"), 0); !errors.Is(err, stream.ErrNoStream) {
+		t.Fatalf("got %v, want ErrNoStream", err)
+	}
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := stream.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
