@@ -1,0 +1,160 @@
+package replay
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jetsaga/saga/stream"
+)
+
+// DefaultVersion is what GetVersion returns for code that ran before the
+// change was introduced.
+const DefaultVersion = -1
+
+// Env is what workflow code reaches the engine through. The root package
+// wraps it in saga.Context. All methods must be called from workflow code
+// of the machine, never from another goroutine.
+type Env struct {
+	m      *Machine
+	logger *slog.Logger
+}
+
+// SagaID returns the saga's id.
+func (e *Env) SagaID() string { return e.m.cfg.SagaID }
+
+// WorkflowType returns the saga's workflow type.
+func (e *Env) WorkflowType() string { return e.m.cfg.WorkflowType }
+
+// Now returns the time of the input the code is reacting to: the same on
+// every replay.
+func (e *Env) Now() time.Time { return e.m.now }
+
+// IsReplaying reports whether the code is re-running decisions that are
+// already recorded.
+func (e *Env) IsReplaying() bool { return e.m.replaying() }
+
+func (m *Machine) replaying() bool { return m.cursor < len(m.known) }
+
+// Logger logs from workflow code, once per decision rather than once per
+// replay.
+func (e *Env) Logger() *slog.Logger { return e.logger }
+
+// checkAlive stops a coroutine that runs on after its machine was closed
+// (a workflow that blocked past the deadlock timeout and woke up later).
+func (e *Env) checkAlive() {
+	select {
+	case <-e.m.stop:
+		panic(errAbort)
+	default:
+	}
+}
+
+// ScheduleActivity issues the command to run an activity and returns the
+// future of its result.
+func (e *Env) ScheduleActivity(activityType string, input stream.Payload, opts stream.ActivityOptions) *Future {
+	e.checkAlive()
+	f := &Future{m: e.m}
+	e.m.issueOrAbort(&command{
+		eventType: stream.ActivityTaskScheduled,
+		attrs:     &stream.ActivityTaskScheduledAttrs{ActivityType: activityType, Input: input, Options: opts},
+		future:    f,
+	})
+	return f
+}
+
+// SideEffect runs fn once and records its result; replays return the
+// recorded result without running fn.
+func (e *Env) SideEffect(fn func() (stream.Payload, *stream.Failure)) (stream.Payload, *stream.Failure) {
+	e.checkAlive()
+	c := &command{eventType: stream.MarkerRecorded, attrs: &stream.MarkerRecordedAttrs{Name: stream.MarkerSideEffect}}
+	k := len(e.m.issued)
+	if k < len(e.m.recorded) {
+		rec := e.m.issueOrAbort(c).Attrs.(*stream.MarkerRecordedAttrs)
+		c.attrs = rec
+		return rec.Data, rec.Failure
+	}
+	data, failure := fn()
+	c.attrs = &stream.MarkerRecordedAttrs{Name: stream.MarkerSideEffect, Data: data, Failure: failure}
+	e.m.issueOrAbort(c)
+	return data, failure
+}
+
+// GetVersion returns the version of a change to use: the recorded one when
+// the history has a version marker for changeID here, DefaultVersion when
+// the history was written by code from before the change, and maxSupported
+// (recorded as a marker) when the code runs past the end of the history.
+// A recorded version outside [minSupported, maxSupported] is a
+// non-determinism error: the code no longer supports that history.
+func (e *Env) GetVersion(changeID string, minSupported, maxSupported int) int {
+	e.checkAlive()
+	m := e.m
+	if v, ok := m.versions[changeID]; ok {
+		return v
+	}
+	version := maxSupported
+	if k := len(m.issued); k < len(m.recorded) {
+		rec := m.recorded[k]
+		a, ok := rec.Attrs.(*stream.MarkerRecordedAttrs)
+		if !ok || a.Name != stream.MarkerVersion || a.ChangeID != changeID {
+			version = DefaultVersion // the history predates the change
+		} else {
+			if err := stream.Unmarshal(a.Data, &version); err != nil {
+				m.err = fmt.Errorf("%w: version marker at event %d: %v", ErrCorruptHistory, rec.ID, err)
+				panic(errAbort)
+			}
+			m.issueOrAbort(&command{eventType: stream.MarkerRecorded, attrs: a})
+		}
+		if version < minSupported || version > maxSupported {
+			m.err = &NonDeterminismError{EventID: rec.ID, History: fmt.Sprintf("version %d of change %s", version, changeID),
+				Code: fmt.Sprintf("a version in [%d, %d]", minSupported, maxSupported)}
+			panic(errAbort)
+		}
+	} else {
+		data, err := stream.Marshal(version)
+		if err != nil {
+			panic(err)
+		}
+		m.issueOrAbort(&command{eventType: stream.MarkerRecorded, attrs: &stream.MarkerRecordedAttrs{Name: stream.MarkerVersion, ChangeID: changeID, Data: data}})
+	}
+	m.versions[changeID] = version
+	return version
+}
+
+// Go starts fn as another coroutine of the workflow. It runs only when the
+// coroutines before it block, so the interleaving is the same on replay.
+func (e *Env) Go(fn func(env *Env)) {
+	e.checkAlive()
+	e.m.spawn(fn)
+}
+
+// Await blocks the calling coroutine until cond holds. cond must depend
+// only on workflow state.
+func (e *Env) Await(cond func() bool) {
+	e.checkAlive()
+	e.m.await(cond)
+}
+
+// Future is the pending result of an activity.
+type Future struct {
+	m       *Machine
+	ready   bool
+	value   stream.Payload
+	failure *stream.Failure
+}
+
+func (f *Future) resolve(value stream.Payload, failure *stream.Failure) {
+	if f.ready {
+		return
+	}
+	f.ready, f.value, f.failure = true, value, failure
+}
+
+// Ready reports whether the result is in.
+func (f *Future) Ready() bool { return f.ready }
+
+// Get blocks the calling coroutine until the result is in.
+func (f *Future) Get() (stream.Payload, *stream.Failure) {
+	f.m.await(func() bool { return f.ready })
+	return f.value, f.failure
+}
