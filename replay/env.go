@@ -36,6 +36,9 @@ func (e *Env) IsReplaying() bool { return e.m.replaying() }
 
 func (m *Machine) replaying() bool { return m.cursor < len(m.known) }
 
+// ActivityDefaults returns the node's defaults for activity options.
+func (e *Env) ActivityDefaults() stream.ActivityOptions { return e.m.cfg.ActivityDefaults }
+
 // Logger logs from workflow code, once per decision rather than once per
 // replay.
 func (e *Env) Logger() *slog.Logger { return e.logger }

@@ -39,6 +39,9 @@ type Config struct {
 	// yielding to the engine (a native channel, a mutex or time.Sleep in
 	// workflow code blocks it forever). Defaults to 1 second.
 	DeadlockTimeout time.Duration
+	// ActivityDefaults fill the options an activity call leaves unset, before
+	// the engine's own defaults do.
+	ActivityDefaults stream.ActivityOptions
 }
 
 // Errors of a Machine. After any of them the machine is unusable.

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -264,4 +265,20 @@ func IsTerminal(t EventType) bool {
 		return true
 	}
 	return false
+}
+
+// eventJSON is the JSON form of an event, as the CLI and API print it.
+type eventJSON struct {
+	ID         uint64    `json:"id"`
+	SagaID     string    `json:"saga_id"`
+	Type       EventType `json:"type"`
+	Category   Category  `json:"category"`
+	Time       time.Time `json:"time"`
+	Attributes any       `json:"attributes"`
+}
+
+// MarshalJSON writes the event with its attributes as JSON; payloads
+// appear as the JSON of their values.
+func (e Event) MarshalJSON() ([]byte, error) {
+	return json.Marshal(eventJSON{ID: e.ID, SagaID: e.SagaID, Type: e.Type, Category: e.Category, Time: e.Time.UTC(), Attributes: e.Attrs})
 }

@@ -1,0 +1,270 @@
+package saga
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/jetsaga/saga/stream"
+)
+
+// ClientOptions configures a Client.
+type ClientOptions struct {
+	// Stream names the engine's streams; it must match the nodes'.
+	// Defaults to prefix "saga" with one history shard.
+	Stream stream.Config
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Client starts sagas, waits for them and reads their state and history.
+// It needs only NATS: no node has to be running to start a saga, which
+// waits in its history until one is. It is safe for concurrent use.
+type Client struct {
+	nc     *nats.Conn
+	store  *stream.Store
+	logger *slog.Logger
+}
+
+// NewClient returns a client using nc, which stays owned by the caller.
+func NewClient(nc *nats.Conn, opts ClientOptions) (*Client, error) {
+	st, err := stream.Open(nc, opts.Stream)
+	if err != nil {
+		return nil, &Error{Kind: KindConfiguration, Message: "client", Cause: err}
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Client{nc: nc, store: st, logger: logger}, nil
+}
+
+// Close releases the client's subscription; the connection stays open.
+func (c *Client) Close() { c.store.Close() }
+
+// Store returns the history log the client reads and writes.
+func (c *Client) Store() *stream.Store { return c.store }
+
+// IfExists says what Start does when the saga id is taken.
+type IfExists int
+
+const (
+	// IfExistsFail returns an error matching ErrAlreadyStarted. The default.
+	IfExistsFail IfExists = iota
+	// IfExistsUseExisting returns the existing saga's id without error.
+	IfExistsUseExisting
+)
+
+// StartOptions configures Start.
+type StartOptions struct {
+	// ID is the saga id; letters, digits, '-' and '_', at most 128 bytes.
+	// Defaults to a random 22-character id. Choosing the id (an order
+	// number, say) makes a start idempotent.
+	ID string
+	// IfExists says what to do when the id is taken. Defaults to
+	// IfExistsFail.
+	IfExists IfExists
+}
+
+// StartResult says which saga a start refers to.
+type StartResult struct {
+	ID string
+	// Existing is true when the saga already existed (IfExistsUseExisting).
+	Existing bool
+}
+
+// StartWorkflow starts a saga of a typed workflow and returns a handle to
+// its result.
+func StartWorkflow[In, Out any](ctx context.Context, c *Client, wf *Workflow[In, Out], in In, opts StartOptions) (*Run[Out], error) {
+	input, err := stream.Marshal(in)
+	if err != nil {
+		return nil, Errorf(KindCodec, "start %s: encode input: %w", wf.name, err)
+	}
+	res, err := c.StartPayload(ctx, wf.name, wf.version, input, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Run[Out]{ID: res.ID, Existing: res.Existing, c: c}, nil
+}
+
+// Start starts a saga of the named workflow type with an input encoded
+// from in. The version recorded is 0 (unknown to the client); prefer
+// StartWorkflow when the definition is at hand.
+func (c *Client) Start(ctx context.Context, workflowType string, in any, opts StartOptions) (StartResult, error) {
+	input, err := stream.Marshal(in)
+	if err != nil {
+		return StartResult{}, Errorf(KindCodec, "start %s: encode input: %w", workflowType, err)
+	}
+	return c.StartPayload(ctx, workflowType, 0, input, opts)
+}
+
+// StartPayload starts a saga with an already encoded input. The start is
+// one append that requires the saga not to exist, so of two starts of one
+// id exactly one creates the history.
+func (c *Client) StartPayload(ctx context.Context, workflowType string, version int, input stream.Payload, opts StartOptions) (StartResult, error) {
+	commit, err := newStartCommit(workflowType, version, input, opts)
+	if err != nil {
+		return StartResult{}, err
+	}
+	return c.appendStart(ctx, commit, opts)
+}
+
+// newStartCommit builds the commit that starts a saga, after validating the
+// id and type.
+func newStartCommit(workflowType string, version int, input stream.Payload, opts StartOptions) (*stream.Commit, error) {
+	if opts.ID == "" {
+		opts.ID = nuid.Next()
+	}
+	if err := stream.ValidateID("saga id", opts.ID); err != nil {
+		return nil, wrapStreamError("start", err)
+	}
+	if err := stream.ValidateID("workflow type", workflowType); err != nil {
+		return nil, wrapStreamError("start", err)
+	}
+	return &stream.Commit{SagaID: opts.ID, Events: []stream.Event{{
+		ID:     0,
+		SagaID: opts.ID,
+		Type:   stream.WorkflowExecutionStarted,
+		Time:   time.Now(),
+		Attrs: &stream.WorkflowExecutionStartedAttrs{
+			WorkflowType: workflowType,
+			Version:      version,
+			Input:        input,
+			RequestID:    nuid.Next(),
+		},
+	}}}, nil
+}
+
+func (c *Client) appendStart(ctx context.Context, commit *stream.Commit, opts StartOptions) (StartResult, error) {
+	id := commit.SagaID
+	if _, err := c.store.Append(ctx, commit, 0); err != nil {
+		return alreadyStartedResult(id, opts, err)
+	}
+	return StartResult{ID: id}, nil
+}
+
+// alreadyStartedResult turns the concurrency error of a start into
+// ErrAlreadyStarted, or into the existing saga under IfExistsUseExisting.
+func alreadyStartedResult(id string, opts StartOptions, err error) (StartResult, error) {
+	if !errors.Is(err, stream.ErrConcurrency) {
+		return StartResult{}, wrapStreamError("start "+id, err)
+	}
+	if opts.IfExists == IfExistsUseExisting {
+		return StartResult{ID: id, Existing: true}, nil
+	}
+	return StartResult{}, (&Error{Kind: KindValidation, Message: fmt.Sprintf("start %s", id), Cause: ErrAlreadyStarted}).WithContext("saga_id", id)
+}
+
+// Run is a handle to a started saga of a typed workflow.
+type Run[Out any] struct {
+	ID       string
+	Existing bool
+	c        *Client
+}
+
+// Get waits until the saga ends and returns its output, or its error
+// (ErrBlocked if the engine blocked it).
+func (r *Run[Out]) Get(ctx context.Context) (Out, error) {
+	var out Out
+	d, err := r.c.Wait(ctx, r.ID)
+	if err != nil {
+		return out, err
+	}
+	switch d.Status {
+	case stream.StatusCompleted:
+		if len(d.Output) > 0 {
+			if err := stream.Unmarshal(d.Output, &out); err != nil {
+				return out, Errorf(KindCodec, "saga %s: decode output into %T: %w", r.ID, out, err)
+			}
+		}
+		return out, nil
+	case stream.StatusBlocked:
+		return out, (&Error{Kind: KindReplay, Message: d.Blocked.Message, Cause: ErrBlocked}).WithContext("saga_id", r.ID)
+	}
+	if d.failure != nil {
+		return out, fromFailure(d.failure)
+	}
+	return out, NewError(KindWorkflowExecution, "saga "+r.ID+" ended "+string(d.Status))
+}
+
+// History returns the saga's events in order.
+func (c *Client) History(ctx context.Context, id string) ([]stream.Event, error) {
+	commits, err := c.read(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var events []stream.Event
+	for _, sc := range commits {
+		events = append(events, sc.Commit.Events...)
+	}
+	return events, nil
+}
+
+func (c *Client) read(ctx context.Context, id string) ([]stream.StoredCommit, error) {
+	if err := stream.ValidateID("saga id", id); err != nil {
+		return nil, wrapStreamError("read", err)
+	}
+	commits, err := c.store.Read(ctx, id, 0)
+	if err != nil {
+		return nil, wrapStreamError("read "+id, err)
+	}
+	if len(commits) == 0 {
+		return nil, (&Error{Kind: KindValidation, Message: "saga " + id, Cause: ErrNotFound}).WithContext("saga_id", id)
+	}
+	return commits, nil
+}
+
+// Describe returns the saga's current state.
+func (c *Client) Describe(ctx context.Context, id string) (*Description, error) {
+	commits, err := c.read(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	st, err := stream.Fold(commits)
+	if err != nil {
+		return nil, wrapStreamError("describe "+id, err)
+	}
+	return newDescription(st), nil
+}
+
+// Wait blocks until the saga is terminal or blocked and returns its
+// description. It listens for the saga's new commits and also re-reads
+// every few seconds, so a missed notification only delays it.
+func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
+	if err := stream.ValidateID("saga id", id); err != nil {
+		return nil, wrapStreamError("wait", err)
+	}
+	notify := make(chan struct{}, 1)
+	sub, err := c.nc.Subscribe(c.store.Config().HistorySubject(id), func(*nats.Msg) {
+		select {
+		case notify <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		return nil, &Error{Kind: KindEventStore, Message: "wait " + id, Cause: err}
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		d, err := c.Describe(ctx, id)
+		switch {
+		case err == nil && (d.Status.Terminal() || d.Status == stream.StatusBlocked):
+			return d, nil
+		case err != nil && !errors.Is(err, ErrNotFound):
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, &Error{Kind: KindTimeout, Message: "wait " + id, Cause: ctx.Err()}
+		case <-notify:
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package saga
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+
+	"github.com/jetsaga/saga/stream"
+)
+
+// ErrorKind classifies an error, with the reference manual's kinds. Kinds
+// are errors themselves, so errors.Is(err, saga.KindTimeout) asks for the
+// kind anywhere in err's chain.
+type ErrorKind string
+
+// Error kinds.
+const (
+	KindEventStore        ErrorKind = "EventStore"
+	KindCodec             ErrorKind = "Codec"
+	KindWorkflowExecution ErrorKind = "WorkflowExecution"
+	KindStepExecution     ErrorKind = "StepExecution"
+	KindActivityExecution ErrorKind = "ActivityExecution"
+	KindTimerStore        ErrorKind = "TimerStore"
+	KindSignalDispatcher  ErrorKind = "SignalDispatcher"
+	KindTaskQueue         ErrorKind = "TaskQueue"
+	KindSnapshot          ErrorKind = "Snapshot"
+	KindReplay            ErrorKind = "Replay"
+	KindConfiguration     ErrorKind = "Configuration"
+	KindValidation        ErrorKind = "Validation"
+	KindTimeout           ErrorKind = "Timeout"
+	KindCancelled         ErrorKind = "Cancelled"
+	KindConcurrency       ErrorKind = "Concurrency"
+	KindCompensation      ErrorKind = "Compensation"
+	KindUnknown           ErrorKind = "Unknown"
+)
+
+func (k ErrorKind) Error() string { return string(k) }
+
+// Specific conditions, matched with errors.Is. Errors returned by this
+// package wrap them in an *Error that also carries kind and context.
+var (
+	// ErrAlreadyStarted: a saga with this id exists.
+	ErrAlreadyStarted = errors.New("saga already started")
+	// ErrNotFound: no saga has this id.
+	ErrNotFound = stream.ErrNotFound
+	// ErrConcurrency: another writer appended to the saga first.
+	ErrConcurrency = stream.ErrConcurrency
+	// ErrInvalidID: an id or type name is not a safe subject token.
+	ErrInvalidID = stream.ErrInvalidID
+	// ErrUnknownWorkflowType: no definition of that workflow type is
+	// registered.
+	ErrUnknownWorkflowType = errors.New("unknown workflow type")
+	// ErrBlocked: the engine stopped driving the saga (see Description.Blocked).
+	ErrBlocked = errors.New("saga is blocked")
+)
+
+// Error is the engine's error: a kind, a message, key/value context and an
+// optional cause. It survives a round trip through history: an activity's
+// error comes back to the workflow as an *Error with the same kind,
+// message, context and causes.
+type Error struct {
+	Kind    ErrorKind
+	Message string
+	Context map[string]string
+	// NonRetryable stops activity retries when the activity returns it.
+	NonRetryable bool
+	Cause        error
+}
+
+// NewError returns an error of the given kind.
+func NewError(kind ErrorKind, message string) *Error {
+	return &Error{Kind: kind, Message: message}
+}
+
+// Errorf returns an error of the given kind with a formatted message. A %w
+// verb makes the wrapped error the cause.
+func Errorf(kind ErrorKind, format string, args ...any) *Error {
+	wrapped := fmt.Errorf(format, args...)
+	e := &Error{Kind: kind, Message: wrapped.Error()}
+	if u := errors.Unwrap(wrapped); u != nil {
+		e.Message = strings.TrimSuffix(strings.TrimSuffix(e.Message, u.Error()), ": ")
+		e.Cause = u
+	}
+	return e
+}
+
+// Permanent marks err as not worth retrying: an activity returning it
+// fails at once, whatever its retry policy.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) && e == err {
+		c := *e
+		c.NonRetryable = true
+		return &c
+	}
+	return &Error{Kind: KindActivityExecution, Message: err.Error(), NonRetryable: true, Cause: err}
+}
+
+// WithContext adds a key/value pair of context and returns e.
+func (e *Error) WithContext(key, value string) *Error {
+	if e.Context == nil {
+		e.Context = map[string]string{}
+	}
+	e.Context[key] = value
+	return e
+}
+
+func (e *Error) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = string(e.Kind)
+	}
+	if e.Cause != nil {
+		// A cause restored from history may repeat the message.
+		if c := e.Cause.Error(); c != msg {
+			return msg + ": " + c
+		}
+	}
+	return msg
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Is matches the error's kind: errors.Is(err, saga.KindValidation).
+func (e *Error) Is(target error) bool {
+	k, ok := target.(ErrorKind)
+	return ok && k == e.Kind
+}
+
+// Retryable reports whether an activity returning e should be retried.
+func (e *Error) Retryable() bool { return !e.NonRetryable }
+
+// StructuredError is the JSON form of an *Error.
+type StructuredError struct {
+	Kind         ErrorKind         `json:"kind"`
+	Message      string            `json:"message"`
+	Context      map[string]string `json:"context,omitempty"`
+	NonRetryable bool              `json:"non_retryable,omitempty"`
+	Cause        *StructuredError  `json:"cause,omitempty"`
+}
+
+// Structured returns the error as a value that marshals to JSON.
+func (e *Error) Structured() *StructuredError { return structured(toFailure(e, KindUnknown)) }
+
+// MarshalJSON writes the structured form.
+func (e *Error) MarshalJSON() ([]byte, error) { return json.Marshal(e.Structured()) }
+
+func structured(f *stream.Failure) *StructuredError {
+	if f == nil {
+		return nil
+	}
+	return &StructuredError{Kind: ErrorKind(f.Kind), Message: f.Message, Context: f.Context, NonRetryable: f.NonRetryable, Cause: structured(f.Cause)}
+}
+
+// toFailure converts any error into the form history stores. An *Error
+// keeps its fields; another error becomes an error of kind def with its
+// text, and its cause chain is kept as far as it holds *Errors.
+func toFailure(err error, def ErrorKind) *stream.Failure {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		return &stream.Failure{Kind: string(def), Message: err.Error()}
+	}
+	f := &stream.Failure{Kind: string(e.Kind), Message: e.Message, NonRetryable: e.NonRetryable}
+	if e != err {
+		// err wraps the *Error with more text: keep the full text.
+		f.Message = err.Error()
+		f.Cause = toFailure(e, def)
+		return f
+	}
+	if len(e.Context) > 0 {
+		f.Context = maps.Clone(e.Context)
+	}
+	if e.Cause != nil {
+		f.Cause = toFailure(e.Cause, KindUnknown)
+	}
+	return f
+}
+
+// fromFailure restores an error stored in history.
+func fromFailure(f *stream.Failure) *Error {
+	if f == nil {
+		return nil
+	}
+	e := &Error{Kind: ErrorKind(f.Kind), Message: f.Message, NonRetryable: f.NonRetryable}
+	if len(f.Context) > 0 {
+		e.Context = maps.Clone(f.Context)
+	}
+	if f.Cause != nil {
+		e.Cause = fromFailure(f.Cause)
+	}
+	return e
+}
+
+// wrapStreamError gives an error from the history log its kind.
+func wrapStreamError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	kind := KindEventStore
+	switch {
+	case errors.Is(err, stream.ErrConcurrency):
+		kind = KindConcurrency
+	case errors.Is(err, stream.ErrInvalidID), errors.Is(err, stream.ErrNotFound), errors.Is(err, stream.ErrTooLarge):
+		kind = KindValidation
+	case errors.Is(err, stream.ErrCodec):
+		kind = KindCodec
+	}
+	return &Error{Kind: kind, Message: op, Cause: err}
+}

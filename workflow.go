@@ -1,0 +1,198 @@
+package saga
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/stream"
+)
+
+// Workflow is a workflow definition: the manual's DurableWorkflow with
+// TYPE_ID, VERSION and run(ctx, input).
+type Workflow[In, Out any] struct {
+	name    string
+	version int
+	run     func(Context, In) (Out, error)
+}
+
+// NewWorkflow defines a workflow. name is its type id (letters, digits, '-'
+// and '_'); version is recorded in every saga started from it and is
+// bumped when the workflow's logic changes.
+func NewWorkflow[In, Out any](name string, version int, run func(Context, In) (Out, error)) *Workflow[In, Out] {
+	return &Workflow[In, Out]{name: name, version: version, run: run}
+}
+
+// Name returns the workflow type id.
+func (w *Workflow[In, Out]) Name() string { return w.name }
+
+// Version returns the workflow version.
+func (w *Workflow[In, Out]) Version() int { return w.version }
+
+func (w *Workflow[In, Out]) register(r *Registry) error {
+	if err := stream.ValidateID("workflow type", w.name); err != nil {
+		return wrapStreamError("register workflow", err)
+	}
+	if w.run == nil {
+		return NewError(KindConfiguration, "workflow "+w.name+" has no run function")
+	}
+	return r.addWorkflow(&RegisteredWorkflow{
+		Name:    w.name,
+		Version: w.version,
+		Func:    w.erased,
+		InputFromJSON: func(doc []byte) (stream.Payload, error) {
+			return typedPayloadFromJSON[In](doc)
+		},
+	})
+}
+
+// erased runs the typed function on encoded input and output.
+func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (stream.Payload, *stream.Failure) {
+	var in In
+	if len(input) > 0 {
+		if err := stream.Unmarshal(input, &in); err != nil {
+			return nil, toFailure(Errorf(KindCodec, "workflow %s: decode input: %w", w.name, err), KindCodec)
+		}
+	}
+	out, err := w.run(Context{env: env}, in)
+	if err != nil {
+		return nil, toFailure(err, KindWorkflowExecution)
+	}
+	b, err := stream.Marshal(out)
+	if err != nil {
+		return nil, toFailure(Errorf(KindCodec, "workflow %s: encode output: %w", w.name, err), KindCodec)
+	}
+	return b, nil
+}
+
+// typedPayloadFromJSON converts a JSON document to msgpack and checks that
+// it decodes into T, so that a bad input is refused at start rather than
+// failing the saga later.
+func typedPayloadFromJSON[T any](doc []byte) (stream.Payload, error) {
+	p, err := stream.PayloadFromJSON(doc)
+	if err != nil {
+		return nil, err
+	}
+	var v T
+	if err := stream.Unmarshal(p, &v); err != nil {
+		return nil, fmt.Errorf("input does not fit %T: %w", v, err)
+	}
+	return p, nil
+}
+
+// Context is what workflow code gets instead of a context.Context. It
+// answers from history on replay, so its methods are the deterministic
+// replacements of time.Now, go statements and the like.
+type Context struct {
+	env *replay.Env
+}
+
+// SagaID returns the saga's id.
+func (c Context) SagaID() string { return c.env.SagaID() }
+
+// WorkflowType returns the saga's workflow type id.
+func (c Context) WorkflowType() string { return c.env.WorkflowType() }
+
+// Now returns the time of the event the workflow is reacting to; use it
+// instead of time.Now.
+func (c Context) Now() time.Time { return c.env.Now() }
+
+// IsReplaying reports whether the code is re-running recorded decisions.
+func (c Context) IsReplaying() bool { return c.env.IsReplaying() }
+
+// Logger logs from workflow code, once per decision however often the code
+// is replayed.
+func (c Context) Logger() *slog.Logger { return c.env.Logger() }
+
+// GetVersion makes a change to workflow code safe for sagas already
+// running: it returns the version recorded for changeID, DefaultVersion
+// for sagas that reached this point before the change existed, and
+// maxSupported for new ones. Branch on the result; raise minSupported
+// when no saga on an old branch is left.
+func (c Context) GetVersion(changeID string, minSupported, maxSupported int) int {
+	return c.env.GetVersion(changeID, minSupported, maxSupported)
+}
+
+// DefaultVersion is what GetVersion returns for sagas that predate a change.
+const DefaultVersion = replay.DefaultVersion
+
+// Go runs fn as another thread of the workflow, deterministically
+// interleaved with the others. Use it instead of a go statement.
+func (c Context) Go(fn func(Context)) {
+	c.env.Go(func(env *replay.Env) { fn(Context{env: env}) })
+}
+
+// Await blocks until cond returns true. cond may only read workflow state.
+func (c Context) Await(cond func() bool) { c.env.Await(cond) }
+
+// Future is the result of an activity, ready once history holds it.
+type Future[T any] struct {
+	f        *replay.Future
+	err      error // set when the call failed before scheduling
+	activity string
+}
+
+// Ready reports whether Get would return without blocking.
+func (f *Future[T]) Ready() bool { return f.err != nil || f.f.Ready() }
+
+// Get waits for the activity's result. A failed activity gives an *Error
+// of kind ActivityExecution (or Timeout) whose cause is the activity's own
+// error as it was recorded.
+func (f *Future[T]) Get(ctx Context) (T, error) {
+	var out T
+	if f.err != nil {
+		return out, f.err
+	}
+	value, failure := f.f.Get()
+	if failure != nil {
+		return out, fromFailure(failure)
+	}
+	if len(value) > 0 {
+		if err := stream.Unmarshal(value, &out); err != nil {
+			return out, Errorf(KindCodec, "activity %s: decode result into %T: %w", f.activity, out, err)
+		}
+	}
+	return out, nil
+}
+
+// ExecuteActivity schedules an activity and returns the future of its
+// result. It does not block: call Get on the future, or schedule several
+// activities first to run them in parallel.
+func ExecuteActivity[In, Out any](ctx Context, act *Activity[In, Out], in In, opts ...ActivityOption) *Future[Out] {
+	o := act.options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	o = resolveActivityOptions(o, ctx.env.ActivityDefaults())
+	input, err := stream.Marshal(in)
+	if err != nil {
+		return &Future[Out]{err: Errorf(KindCodec, "activity %s: encode input: %w", act.name, err), activity: act.name}
+	}
+	return &Future[Out]{f: ctx.env.ScheduleActivity(act.name, input, o), activity: act.name}
+}
+
+// SideEffect runs fn once, records its result in history and returns the
+// recorded result on every replay. Use it for random ids and other
+// non-deterministic values; fn must not have effects outside the process.
+func SideEffect[T any](ctx Context, fn func() (T, error)) (T, error) {
+	value, failure := ctx.env.SideEffect(func() (stream.Payload, *stream.Failure) {
+		v, err := fn()
+		if err != nil {
+			return nil, toFailure(err, KindWorkflowExecution)
+		}
+		b, err := stream.Marshal(v)
+		if err != nil {
+			return nil, toFailure(Errorf(KindCodec, "side effect: encode %T: %w", v, err), KindCodec)
+		}
+		return b, nil
+	})
+	var out T
+	if failure != nil {
+		return out, fromFailure(failure)
+	}
+	if err := stream.Unmarshal(value, &out); err != nil {
+		return out, Errorf(KindCodec, "side effect: decode into %T: %w", out, err)
+	}
+	return out, nil
+}
