@@ -81,7 +81,8 @@ type Activity[In, Out any] struct {
 }
 
 // NewActivity defines an activity. name is its type id; opts set its
-// default options.
+// default options. run may be nil to declare an activity that workflows
+// call but another program implements (see Implement).
 func NewActivity[In, Out any](name string, run func(context.Context, In) (Out, error), opts ...ActivityOption) *Activity[In, Out] {
 	a := &Activity[In, Out]{name: name, run: run}
 	for _, opt := range opts {
@@ -92,6 +93,14 @@ func NewActivity[In, Out any](name string, run func(context.Context, In) (Out, e
 
 // Name returns the activity type id.
 func (a *Activity[In, Out]) Name() string { return a.name }
+
+// Implement returns a copy of the activity with run as its implementation,
+// ready to register. Workflows keep calling the declared activity.
+func (a *Activity[In, Out]) Implement(run func(context.Context, In) (Out, error)) *Activity[In, Out] {
+	c := *a
+	c.run = run
+	return &c
+}
 
 func (a *Activity[In, Out]) register(r *Registry) error {
 	if err := stream.ValidateID("activity type", a.name); err != nil {
@@ -124,7 +133,6 @@ func (a *Activity[In, Out]) erased(ctx context.Context, input stream.Payload) (s
 // ActivityInfo describes the activity attempt a context belongs to.
 type ActivityInfo struct {
 	SagaID           string
-	WorkflowType     string
 	ActivityType     string
 	ScheduledEventID uint64
 	// Attempt counts from 1.

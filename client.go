@@ -187,7 +187,7 @@ func (r *Run[Out]) Get(ctx context.Context) (Out, error) {
 		return out, (&Error{Kind: KindReplay, Message: d.Blocked.Message, Cause: ErrBlocked}).WithContext("saga_id", r.ID)
 	}
 	if d.failure != nil {
-		return out, fromFailure(d.failure)
+		return out, FromFailure(d.failure)
 	}
 	return out, NewError(KindWorkflowExecution, "saga "+r.ID+" ended "+string(d.Status))
 }

@@ -146,7 +146,7 @@ type StructuredError struct {
 }
 
 // Structured returns the error as a value that marshals to JSON.
-func (e *Error) Structured() *StructuredError { return structured(toFailure(e, KindUnknown)) }
+func (e *Error) Structured() *StructuredError { return structured(ToFailure(e, KindUnknown)) }
 
 // MarshalJSON writes the structured form.
 func (e *Error) MarshalJSON() ([]byte, error) { return json.Marshal(e.Structured()) }
@@ -158,10 +158,11 @@ func structured(f *stream.Failure) *StructuredError {
 	return &StructuredError{Kind: ErrorKind(f.Kind), Message: f.Message, Context: f.Context, NonRetryable: f.NonRetryable, Cause: structured(f.Cause)}
 }
 
-// toFailure converts any error into the form history stores. An *Error
+// ToFailure converts any error into the form history stores. An *Error
 // keeps its fields; another error becomes an error of kind def with its
-// text, and its cause chain is kept as far as it holds *Errors.
-func toFailure(err error, def ErrorKind) *stream.Failure {
+// text, and its cause chain is kept as far as it holds *Errors. The worker
+// uses it to record activity errors.
+func ToFailure(err error, def ErrorKind) *stream.Failure {
 	if err == nil {
 		return nil
 	}
@@ -173,20 +174,20 @@ func toFailure(err error, def ErrorKind) *stream.Failure {
 	if e != err {
 		// err wraps the *Error with more text: keep the full text.
 		f.Message = err.Error()
-		f.Cause = toFailure(e, def)
+		f.Cause = ToFailure(e, def)
 		return f
 	}
 	if len(e.Context) > 0 {
 		f.Context = maps.Clone(e.Context)
 	}
 	if e.Cause != nil {
-		f.Cause = toFailure(e.Cause, KindUnknown)
+		f.Cause = ToFailure(e.Cause, KindUnknown)
 	}
 	return f
 }
 
-// fromFailure restores an error stored in history.
-func fromFailure(f *stream.Failure) *Error {
+// FromFailure restores an error stored in history as an *Error.
+func FromFailure(f *stream.Failure) *Error {
 	if f == nil {
 		return nil
 	}
@@ -195,7 +196,7 @@ func fromFailure(f *stream.Failure) *Error {
 		e.Context = maps.Clone(f.Context)
 	}
 	if f.Cause != nil {
-		e.Cause = fromFailure(f.Cause)
+		e.Cause = FromFailure(f.Cause)
 	}
 	return e
 }

@@ -52,16 +52,16 @@ func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (strea
 	var in In
 	if len(input) > 0 {
 		if err := stream.Unmarshal(input, &in); err != nil {
-			return nil, toFailure(Errorf(KindCodec, "workflow %s: decode input: %w", w.name, err), KindCodec)
+			return nil, ToFailure(Errorf(KindCodec, "workflow %s: decode input: %w", w.name, err), KindCodec)
 		}
 	}
 	out, err := w.run(Context{env: env}, in)
 	if err != nil {
-		return nil, toFailure(err, KindWorkflowExecution)
+		return nil, ToFailure(err, KindWorkflowExecution)
 	}
 	b, err := stream.Marshal(out)
 	if err != nil {
-		return nil, toFailure(Errorf(KindCodec, "workflow %s: encode output: %w", w.name, err), KindCodec)
+		return nil, ToFailure(Errorf(KindCodec, "workflow %s: encode output: %w", w.name, err), KindCodec)
 	}
 	return b, nil
 }
@@ -146,7 +146,7 @@ func (f *Future[T]) Get(ctx Context) (T, error) {
 	}
 	value, failure := f.f.Get()
 	if failure != nil {
-		return out, fromFailure(failure)
+		return out, FromFailure(failure)
 	}
 	if len(value) > 0 {
 		if err := stream.Unmarshal(value, &out); err != nil {
@@ -179,17 +179,17 @@ func SideEffect[T any](ctx Context, fn func() (T, error)) (T, error) {
 	value, failure := ctx.env.SideEffect(func() (stream.Payload, *stream.Failure) {
 		v, err := fn()
 		if err != nil {
-			return nil, toFailure(err, KindWorkflowExecution)
+			return nil, ToFailure(err, KindWorkflowExecution)
 		}
 		b, err := stream.Marshal(v)
 		if err != nil {
-			return nil, toFailure(Errorf(KindCodec, "side effect: encode %T: %w", v, err), KindCodec)
+			return nil, ToFailure(Errorf(KindCodec, "side effect: encode %T: %w", v, err), KindCodec)
 		}
 		return b, nil
 	})
 	var out T
 	if failure != nil {
-		return out, fromFailure(failure)
+		return out, FromFailure(failure)
 	}
 	if err := stream.Unmarshal(value, &out); err != nil {
 		return out, Errorf(KindCodec, "side effect: decode into %T: %w", out, err)

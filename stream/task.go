@@ -15,7 +15,6 @@ import (
 // the activity without reading the history.
 type ActivityTask struct {
 	SagaID           string          `msgpack:"saga_id"`
-	WorkflowType     string          `msgpack:"workflow_type"`
 	ScheduledEventID uint64          `msgpack:"scheduled_event_id"`
 	ActivityType     string          `msgpack:"activity_type"`
 	Input            Payload         `msgpack:"input"`
@@ -24,14 +23,13 @@ type ActivityTask struct {
 }
 
 // TaskFor derives the task of a scheduled activity.
-func TaskFor(workflowType string, e Event) (ActivityTask, bool) {
+func TaskFor(e Event) (ActivityTask, bool) {
 	a, ok := e.Attrs.(*ActivityTaskScheduledAttrs)
 	if !ok {
 		return ActivityTask{}, false
 	}
 	return ActivityTask{
 		SagaID:           e.SagaID,
-		WorkflowType:     workflowType,
 		ScheduledEventID: e.ID,
 		ActivityType:     a.ActivityType,
 		Input:            a.Input,

@@ -1,0 +1,133 @@
+package integration
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/internal/natstest"
+	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/worker"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testLogger shows node logs with -v when SAGA_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("SAGA_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(discard{}, nil))
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// cluster is one embedded nats-server with any number of nodes, each on
+// its own connection so that a node can be cut off alone.
+type cluster struct {
+	t   *testing.T
+	srv *natstest.Server
+}
+
+func newCluster(t *testing.T) *cluster {
+	return &cluster{t: t, srv: natstest.Start(t)}
+}
+
+type testNode struct {
+	*worker.Node
+	nc *nats.Conn
+}
+
+// node starts a node registering defs. Its AckWait is short so that a
+// takeover after a crash happens within the test's time.
+func (c *cluster) node(opts worker.Options, defs ...saga.Definition) *testNode {
+	c.t.Helper()
+	reg := saga.NewRegistry()
+	if err := reg.Register(defs...); err != nil {
+		c.t.Fatal(err)
+	}
+	if opts.AckWait == 0 {
+		opts.AckWait = 2 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = testLogger()
+	}
+	nc := c.srv.Conn()
+	n, err := worker.New(nc, reg, opts)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.Start(ctx); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = n.Stop(ctx)
+	})
+	return &testNode{Node: n, nc: nc}
+}
+
+// kill makes a node vanish as a crashed process would: its connection
+// drops first, so nothing it does afterwards reaches NATS, then its
+// goroutines are stopped without acknowledging anything.
+func (n *testNode) kill(t *testing.T) {
+	t.Helper()
+	n.nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.StopAndCancel(ctx); err != nil {
+		t.Fatalf("stop killed node: %v", err)
+	}
+}
+
+func (c *cluster) client() *saga.Client {
+	c.t.Helper()
+	cl, err := saga.NewClient(c.srv.Conn(), saga.ClientOptions{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(cl.Close)
+	return cl
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func eventTypes(events []stream.Event) []stream.EventType {
+	out := make([]stream.EventType, len(events))
+	for i, e := range events {
+		out[i] = e.Type
+	}
+	return out
+}
+
+func orderInput(id string) order.Input {
+	return order.Input{OrderID: id, Items: []order.Item{{SKU: "book", Qty: 2}}, Amount: 42.5}
+}

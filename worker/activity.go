@@ -1,0 +1,229 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/stream"
+)
+
+// handleTask runs one attempt of an activity and records its outcome.
+//
+// The attempt number is the delivery count of the task message, so it
+// survives node crashes. A retryable failure is naked with the retry
+// policy's backoff; a result or final failure is appended to the saga
+// (with the workflow's next decision when this node runs the workflow)
+// before the task is acknowledged. A redelivered task first checks the
+// history: if the result is there, the activity does not run again.
+func (n *Node) handleTask(ctx context.Context, msg jetstream.Msg) {
+	meta, err := metadata(msg)
+	if err != nil {
+		n.log.Error("task delivery without metadata", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	task, err := n.store.DecodeTask(msg.Data())
+	if err != nil {
+		n.log.Error("undecodable activity task; dropped", "subject", msg.Subject(), "stream_seq", meta.Sequence.Stream, "err", err)
+		_ = msg.TermWithReason("undecodable task")
+		return
+	}
+	log := n.log.With("saga_id", task.SagaID, "activity_type", task.ActivityType, "scheduled_event_id", task.ScheduledEventID)
+	act, ok := n.reg.Activity(task.ActivityType)
+	if !ok || msg.Subject() != n.opts.Stream.TaskSubject(task.ActivityType) {
+		log.Error("task for an activity this consumer does not serve; dropped", "subject", msg.Subject())
+		_ = msg.TermWithReason("task does not match its subject")
+		return
+	}
+	attempt := int(meta.NumDelivered)
+	policy := task.Options.RetryPolicy
+
+	// A task delivered before may have reported already, and one published
+	// long ago may be a republication the duplicate window no longer
+	// caught: in both cases look at the history first.
+	if attempt > 1 || time.Since(task.ScheduledAt) > n.opts.Stream.DuplicateWindow/2 {
+		open, err := n.activityOpen(ctx, task)
+		if err != nil {
+			n.retryLater(msg, meta, log, "check activity state", err)
+			return
+		}
+		if !open {
+			log.Debug("activity already reported; not running it again", "delivery", attempt)
+			_ = msg.Ack()
+			return
+		}
+	}
+	if policy.MaximumAttempts > 0 && attempt > policy.MaximumAttempts {
+		// Earlier attempts never reported back: the nodes running them died.
+		failure := &stream.Failure{Kind: string(saga.KindActivityExecution),
+			Message: fmt.Sprintf("%d attempts started without reporting back (the nodes running them stopped)", attempt-1)}
+		n.report(ctx, msg, meta, log, task, attempt-1, nil, activityFailure(task, attempt-1, failure))
+		return
+	}
+
+	result, runErr := n.runActivity(ctx, msg, act, task, attempt)
+	if ctx.Err() != nil {
+		// The node is stopping: leave the task for another node.
+		return
+	}
+	if runErr == nil {
+		n.report(ctx, msg, meta, log, task, attempt, result, nil)
+		return
+	}
+	cause := saga.ToFailure(runErr, saga.KindActivityExecution)
+	if retryable(cause, policy) && attempt < policy.MaximumAttempts {
+		delay := backoff(policy, attempt)
+		log.Warn("activity attempt failed; retrying", "attempt", attempt, "retry_in", delay, "err", runErr)
+		n.stats.activityRetries.Add(1)
+		_ = msg.NakWithDelay(delay)
+		return
+	}
+	log.Warn("activity failed", "attempt", attempt, "err", runErr)
+	n.report(ctx, msg, meta, log, task, attempt, nil, activityFailure(task, attempt, cause))
+}
+
+// runActivity runs one attempt with the activity's timeout, keeping the
+// task's ack deadline extended while it runs. A panic is an error.
+func (n *Node) runActivity(ctx context.Context, msg jetstream.Msg, act *saga.RegisteredActivity, task stream.ActivityTask, attempt int) (result stream.Payload, err error) {
+	n.stats.activitiesRun.Add(1)
+	timeout := task.Options.StartToCloseTimeout
+	if timeout <= 0 {
+		timeout = n.opts.DefaultActivityTimeout
+	}
+	actx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	actx = saga.WithActivityInfo(actx, saga.ActivityInfo{
+		SagaID: task.SagaID, ActivityType: task.ActivityType, ScheduledEventID: task.ScheduledEventID, Attempt: attempt,
+	})
+
+	stopBeat := make(chan struct{})
+	beatDone := make(chan struct{})
+	go func() {
+		defer close(beatDone)
+		t := time.NewTicker(n.opts.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopBeat:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	defer func() {
+		close(stopBeat)
+		<-beatDone
+	}()
+
+	defer func() {
+		if r := recover(); r != nil {
+			err = (&saga.Error{Kind: saga.KindActivityExecution, Message: fmt.Sprintf("activity panicked: %v", r)}).
+				WithContext("stack", string(debug.Stack()))
+		}
+	}()
+	result, err = act.Run(actx, task.Input)
+	if err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		err = &saga.Error{Kind: saga.KindTimeout, Message: fmt.Sprintf("activity attempt timed out after %s", timeout), Cause: err}
+	}
+	return result, err
+}
+
+// report appends an activity's outcome, then acknowledges the task.
+func (n *Node) report(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, log *slog.Logger, task stream.ActivityTask, attempt int, result stream.Payload, failure *stream.Failure) {
+	inputs := func(st *stream.State) []stream.Event {
+		if _, open := st.OpenActivities[task.ScheduledEventID]; !open {
+			return nil // recorded already, by an earlier attempt
+		}
+		events := []stream.Event{{Type: stream.ActivityTaskStarted, Attrs: &stream.ActivityTaskStartedAttrs{
+			ScheduledEventID: task.ScheduledEventID, Attempt: attempt, Node: n.opts.NodeName}}}
+		switch {
+		case failure == nil:
+			events = append(events, stream.Event{Type: stream.ActivityTaskCompleted,
+				Attrs: &stream.ActivityTaskCompletedAttrs{ScheduledEventID: task.ScheduledEventID, Result: result}})
+		case failure.Kind == string(saga.KindTimeout):
+			events = append(events, stream.Event{Type: stream.ActivityTaskTimedOut,
+				Attrs: &stream.ActivityTaskTimedOutAttrs{ScheduledEventID: task.ScheduledEventID, Failure: failure, Attempts: attempt}})
+		default:
+			events = append(events, stream.Event{Type: stream.ActivityTaskFailed,
+				Attrs: &stream.ActivityTaskFailedAttrs{ScheduledEventID: task.ScheduledEventID, Failure: failure, Attempts: attempt}})
+		}
+		return events
+	}
+	err := n.advance(ctx, advanceRequest{sagaID: task.SagaID, inputs: inputs})
+	if errors.Is(err, stream.ErrTooLarge) && failure == nil {
+		// The result cannot be stored; the workflow gets an error instead.
+		tooLarge := activityFailure(task, attempt, &stream.Failure{Kind: string(saga.KindValidation), Message: err.Error(), NonRetryable: true})
+		n.report(ctx, msg, meta, log, task, attempt, nil, tooLarge)
+		return
+	}
+	if err != nil {
+		// Not recorded: the activity runs again on redelivery, which is
+		// what at-least-once means.
+		n.retryLater(msg, meta, log, "record activity result", err)
+		return
+	}
+	_ = msg.Ack()
+}
+
+// activityOpen reports whether the scheduled activity still waits for its
+// result, reading whatever the node has not seen of the history.
+func (n *Node) activityOpen(ctx context.Context, task stream.ActivityTask) (bool, error) {
+	e := n.cache.acquire(task.SagaID)
+	defer n.cache.release(e, false)
+	if err := n.catchUp(ctx, e, nil); err != nil {
+		e.reset()
+		return false, err
+	}
+	_, open := e.state.OpenActivities[task.ScheduledEventID]
+	return open && !e.state.Status.Terminal(), nil
+}
+
+// activityFailure wraps the error of an activity's last attempt as the
+// workflow will see it: kind ActivityExecution (Timeout for a timeout),
+// with the activity's own error as the cause.
+func activityFailure(task stream.ActivityTask, attempts int, cause *stream.Failure) *stream.Failure {
+	kind := saga.KindActivityExecution
+	if cause.Kind == string(saga.KindTimeout) {
+		kind = saga.KindTimeout
+	}
+	plural := "s"
+	if attempts == 1 {
+		plural = ""
+	}
+	return &stream.Failure{
+		Kind:    string(kind),
+		Message: fmt.Sprintf("activity %s failed after %d attempt%s", task.ActivityType, attempts, plural),
+		Context: map[string]string{
+			"activity_type":      task.ActivityType,
+			"scheduled_event_id": strconv.FormatUint(task.ScheduledEventID, 10),
+			"attempts":           strconv.Itoa(attempts),
+		},
+		NonRetryable: cause.NonRetryable,
+		Cause:        cause,
+	}
+}
+
+func retryable(f *stream.Failure, p stream.RetryPolicy) bool {
+	return !f.NonRetryable && !slices.Contains(p.NonRetryableErrorKinds, f.Kind)
+}
+
+// backoff is the wait after the given failed attempt:
+// InitialInterval * BackoffCoefficient^(attempt-1), at most MaximumInterval.
+func backoff(p stream.RetryPolicy, attempt int) time.Duration {
+	d := float64(p.InitialInterval) * math.Pow(max(p.BackoffCoefficient, 1), float64(attempt-1))
+	if p.MaximumInterval > 0 && d > float64(p.MaximumInterval) {
+		return p.MaximumInterval
+	}
+	return time.Duration(d)
+}

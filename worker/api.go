@@ -1,0 +1,209 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/stream"
+)
+
+// The request/reply API, a NATS micro service named "<prefix>-api": any NATS
+// client can start, describe, read and wake sagas with JSON requests. See
+// docs/api.md for the wire format.
+
+// StartRequest is the body of <prefix>.api.start.
+type StartRequest struct {
+	WorkflowType string          `json:"workflow_type"`
+	ID           string          `json:"id,omitempty"`
+	Input        json.RawMessage `json:"input,omitempty"`
+	// IfExists is "fail" (the default) or "use_existing".
+	IfExists string `json:"if_exists,omitempty"`
+}
+
+// StartResponse answers a start.
+type StartResponse struct {
+	ID       string `json:"id"`
+	Existing bool   `json:"existing,omitempty"`
+}
+
+// SagaRequest is the body of describe, history and wake.
+type SagaRequest struct {
+	ID string `json:"id"`
+}
+
+// API error codes, in the Nats-Service-Error-Code header.
+const (
+	codeBadRequest = "400"
+	codeNotFound   = "404"
+	codeConflict   = "409"
+	codeInternal   = "500"
+)
+
+// apiTimeout bounds the work behind one request.
+const apiTimeout = 30 * time.Second
+
+func (n *Node) startAPI() error {
+	cfg := n.opts.Stream
+	svc, err := micro.AddService(n.nc, micro.Config{
+		Name:        cfg.Prefix + "-api",
+		Version:     "1.0.0",
+		Description: "jetsaga: start, describe, history and wake sagas",
+	})
+	if err != nil {
+		return &saga.Error{Kind: saga.KindConfiguration, Message: "start API service", Cause: err}
+	}
+	endpoints := map[string]func(context.Context, micro.Request){
+		"start":    n.apiStart,
+		"describe": n.apiDescribe,
+		"history":  n.apiHistory,
+		"wake":     n.apiWake,
+	}
+	for verb, h := range endpoints {
+		if err := svc.AddEndpoint(verb, n.async(h), micro.WithEndpointSubject(cfg.APISubject(verb))); err != nil {
+			_ = svc.Stop()
+			return &saga.Error{Kind: saga.KindConfiguration, Message: "add API endpoint " + verb, Cause: err}
+		}
+	}
+	n.api = svc
+	return nil
+}
+
+// async runs each request in its own goroutine, tracked like a message
+// handler so that Stop waits for it.
+func (n *Node) async(h func(context.Context, micro.Request)) micro.Handler {
+	return micro.HandlerFunc(func(req micro.Request) {
+		n.handlers.Add(1)
+		go func() {
+			defer n.handlers.Done()
+			ctx, cancel := context.WithTimeout(n.runCtx, apiTimeout)
+			defer cancel()
+			h(ctx, req)
+		}()
+	})
+}
+
+func decodeRequest(req micro.Request, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(req.Data())))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return &saga.Error{Kind: saga.KindValidation, Message: "request is not the expected JSON", Cause: err}
+	}
+	return nil
+}
+
+func (n *Node) apiStart(ctx context.Context, req micro.Request) {
+	var r StartRequest
+	if err := decodeRequest(req, &r); err != nil {
+		respondError(req, err)
+		return
+	}
+	res, err := n.StartJSON(ctx, r)
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	_ = req.RespondJSON(StartResponse{ID: res.ID, Existing: res.Existing})
+}
+
+// StartJSON starts a saga from a JSON input, checking first that the
+// workflow type is registered on this node and that the input decodes into
+// its input type. The API and the CLI start sagas this way.
+func (n *Node) StartJSON(ctx context.Context, r StartRequest) (saga.StartResult, error) {
+	if err := stream.ValidateID("workflow type", r.WorkflowType); err != nil {
+		return saga.StartResult{}, &saga.Error{Kind: saga.KindValidation, Message: "start", Cause: err}
+	}
+	wf, ok := n.reg.Workflow(r.WorkflowType)
+	if !ok {
+		return saga.StartResult{}, (&saga.Error{Kind: saga.KindValidation, Message: "start " + r.WorkflowType, Cause: saga.ErrUnknownWorkflowType}).
+			WithContext("registered", strings.Join(n.reg.WorkflowNames(), ","))
+	}
+	opts := saga.StartOptions{ID: r.ID}
+	switch r.IfExists {
+	case "", "fail":
+	case "use_existing":
+		opts.IfExists = saga.IfExistsUseExisting
+	default:
+		return saga.StartResult{}, saga.NewError(saga.KindValidation, `if_exists must be "fail" or "use_existing", got "`+r.IfExists+`"`)
+	}
+	input := []byte(r.Input)
+	if len(input) == 0 {
+		input = []byte("null")
+	}
+	payload, err := wf.InputFromJSON(input)
+	if err != nil {
+		return saga.StartResult{}, &saga.Error{Kind: saga.KindValidation, Message: "start " + r.WorkflowType + ": input", Cause: err}
+	}
+	return n.client.StartPayload(ctx, wf.Name, wf.Version, payload, opts)
+}
+
+func (n *Node) apiDescribe(ctx context.Context, req micro.Request) {
+	var r SagaRequest
+	if err := decodeRequest(req, &r); err != nil {
+		respondError(req, err)
+		return
+	}
+	d, err := n.client.Describe(ctx, r.ID)
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	_ = req.RespondJSON(d)
+}
+
+func (n *Node) apiHistory(ctx context.Context, req micro.Request) {
+	var r SagaRequest
+	if err := decodeRequest(req, &r); err != nil {
+		respondError(req, err)
+		return
+	}
+	events, err := n.client.History(ctx, r.ID)
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	_ = req.RespondJSON(events)
+}
+
+func (n *Node) apiWake(ctx context.Context, req micro.Request) {
+	var r SagaRequest
+	if err := decodeRequest(req, &r); err != nil {
+		respondError(req, err)
+		return
+	}
+	if _, err := n.client.Describe(ctx, r.ID); err != nil {
+		respondError(req, err)
+		return
+	}
+	if err := n.Wake(ctx, r.ID); err != nil {
+		respondError(req, err)
+		return
+	}
+	_ = req.RespondJSON(SagaRequest{ID: r.ID})
+}
+
+// respondError answers with an error code, the error's text and its
+// structured form as the body.
+func respondError(req micro.Request, err error) {
+	var e *saga.Error
+	if !errors.As(err, &e) {
+		e = &saga.Error{Kind: saga.KindUnknown, Message: err.Error()}
+	}
+	code := codeInternal
+	switch {
+	case errors.Is(err, saga.ErrAlreadyStarted):
+		code = codeConflict
+	case errors.Is(err, saga.ErrNotFound), errors.Is(err, saga.ErrUnknownWorkflowType):
+		code = codeNotFound
+	case errors.Is(err, saga.KindValidation), errors.Is(err, saga.KindCodec):
+		code = codeBadRequest
+	}
+	body, _ := json.Marshal(e.Structured())
+	// The description travels in a header: one line.
+	_ = req.Error(code, strings.ReplaceAll(err.Error(), "\n", " "), body)
+}

@@ -1,0 +1,121 @@
+package worker
+
+import (
+	"container/list"
+	"sync"
+
+	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/stream"
+)
+
+// sagaEntry is what a node knows of one saga. Its mutex serialises all
+// work on the saga within the node; other nodes are kept out by the
+// optimistic concurrency of appends.
+type sagaEntry struct {
+	id string
+	mu sync.Mutex
+
+	// state is the saga folded up to state.LastSeq; nil when unknown.
+	state *stream.State
+	// machine runs the workflow code, fed the same events as state; nil
+	// when the workflow is not registered here or cannot be replayed.
+	machine *replay.Machine
+	// noMachine is set when replay failed on this node: rebuilding would
+	// fail the same way until the saga is woken.
+	noMachine bool
+
+	// guarded by the cache's mutex
+	refs    int
+	elem    *list.Element
+	evicted bool
+}
+
+// reset forgets everything but the id.
+func (e *sagaEntry) reset() {
+	if e.machine != nil {
+		e.machine.Close()
+	}
+	e.state, e.machine, e.noMachine = nil, nil, false
+}
+
+// sagaCache keeps recently used sagas, bounded in number, so that the next
+// step of a saga usually needs neither a read nor a replay.
+type sagaCache struct {
+	mu       sync.Mutex
+	entries  map[string]*sagaEntry
+	lru      *list.List // front: most recently used
+	capacity int
+}
+
+func newSagaCache(capacity int) *sagaCache {
+	return &sagaCache{entries: map[string]*sagaEntry{}, lru: list.New(), capacity: capacity}
+}
+
+// acquire returns the saga's entry, locked.
+func (c *sagaCache) acquire(id string) *sagaEntry {
+	c.mu.Lock()
+	e := c.entries[id]
+	if e == nil {
+		e = &sagaEntry{id: id}
+		e.elem = c.lru.PushFront(e)
+		c.entries[id] = e
+	} else {
+		c.lru.MoveToFront(e.elem)
+	}
+	e.refs++
+	c.mu.Unlock()
+	e.mu.Lock()
+	return e
+}
+
+// release unlocks the entry and evicts what exceeds the capacity. An
+// entry marked done (a saga that ended) goes at once.
+func (c *sagaCache) release(e *sagaEntry, done bool) {
+	var closing []*sagaEntry
+	if done {
+		e.reset()
+	}
+	e.mu.Unlock()
+	c.mu.Lock()
+	e.refs--
+	if done && e.refs == 0 && !e.evicted {
+		c.remove(e)
+	}
+	for el := c.lru.Back(); len(c.entries) > c.capacity && el != nil; {
+		old := el.Value.(*sagaEntry)
+		el = el.Prev()
+		if old.refs == 0 {
+			c.remove(old)
+			closing = append(closing, old)
+		}
+	}
+	c.mu.Unlock()
+	// Nobody holds these entries any more: closing needs no lock.
+	for _, old := range closing {
+		old.reset()
+	}
+}
+
+func (c *sagaCache) remove(e *sagaEntry) {
+	e.evicted = true
+	c.lru.Remove(e.elem)
+	delete(c.entries, e.id)
+}
+
+// close drops every entry; the node has stopped using them.
+func (c *sagaCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		e.reset()
+	}
+	c.entries = map[string]*sagaEntry{}
+	c.lru.Init()
+}
+
+// len reports the number of cached sagas.
+func (c *sagaCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}

@@ -1,0 +1,347 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/stream"
+)
+
+// inputsFunc returns the input events a writer wants to add to a saga,
+// given its current state; nil when there is nothing (any more) to add.
+// It is called again after every concurrency conflict, with fresh state.
+type inputsFunc func(st *stream.State) []stream.Event
+
+// advanceRequest says what advance should do for one saga.
+type advanceRequest struct {
+	sagaID string
+	// delivered is the commit a consumer just delivered, if any: applied
+	// directly when it is the next one the cache expects.
+	delivered *stream.StoredCommit
+	// inputs adds events from outside the workflow (activity results).
+	inputs inputsFunc
+	// decide runs the workflow code to make the next decision. When false
+	// (the node only records a result), the code runs only if the
+	// workflow is registered here, and a saga this node cannot replay is
+	// not blocked by it.
+	decide bool
+}
+
+// maxConflicts bounds the retries of one advance after concurrency
+// conflicts; each one means another writer made progress.
+const maxConflicts = 20
+
+// advance brings the saga's cached state up to date, adds the requested
+// inputs, lets the workflow code decide, and appends inputs and decision
+// as one commit with the saga's last sequence as the expected one.
+func (n *Node) advance(ctx context.Context, req advanceRequest) error {
+	e := n.cache.acquire(req.sagaID)
+	done := false
+	defer func() { n.cache.release(e, done) }()
+
+	delivered := req.delivered
+	for attempt := 0; ; attempt++ {
+		if err := n.catchUp(ctx, e, delivered); err != nil {
+			var ce *stream.CodecError
+			if errors.As(err, &ce) {
+				// A message no engine wrote sits in the history. Nothing
+				// can be decided on it; the saga shows as unreadable.
+				n.log.Error("saga history is unreadable", "saga_id", req.sagaID, "err", err)
+				e.reset()
+				return nil
+			}
+			e.reset()
+			return err
+		}
+		delivered = nil
+		st := e.state
+		if !st.Exists() || st.Status.Terminal() {
+			done = st.Status.Terminal()
+			return nil
+		}
+		var inputs []stream.Event
+		if req.inputs != nil {
+			inputs = stampEvents(req.inputs(st), st.NextEventID, req.sagaID)
+		}
+		if len(inputs) == 0 && !req.decide {
+			return nil
+		}
+		commit, fedInputs, blockErr := n.decideCommit(ctx, e, req.decide, inputs)
+		if commit == nil {
+			return nil
+		}
+		if err := n.hooks.beforeAppend(ctx, req.sagaID, commit); err != nil {
+			e.reset()
+			return err
+		}
+		seq, err := n.store.Append(ctx, commit, st.LastSeq)
+		if err == nil {
+			done = n.committed(e, commit, seq, len(inputs))
+			if blockErr != nil && !errors.Is(blockErr, errAlreadyBlocked) {
+				n.log.Warn("saga blocked", "saga_id", req.sagaID, "reason", blockReason(blockErr), "err", blockErr)
+			}
+			return nil
+		}
+		if !errors.Is(err, stream.ErrConcurrency) || attempt >= maxConflicts {
+			e.reset()
+			return err
+		}
+		// Someone else appended first. A machine fed inputs that did not
+		// land has seen events in the wrong order: rebuild it. One that
+		// only proposed commands is still right and just catches up.
+		if fedInputs || blockErr != nil {
+			e.reset()
+		}
+		n.log.Debug("append conflict, catching up", "saga_id", req.sagaID, "attempt", attempt+1)
+		if err := sleepCtx(ctx, time.Duration(attempt)*5*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// decideCommit builds the commit of one advance: the inputs, then the
+// decision of the workflow code. When the code cannot be replayed the
+// saga is blocked instead: the inputs are still recorded, followed by a
+// WorkflowExecutionBlocked event unless the saga is already blocked for
+// the same reason. fedInputs reports whether the machine saw the inputs.
+func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, decide bool, inputs []stream.Event) (commit *stream.Commit, fedInputs bool, blockErr error) {
+	st := e.state
+	events := inputs
+	m, err := n.machineFor(ctx, e, decide)
+	if m != nil && err == nil {
+		fedInputs = len(inputs) > 0
+		if err = m.Feed(inputs...); err == nil {
+			events = append(events, m.Propose(st.NextEventID+uint64(len(inputs)), time.Now())...)
+		}
+	}
+	if err != nil && (decide || !errors.Is(err, errNotRegistered)) {
+		blockErr = err
+		if m != nil {
+			m.Close()
+		}
+		e.machine, e.noMachine = nil, true
+		if blocked := n.blockedEvent(st, err, st.NextEventID+uint64(len(inputs))); blocked != nil {
+			events = append(events, *blocked)
+		}
+	}
+	if len(events) == 0 {
+		return nil, fedInputs, blockErr
+	}
+	return &stream.Commit{SagaID: e.id, Events: events}, fedInputs, blockErr
+}
+
+var errNotRegistered = errors.New("workflow type not registered on this node")
+
+// machineFor returns the saga's machine, building it by replaying the
+// history when the cache has none.
+func (n *Node) machineFor(ctx context.Context, e *sagaEntry, decide bool) (*replay.Machine, error) {
+	if e.machine != nil {
+		return e.machine, nil
+	}
+	if e.noMachine {
+		if e.state.Status == stream.StatusBlocked {
+			return nil, errAlreadyBlocked
+		}
+		// Another node decided since this one blocked the saga: try again.
+		e.noMachine = false
+	}
+	wf, err := n.workflowFor(e.state, decide)
+	if err != nil {
+		return nil, err
+	}
+	commits, err := n.store.Read(ctx, e.id, 0)
+	if err != nil {
+		return nil, err
+	}
+	return n.newMachine(e, wf, commits)
+}
+
+// workflowFor finds the saga's workflow definition.
+func (n *Node) workflowFor(st *stream.State, decide bool) (*saga.RegisteredWorkflow, error) {
+	wf, ok := n.reg.Workflow(st.WorkflowType)
+	switch {
+	case ok:
+		return wf, nil
+	case !decide:
+		return nil, errNotRegistered
+	}
+	return nil, fmt.Errorf("%w: %q (this node registers: %s)", saga.ErrUnknownWorkflowType,
+		st.WorkflowType, strings.Join(n.reg.WorkflowNames(), ", "))
+}
+
+// errAlreadyBlocked stops a node from replaying, again, a saga it blocked.
+var errAlreadyBlocked = errors.New("saga is blocked")
+
+// newMachine replays commits, up to the entry's state, into a new machine.
+func (n *Node) newMachine(e *sagaEntry, wf *saga.RegisteredWorkflow, commits []stream.StoredCommit) (*replay.Machine, error) {
+	m := replay.New(replay.Config{
+		SagaID:           e.id,
+		WorkflowType:     wf.Name,
+		Workflow:         wf.Func,
+		Logger:           n.log,
+		DeadlockTimeout:  n.opts.DeadlockTimeout,
+		ActivityDefaults: stream.ActivityOptions{StartToCloseTimeout: n.opts.DefaultActivityTimeout},
+	})
+	for _, sc := range commits {
+		if sc.Seq > e.state.LastSeq {
+			break // newer than the state; both catch up together later
+		}
+		if err := m.Feed(sc.Commit.Events...); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	e.machine = m
+	n.stats.replays.Add(1)
+	return m, nil
+}
+
+// catchUp makes e.state (and e.machine) current: from the delivered
+// commit when it is the next one expected, else by reading what the cache
+// has not seen. A cold load replays the history it read into a machine
+// right away when the workflow is registered here, so that it is read once.
+func (n *Node) catchUp(ctx context.Context, e *sagaEntry, delivered *stream.StoredCommit) error {
+	if e.state != nil && delivered != nil {
+		switch {
+		case delivered.Seq <= e.state.LastSeq:
+			return nil // seen already (often: our own append)
+		case delivered.Commit.FirstEventID() == e.state.NextEventID:
+			return n.applyCommits(e, []stream.StoredCommit{*delivered})
+		}
+	}
+	if e.state != nil {
+		commits, err := n.store.Read(ctx, e.id, e.state.LastSeq)
+		if err != nil {
+			return err
+		}
+		return n.applyCommits(e, commits)
+	}
+	commits, err := n.store.Read(ctx, e.id, 0)
+	if err != nil {
+		return err
+	}
+	e.state = &stream.State{}
+	if err := n.applyCommits(e, commits); err != nil {
+		return err
+	}
+	if e.state.Exists() && !e.state.Status.Terminal() && e.state.Status != stream.StatusBlocked {
+		if wf, ok := n.reg.Workflow(e.state.WorkflowType); ok {
+			// A replay failure here resurfaces when the decision is made.
+			_, _ = n.newMachine(e, wf, commits)
+		}
+	}
+	return nil
+}
+
+func (n *Node) applyCommits(e *sagaEntry, commits []stream.StoredCommit) error {
+	for _, sc := range commits {
+		if err := e.state.Apply(sc); err != nil {
+			return &stream.CodecError{Subject: e.id, Seq: sc.Seq, Err: err}
+		}
+		if e.machine != nil {
+			if err := e.machine.Feed(sc.Commit.Events...); err != nil {
+				// Handled as a replay failure on the next decision.
+				e.machine.Close()
+				e.machine = nil
+				if !errors.Is(err, replay.ErrStale) {
+					n.log.Debug("cached machine rejected history", "saga_id", e.id, "err", err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// committed updates the cache after a successful append and reports
+// whether the saga ended.
+func (n *Node) committed(e *sagaEntry, c *stream.Commit, seq uint64, inputs int) bool {
+	if err := e.state.Apply(stream.StoredCommit{Seq: seq, Commit: c}); err != nil {
+		e.reset()
+		return false
+	}
+	if e.machine != nil {
+		if err := e.machine.Feed(c.Events[inputs:]...); err != nil {
+			e.machine.Close()
+			e.machine = nil
+		}
+	}
+	n.stats.commits.Add(1)
+	return e.state.Status.Terminal()
+}
+
+// blockedEvent returns the WorkflowExecutionBlocked event for a replay
+// failure, or nil when the saga is already blocked with that message.
+func (n *Node) blockedEvent(st *stream.State, cause error, id uint64) *stream.Event {
+	if errors.Is(cause, errAlreadyBlocked) {
+		return nil
+	}
+	attrs := &stream.WorkflowExecutionBlockedAttrs{Reason: blockReason(cause), Message: cause.Error(), Node: n.opts.NodeName}
+	var nde *replay.NonDeterminismError
+	if errors.As(cause, &nde) {
+		attrs.AtEventID = nde.EventID
+	}
+	var pe *replay.PanicError
+	if errors.As(cause, &pe) {
+		attrs.Message = pe.Error() + "\n" + pe.Stack
+	}
+	if st.Blocked != nil && st.Blocked.Reason == attrs.Reason && st.Blocked.Message == attrs.Message {
+		return nil
+	}
+	return &stream.Event{ID: id, SagaID: st.SagaID, Type: stream.WorkflowExecutionBlocked, Time: time.Now(), Attrs: attrs}
+}
+
+func blockReason(err error) string {
+	var nde *replay.NonDeterminismError
+	var pe *replay.PanicError
+	switch {
+	case errors.As(err, &nde):
+		return stream.BlockedNonDeterminism
+	case errors.As(err, &pe):
+		return stream.BlockedPanic
+	case errors.Is(err, saga.ErrUnknownWorkflowType):
+		return stream.BlockedUnknownWorkflowType
+	case errors.Is(err, replay.ErrDeadlock):
+		return stream.BlockedDeadlock
+	}
+	return stream.BlockedHistoryUnreadable
+}
+
+// stampEvents numbers input events from next and sets their saga and time.
+func stampEvents(events []stream.Event, next uint64, sagaID string) []stream.Event {
+	now := time.Now()
+	for i := range events {
+		events[i].ID = next + uint64(i)
+		events[i].SagaID = sagaID
+		events[i].Category = stream.CategoryOf(events[i].Type)
+		if events[i].Time.IsZero() {
+			events[i].Time = now
+		}
+	}
+	return events
+}
+
+func (h *Hooks) beforeAppend(ctx context.Context, sagaID string, c *stream.Commit) error {
+	if h == nil || h.BeforeAppend == nil {
+		return nil
+	}
+	return h.BeforeAppend(ctx, sagaID, c)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,333 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/stream"
+)
+
+// Node runs workflows and activities of a Registry against the engine's
+// streams. Nodes are stateless: any number of them share the work, and any
+// of them can take over a saga from one that died.
+type Node struct {
+	opts   Options
+	reg    *saga.Registry
+	nc     *nats.Conn
+	store  *stream.Store
+	client *saga.Client
+	log    *slog.Logger
+	hooks  *Hooks
+	cache  *sagaCache
+	stats  nodeStats
+
+	mu       sync.Mutex
+	state    nodeState
+	runCtx   context.Context // canceled by StopAndCancel: aborts in-flight work
+	cancel   context.CancelFunc
+	handlers sync.WaitGroup // in-flight message handlers and API requests
+	loops    []*consumeLoop
+	api      micro.Service
+}
+
+type nodeState int
+
+const (
+	nodeNew nodeState = iota
+	nodeRunning
+	nodeStopped
+)
+
+// nodeStats counts what a node did; see Stats.
+type nodeStats struct {
+	commits, conflicts, replays, tasksPublished, activitiesRun, activityRetries atomic.Int64
+}
+
+// Stats is a snapshot of a node's counters since it started.
+type Stats struct {
+	// Commits appended by this node.
+	Commits int64
+	// Replays: sagas this node rebuilt from history (cache misses).
+	Replays int64
+	// TasksPublished: activity tasks derived from history.
+	TasksPublished int64
+	// ActivitiesRun: activity attempts executed.
+	ActivitiesRun int64
+	// ActivityRetries: attempts that failed and were scheduled again.
+	ActivityRetries int64
+}
+
+// New returns a node for the definitions in reg, using nc, which stays
+// owned by the caller.
+func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, &saga.Error{Kind: saga.KindConfiguration, Message: "worker", Cause: err}
+	}
+	store, err := stream.Open(nc, opts.Stream)
+	if err != nil {
+		return nil, &saga.Error{Kind: saga.KindConfiguration, Message: "worker", Cause: err}
+	}
+	client, err := saga.NewClient(nc, saga.ClientOptions{Stream: opts.Stream, Logger: opts.Logger})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	return &Node{
+		opts:   opts,
+		reg:    reg,
+		nc:     nc,
+		store:  store,
+		client: client,
+		log:    opts.Logger.With("node", opts.NodeName),
+		hooks:  opts.Hooks,
+		cache:  newSagaCache(opts.CacheSize),
+	}, nil
+}
+
+// Name returns the node's name.
+func (n *Node) Name() string { return n.opts.NodeName }
+
+// Client returns a client sharing the node's connection and settings.
+func (n *Node) Client() *saga.Client { return n.client }
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats {
+	return Stats{
+		Commits:         n.stats.commits.Load(),
+		Replays:         n.stats.replays.Load(),
+		TasksPublished:  n.stats.tasksPublished.Load(),
+		ActivitiesRun:   n.stats.activitiesRun.Load(),
+		ActivityRetries: n.stats.activityRetries.Load(),
+	}
+}
+
+// Start creates or updates the streams and consumers and starts consuming.
+// A node with workflows registered consumes the histories; one with
+// activities consumes their task subjects. Start can be called once.
+func (n *Node) Start(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state != nodeNew {
+		return saga.NewError(saga.KindConfiguration, "node already started")
+	}
+	if err := n.store.EnsureStreams(ctx); err != nil {
+		return &saga.Error{Kind: saga.KindEventStore, Message: "set up streams", Cause: err}
+	}
+	n.runCtx, n.cancel = context.WithCancel(context.Background())
+	n.state = nodeRunning
+	if err := n.startConsumers(ctx); err != nil {
+		n.stopLocked(ctx, true)
+		return err
+	}
+	if !n.opts.DisableAPI {
+		if err := n.startAPI(); err != nil {
+			n.stopLocked(ctx, true)
+			return err
+		}
+	}
+	n.log.Info("node started", "workflows", n.reg.WorkflowNames(), "activities", n.reg.ActivityNames(),
+		"prefix", n.opts.Stream.Prefix, "history_shards", n.opts.Stream.HistoryShards)
+	return nil
+}
+
+func (n *Node) startConsumers(ctx context.Context) error {
+	js := n.store.JetStream()
+	cfg := n.opts.Stream
+	if len(n.reg.WorkflowNames()) > 0 {
+		for shard := range cfg.HistoryShards {
+			cons, err := js.CreateOrUpdateConsumer(ctx, cfg.HistoryStream(shard), jetstream.ConsumerConfig{
+				Durable:       n.opts.WorkflowTaskQueue,
+				Description:   "history commits to decide on and dispatch from",
+				FilterSubject: cfg.HistoryFilter(shard),
+				DeliverPolicy: jetstream.DeliverAllPolicy,
+				AckPolicy:     jetstream.AckExplicitPolicy,
+				AckWait:       n.opts.AckWait,
+				MaxDeliver:    -1,
+				MaxAckPending: 10_000,
+			})
+			slots := make(chan struct{}, n.opts.WorkflowConcurrency)
+			if err := n.addLoop(cons, err, "history", slots, n.handleCommit); err != nil {
+				return err
+			}
+		}
+	}
+	// One pool of slots for all activity types, so that ActivityConcurrency
+	// bounds the node as a whole.
+	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
+	for _, name := range n.reg.ActivityNames() {
+		cons, err := js.CreateOrUpdateConsumer(ctx, cfg.TaskStream(), jetstream.ConsumerConfig{
+			Durable:       "activity-" + name,
+			Description:   "tasks of activity " + name,
+			FilterSubject: cfg.TaskSubject(name),
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       n.opts.AckWait,
+			MaxDeliver:    -1,
+			MaxAckPending: 10_000,
+		})
+		if err := n.addLoop(cons, err, "activity "+name, activitySlots, n.handleTask); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addLoop starts consuming cons, running handle in at most cap(slots)
+// goroutines at a time.
+func (n *Node) addLoop(cons jetstream.Consumer, err error, name string, slots chan struct{}, handle func(context.Context, jetstream.Msg)) error {
+	if err != nil {
+		return &saga.Error{Kind: saga.KindTaskQueue, Message: "create consumer for " + name, Cause: err}
+	}
+	loop := &consumeLoop{node: n, name: name, slots: slots, handle: handle}
+	cc, err := cons.Consume(loop.deliver,
+		jetstream.PullMaxMessages(cap(slots)),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if !errors.Is(err, jetstream.ErrNoHeartbeat) {
+				n.log.Debug("consumer", "consumer", name, "err", err)
+			}
+		}))
+	if err != nil {
+		return &saga.Error{Kind: saga.KindTaskQueue, Message: "consume " + name, Cause: err}
+	}
+	loop.cc = cc
+	n.loops = append(n.loops, loop)
+	return nil
+}
+
+// consumeLoop hands deliveries of one consumer to handler goroutines, as
+// many as there are free slots; the consumer pulls no more than that, so
+// few messages wait in this node while their ack deadlines run.
+type consumeLoop struct {
+	node   *Node
+	name   string
+	cc     jetstream.ConsumeContext
+	slots  chan struct{}
+	handle func(context.Context, jetstream.Msg)
+}
+
+func (l *consumeLoop) deliver(msg jetstream.Msg) {
+	l.slots <- struct{}{}
+	n := l.node
+	n.handlers.Add(1)
+	go func() {
+		defer n.handlers.Done()
+		defer func() { <-l.slots }()
+		l.handle(n.runCtx, msg)
+	}()
+}
+
+// Stop drains the node: it stops taking messages and requests, waits for
+// the ones in progress to finish, then releases its resources. If ctx ends
+// first, in-flight work is canceled as by StopAndCancel. Safe to call more
+// than once.
+func (n *Node) Stop(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.stopLocked(ctx, false)
+}
+
+// StopAndCancel stops the node at once: in-flight activities are canceled
+// and nothing more is acknowledged, so JetStream redelivers the messages
+// in progress to other nodes after AckWait. Safe to call more than once.
+func (n *Node) StopAndCancel(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.stopLocked(ctx, true)
+}
+
+func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
+	if n.state == nodeStopped {
+		return nil
+	}
+	wasRunning := n.state == nodeRunning
+	n.state = nodeStopped
+	if !wasRunning {
+		n.client.Close()
+		n.store.Close()
+		return nil
+	}
+	if cancelNow {
+		n.cancel()
+	}
+	if n.api != nil {
+		_ = n.api.Stop()
+	}
+	for _, l := range n.loops {
+		if cancelNow {
+			l.cc.Stop()
+		} else {
+			l.cc.Drain()
+		}
+	}
+	for _, l := range n.loops {
+		select {
+		case <-l.cc.Closed():
+		case <-ctx.Done():
+			n.cancel()
+			l.cc.Stop()
+			<-l.cc.Closed()
+		}
+	}
+	waited := make(chan struct{})
+	go func() {
+		n.handlers.Wait()
+		close(waited)
+	}()
+	var err error
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		n.cancel()
+		<-waited
+		err = ctx.Err()
+	}
+	n.cancel()
+	n.cache.close()
+	n.client.Close()
+	n.store.Close()
+	n.log.Info("node stopped", "drained", !cancelNow && err == nil)
+	return err
+}
+
+// Wake re-evaluates a saga now: it drops what the node cached, replays the
+// history and appends the decision the code makes, if any. Use it after
+// deploying code that fixes a blocked saga.
+func (n *Node) Wake(ctx context.Context, sagaID string) error {
+	if err := stream.ValidateID("saga id", sagaID); err != nil {
+		return &saga.Error{Kind: saga.KindValidation, Message: "wake", Cause: err}
+	}
+	e := n.cache.acquire(sagaID)
+	e.reset()
+	n.cache.release(e, false)
+	err := n.advance(ctx, advanceRequest{sagaID: sagaID, decide: true})
+	if err != nil {
+		return &saga.Error{Kind: saga.KindEventStore, Message: "wake " + sagaID, Cause: err}
+	}
+	return nil
+}
+
+// nakDelay is the redelivery delay after the n-th failed delivery of a
+// message because of a transient error (NATS unavailable, say).
+func nakDelay(delivered uint64) time.Duration {
+	d := 100 * time.Millisecond << min(delivered, 7)
+	return min(d, 10*time.Second)
+}
+
+func metadata(msg jetstream.Msg) (*jetstream.MsgMetadata, error) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return nil, fmt.Errorf("message metadata: %w", err)
+	}
+	return meta, nil
+}

@@ -1,0 +1,120 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/nats-io/nuid"
+
+	"github.com/jetsaga/saga/stream"
+)
+
+// Options configures a Node. Zero fields take the defaults documented on
+// each field.
+type Options struct {
+	// Stream names and sizes the engine's streams. Every node and client
+	// of one engine must agree on it. Defaults to prefix "saga", one
+	// history shard, replicas 1.
+	Stream stream.Config
+	// NodeName identifies the node in history and logs. Defaults to
+	// <hostname>-<random>.
+	NodeName string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// WorkflowTaskQueue is the durable consumer that delivers history
+	// commits to the nodes (the manual's workflow_task_queue). Defaults to
+	// "saga-workflows".
+	WorkflowTaskQueue string
+	// WorkflowConcurrency is how many history commits a node processes at
+	// once. Defaults to 64.
+	WorkflowConcurrency int
+	// ActivityConcurrency is how many activity attempts a node runs at
+	// once, over all activity types. Defaults to 100.
+	ActivityConcurrency int
+	// CacheSize is how many sagas' workflow states a node keeps live, so
+	// that the next step of a saga does not replay its history. Defaults
+	// to 1000.
+	CacheSize int
+	// AckWait is how long JetStream waits for a node to acknowledge a
+	// message before giving it to another node: the time to take over from
+	// a node that died. Long activities extend it while they run.
+	// Defaults to 30s.
+	AckWait time.Duration
+	// DefaultActivityTimeout bounds one activity attempt when neither the
+	// activity nor the call sets a timeout (the manual's
+	// default_activity_timeout). Defaults to 300s.
+	DefaultActivityTimeout time.Duration
+	// DeadlockTimeout bounds how long workflow code may run between two
+	// engine calls before the saga is blocked as deadlocked. Defaults to 1s.
+	DeadlockTimeout time.Duration
+	// DisableAPI turns off the request/reply API service.
+	DisableAPI bool
+	// Hooks are test seams; nil in production.
+	Hooks *Hooks
+}
+
+// Hooks let tests stop a node at precise points.
+type Hooks struct {
+	// BeforeAppend runs before the node appends a commit. An error aborts
+	// the append as if the node had died just before it.
+	BeforeAppend func(ctx context.Context, sagaID string, commit *stream.Commit) error
+}
+
+func (o Options) withDefaults() Options {
+	o.Stream = o.Stream.Defaults()
+	if o.NodeName == "" {
+		host, _ := os.Hostname()
+		if host == "" {
+			host = "node"
+		}
+		o.NodeName = host + "-" + nuid.Next()[:8]
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.WorkflowTaskQueue == "" {
+		o.WorkflowTaskQueue = "saga-workflows"
+	}
+	if o.WorkflowConcurrency == 0 {
+		o.WorkflowConcurrency = 64
+	}
+	if o.ActivityConcurrency == 0 {
+		o.ActivityConcurrency = 100
+	}
+	if o.CacheSize == 0 {
+		o.CacheSize = 1000
+	}
+	if o.AckWait == 0 {
+		o.AckWait = 30 * time.Second
+	}
+	if o.DefaultActivityTimeout == 0 {
+		o.DefaultActivityTimeout = 300 * time.Second
+	}
+	if o.DeadlockTimeout == 0 {
+		o.DeadlockTimeout = time.Second
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	if err := o.Stream.Validate(); err != nil {
+		return err
+	}
+	if err := stream.ValidateID("workflow task queue", o.WorkflowTaskQueue); err != nil {
+		return fmt.Errorf("worker options: WorkflowTaskQueue: %w", err)
+	}
+	switch {
+	case o.WorkflowConcurrency < 1:
+		return fmt.Errorf("worker options: WorkflowConcurrency must be positive, got %d", o.WorkflowConcurrency)
+	case o.ActivityConcurrency < 1:
+		return fmt.Errorf("worker options: ActivityConcurrency must be positive, got %d", o.ActivityConcurrency)
+	case o.CacheSize < 1:
+		return fmt.Errorf("worker options: CacheSize must be positive, got %d", o.CacheSize)
+	case o.AckWait < time.Second:
+		return fmt.Errorf("worker options: AckWait must be at least 1s, got %s", o.AckWait)
+	}
+	return nil
+}
