@@ -107,6 +107,9 @@ func (c *Client) Start(ctx context.Context, workflowType string, in any, opts St
 // one append that requires the saga not to exist, so of two starts of one
 // id exactly one creates the history.
 func (c *Client) StartPayload(ctx context.Context, workflowType string, version int, input stream.Payload, opts StartOptions) (StartResult, error) {
+	if err := c.store.Config().CheckPayload("workflow input", input); err != nil {
+		return StartResult{}, wrapStreamError("start", err)
+	}
 	commit, err := newStartCommit(workflowType, version, input, opts)
 	if err != nil {
 		return StartResult{}, err

@@ -63,6 +63,9 @@ func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (strea
 	if err != nil {
 		return nil, ToFailure(Errorf(KindCodec, "workflow %s: encode output: %w", w.name, err), KindCodec)
 	}
+	if err := env.CheckPayload("workflow output", b); err != nil {
+		return nil, ToFailure(&Error{Kind: KindValidation, Message: "workflow " + w.name, Cause: err}, KindValidation)
+	}
 	return b, nil
 }
 
@@ -169,6 +172,9 @@ func ExecuteActivity[In, Out any](ctx Context, act *Activity[In, Out], in In, op
 	if err != nil {
 		return &Future[Out]{err: Errorf(KindCodec, "activity %s: encode input: %w", act.name, err), activity: act.name}
 	}
+	if err := ctx.env.CheckPayload("input of activity "+act.name, input); err != nil {
+		return &Future[Out]{err: &Error{Kind: KindValidation, Message: "execute activity", Cause: err}, activity: act.name}
+	}
 	return &Future[Out]{f: ctx.env.ScheduleActivity(act.name, input, o), activity: act.name}
 }
 
@@ -184,6 +190,9 @@ func SideEffect[T any](ctx Context, fn func() (T, error)) (T, error) {
 		b, err := stream.Marshal(v)
 		if err != nil {
 			return nil, ToFailure(Errorf(KindCodec, "side effect: encode %T: %w", v, err), KindCodec)
+		}
+		if err := ctx.env.CheckPayload("side effect result", b); err != nil {
+			return nil, ToFailure(&Error{Kind: KindValidation, Message: "side effect", Cause: err}, KindValidation)
 		}
 		return b, nil
 	})

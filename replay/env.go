@@ -39,6 +39,14 @@ func (m *Machine) replaying() bool { return m.cursor < len(m.known) }
 // ActivityDefaults returns the node's defaults for activity options.
 func (e *Env) ActivityDefaults() stream.ActivityOptions { return e.m.cfg.ActivityDefaults }
 
+// CheckPayload refuses a value larger than the node's payload limit.
+func (e *Env) CheckPayload(what string, p stream.Payload) error {
+	if max := e.m.cfg.MaxPayloadSize; max > 0 && len(p) > max {
+		return fmt.Errorf("%w: %s is %d bytes, the payload limit is %d", stream.ErrTooLarge, what, len(p), max)
+	}
+	return nil
+}
+
 // Logger logs from workflow code, once per decision rather than once per
 // replay.
 func (e *Env) Logger() *slog.Logger { return e.logger }

@@ -42,6 +42,9 @@ type Config struct {
 	// ActivityDefaults fill the options an activity call leaves unset, before
 	// the engine's own defaults do.
 	ActivityDefaults stream.ActivityOptions
+	// MaxPayloadSize bounds the values the code records (activity inputs,
+	// side effect results, its output); 0 means no bound.
+	MaxPayloadSize int
 }
 
 // Errors of a Machine. After any of them the machine is unusable.

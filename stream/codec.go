@@ -209,6 +209,20 @@ func (p Payload) MarshalJSON() ([]byte, error) {
 	return json.Marshal(v)
 }
 
+// UnmarshalJSON reads a payload from the JSON of its value.
+func (p *Payload) UnmarshalJSON(doc []byte) error {
+	if string(doc) == "null" {
+		*p = nil
+		return nil
+	}
+	v, err := PayloadFromJSON(doc)
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
 // Generic decodes the payload into JSON-compatible Go values (maps with
 // string keys, slices, numbers, strings, booleans, nil).
 func (p Payload) Generic() (any, error) {

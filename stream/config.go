@@ -51,6 +51,10 @@ type Config struct {
 	// MaxMsgSize bounds one commit or task message. Defaults to 1 MiB, the
 	// server's default max_payload.
 	MaxMsgSize int32
+	// MaxPayloadSize bounds one user value (a workflow input or output, an
+	// activity input or result), so that a commit holding a few of them
+	// still fits in MaxMsgSize. Defaults to 256 KiB.
+	MaxPayloadSize int
 	// DuplicateWindow is how long the streams remember Nats-Msg-Id values
 	// for de-duplication. Defaults to 2 minutes.
 	DuplicateWindow time.Duration
@@ -72,6 +76,9 @@ func (c Config) Defaults() Config {
 	if c.MaxMsgSize == 0 {
 		c.MaxMsgSize = 1 << 20
 	}
+	if c.MaxPayloadSize == 0 {
+		c.MaxPayloadSize = 256 << 10
+	}
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = 2 * time.Minute
 	}
@@ -91,6 +98,18 @@ func (c Config) Validate() error {
 	}
 	if c.MaxMsgSize < 4096 {
 		return fmt.Errorf("stream config: MaxMsgSize must be at least 4096, got %d", c.MaxMsgSize)
+	}
+	if c.MaxPayloadSize < 1 || c.MaxPayloadSize > int(c.MaxMsgSize)/2 {
+		return fmt.Errorf("stream config: MaxPayloadSize must be 1..MaxMsgSize/2 (%d), got %d", c.MaxMsgSize/2, c.MaxPayloadSize)
+	}
+	return nil
+}
+
+// CheckPayload refuses a user value larger than MaxPayloadSize; what names
+// it in the error.
+func (c Config) CheckPayload(what string, p Payload) error {
+	if len(p) > c.MaxPayloadSize {
+		return fmt.Errorf("%w: %s is %d bytes, the payload limit is %d", ErrTooLarge, what, len(p), c.MaxPayloadSize)
 	}
 	return nil
 }

@@ -176,6 +176,7 @@ const (
 	BlockedPanic               = "panic"
 	BlockedHistoryUnreadable   = "history_unreadable"
 	BlockedDeadlock            = "deadlock"
+	BlockedCommitTooLarge      = "commit_too_large"
 )
 
 // WorkflowExecutionBlockedAttrs records why the engine stopped driving a

@@ -77,8 +77,12 @@ func (n *Node) handleTask(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if runErr == nil {
-		n.report(ctx, msg, meta, log, task, attempt, result, nil)
-		return
+		if err := n.opts.Stream.CheckPayload("result of activity "+task.ActivityType, result); err != nil {
+			runErr = saga.Permanent(&saga.Error{Kind: saga.KindValidation, Message: "activity result", Cause: err})
+		} else {
+			n.report(ctx, msg, meta, log, task, attempt, result, nil)
+			return
+		}
 	}
 	cause := saga.ToFailure(runErr, saga.KindActivityExecution)
 	if retryable(cause, policy) && attempt < policy.MaximumAttempts {
@@ -161,12 +165,6 @@ func (n *Node) report(ctx context.Context, msg jetstream.Msg, meta *jetstream.Ms
 		return events
 	}
 	err := n.advance(ctx, advanceRequest{sagaID: task.SagaID, inputs: inputs})
-	if errors.Is(err, stream.ErrTooLarge) && failure == nil {
-		// The result cannot be stored; the workflow gets an error instead.
-		tooLarge := activityFailure(task, attempt, &stream.Failure{Kind: string(saga.KindValidation), Message: err.Error(), NonRetryable: true})
-		n.report(ctx, msg, meta, log, task, attempt, nil, tooLarge)
-		return
-	}
 	if err != nil {
 		// Not recorded: the activity runs again on redelivery, which is
 		// what at-least-once means.

@@ -45,6 +45,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 	defer func() { n.cache.release(e, done) }()
 
 	delivered := req.delivered
+	var forceBlock error // set when the decision itself cannot be stored
 	for attempt := 0; ; attempt++ {
 		if err := n.catchUp(ctx, e, delivered); err != nil {
 			var ce *stream.CodecError
@@ -71,7 +72,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 		if len(inputs) == 0 && !req.decide {
 			return nil
 		}
-		commit, fedInputs, blockErr := n.decideCommit(ctx, e, req.decide, inputs)
+		commit, fedInputs, blockErr := n.decideCommit(ctx, e, req.decide, inputs, forceBlock)
 		if commit == nil {
 			return nil
 		}
@@ -81,11 +82,19 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 		}
 		seq, err := n.store.Append(ctx, commit, st.LastSeq)
 		if err == nil {
+			n.hooks.afterAppend(ctx, req.sagaID, commit)
 			done = n.committed(e, commit, seq, len(inputs))
 			if blockErr != nil && !errors.Is(blockErr, errAlreadyBlocked) {
 				n.log.Warn("saga blocked", "saga_id", req.sagaID, "reason", blockReason(blockErr), "err", blockErr)
 			}
 			return nil
+		}
+		if errors.Is(err, stream.ErrTooLarge) && forceBlock == nil && len(commit.Events) > len(inputs) {
+			// The inputs fit (each is within the payload limit) but not with
+			// the decision: record them and block the saga with the reason.
+			forceBlock = &commitTooLargeError{err: err}
+			e.reset()
+			continue
 		}
 		if !errors.Is(err, stream.ErrConcurrency) || attempt >= maxConflicts {
 			e.reset()
@@ -109,11 +118,13 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 // saga is blocked instead: the inputs are still recorded, followed by a
 // WorkflowExecutionBlocked event unless the saga is already blocked for
 // the same reason. fedInputs reports whether the machine saw the inputs.
-func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, decide bool, inputs []stream.Event) (commit *stream.Commit, fedInputs bool, blockErr error) {
+func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, decide bool, inputs []stream.Event, forceBlock error) (commit *stream.Commit, fedInputs bool, blockErr error) {
 	st := e.state
 	events := inputs
 	m, err := n.machineFor(ctx, e, decide)
-	if m != nil && err == nil {
+	if forceBlock != nil && (err == nil || errors.Is(err, errNotRegistered)) {
+		err = forceBlock
+	} else if m != nil && err == nil {
 		fedInputs = len(inputs) > 0
 		if err = m.Feed(inputs...); err == nil {
 			events = append(events, m.Propose(st.NextEventID+uint64(len(inputs)), time.Now())...)
@@ -136,6 +147,16 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, decide bool, inpu
 }
 
 var errNotRegistered = errors.New("workflow type not registered on this node")
+
+// commitTooLargeError blocks a saga whose next decision does not fit in
+// one message.
+type commitTooLargeError struct{ err error }
+
+func (e *commitTooLargeError) Error() string {
+	return "the workflow's next decision does not fit in one message: " + e.err.Error()
+}
+
+func (e *commitTooLargeError) Unwrap() error { return e.err }
 
 // machineFor returns the saga's machine, building it by replaying the
 // history when the cache has none.
@@ -186,6 +207,7 @@ func (n *Node) newMachine(e *sagaEntry, wf *saga.RegisteredWorkflow, commits []s
 		Logger:           n.log,
 		DeadlockTimeout:  n.opts.DeadlockTimeout,
 		ActivityDefaults: stream.ActivityOptions{StartToCloseTimeout: n.opts.DefaultActivityTimeout},
+		MaxPayloadSize:   n.opts.Stream.MaxPayloadSize,
 	})
 	for _, sc := range commits {
 		if sc.Seq > e.state.LastSeq {
@@ -307,6 +329,8 @@ func blockReason(err error) string {
 		return stream.BlockedUnknownWorkflowType
 	case errors.Is(err, replay.ErrDeadlock):
 		return stream.BlockedDeadlock
+	case errors.Is(err, stream.ErrTooLarge):
+		return stream.BlockedCommitTooLarge
 	}
 	return stream.BlockedHistoryUnreadable
 }
@@ -330,6 +354,12 @@ func (h *Hooks) beforeAppend(ctx context.Context, sagaID string, c *stream.Commi
 		return nil
 	}
 	return h.BeforeAppend(ctx, sagaID, c)
+}
+
+func (h *Hooks) afterAppend(ctx context.Context, sagaID string, c *stream.Commit) {
+	if h != nil && h.AfterAppend != nil {
+		h.AfterAppend(ctx, sagaID, c)
+	}
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

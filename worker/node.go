@@ -253,6 +253,7 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	wasRunning := n.state == nodeRunning
 	n.state = nodeStopped
 	if !wasRunning {
+		n.cache.close() // Wake works on a node that never started
 		n.client.Close()
 		n.store.Close()
 		return nil

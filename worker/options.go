@@ -61,6 +61,9 @@ type Hooks struct {
 	// BeforeAppend runs before the node appends a commit. An error aborts
 	// the append as if the node had died just before it.
 	BeforeAppend func(ctx context.Context, sagaID string, commit *stream.Commit) error
+	// AfterAppend runs after a commit was appended, before anything else
+	// (the acknowledgement of the message that led to it, say) happens.
+	AfterAppend func(ctx context.Context, sagaID string, commit *stream.Commit)
 }
 
 func (o Options) withDefaults() Options {

@@ -1,0 +1,152 @@
+package integration
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/worker"
+)
+
+// apiCall sends a request to the node API and returns the reply body, or
+// the error code and description of an error reply.
+func apiCall(t *testing.T, nc *nats.Conn, verb string, body []byte) (data []byte, code, desc string) {
+	t.Helper()
+	msg, err := nc.Request("saga.api."+verb, body, 5*time.Second)
+	if err != nil {
+		t.Fatalf("request %s: %v", verb, err)
+	}
+	return msg.Data, msg.Header.Get(micro.ErrorCodeHeader), msg.Header.Get(micro.ErrorHeader)
+}
+
+// Acceptance 6: invalid ids, an unknown workflow type, a non-msgpack
+// payload and an oversized payload each get a clear error, and the node
+// keeps serving other sagas.
+func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
+	c := newCluster(t)
+	svc := order.NewService()
+	node := c.node(worker.Options{}, svc.Definitions()...)
+	cl := c.client()
+	nc := c.srv.Conn()
+	ctx := ctxTimeout(t, 30*time.Second)
+
+	t.Run("invalid saga ids", func(t *testing.T) {
+		for _, id := range []string{"a.b", "a*", ">", "with space", "tab\tid", strings.Repeat("x", 129), "ümlaut"} {
+			_, err := cl.Start(ctx, "order", orderInput("x"), saga.StartOptions{ID: id})
+			if !errors.Is(err, saga.ErrInvalidID) || !errors.Is(err, saga.KindValidation) {
+				t.Errorf("start %q: got %v, want ErrInvalidID", id, err)
+			}
+			if _, err := cl.Describe(ctx, id); !errors.Is(err, saga.ErrInvalidID) {
+				t.Errorf("describe %q: got %v", id, err)
+			}
+		}
+		_, code, desc := apiCall(t, nc, "start", []byte(`{"workflow_type":"order","id":"bad.id","input":{"order_id":"x"}}`))
+		if code != "400" || !strings.Contains(desc, `saga id "bad.id"`) {
+			t.Errorf("API start with a bad id: %s %s", code, desc)
+		}
+		if _, err := cl.Start(ctx, "bad.type", nil, saga.StartOptions{}); !errors.Is(err, saga.ErrInvalidID) {
+			t.Errorf("bad workflow type: %v", err)
+		}
+	})
+
+	t.Run("unknown workflow type", func(t *testing.T) {
+		_, code, desc := apiCall(t, nc, "start", []byte(`{"workflow_type":"refund","input":{}}`))
+		if code != "404" || !strings.Contains(desc, "unknown workflow type") || !strings.Contains(desc, "refund") {
+			t.Errorf("API start: %s %s", code, desc)
+		}
+		// A client without a registry can start any type; the node blocks
+		// the saga with the reason instead of failing or ignoring it.
+		if _, err := cl.Start(ctx, "refund", map[string]int{"amount": 1}, saga.StartOptions{ID: "unknown-type"}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := cl.Wait(ctx, "unknown-type")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Status != saga.StatusBlocked || d.Blocked.Reason != "unknown_workflow_type" ||
+			!strings.Contains(d.Blocked.Message, `"refund" (this node registers: order)`) {
+			t.Errorf("describe %+v %+v", d, d.Blocked)
+		}
+	})
+
+	t.Run("input that does not fit the workflow", func(t *testing.T) {
+		for _, body := range []string{
+			`{"workflow_type":"order","input":{"order_id":5}}`,
+			`{"workflow_type":"order","input":{"items":"many"}}`,
+			`{"workflow_type":"order","input":`,
+			`not json`,
+			`{"workflow_type":"order","surprise":1}`,
+		} {
+			_, code, desc := apiCall(t, nc, "start", []byte(body))
+			if code != "400" || desc == "" {
+				t.Errorf("API start %s: %s %s", body, code, desc)
+			}
+		}
+	})
+
+	t.Run("non-msgpack history message", func(t *testing.T) {
+		subject := cl.Store().Config().HistorySubject("garbage")
+		if _, err := cl.Store().JetStream().Publish(ctx, subject, []byte("{\"json\": \"not msgpack\"}")); err != nil {
+			t.Fatal(err)
+		}
+		// A crafted header that claims four billion elements.
+		if _, err := cl.Store().JetStream().Publish(ctx, cl.Store().Config().HistorySubject("bomb"), []byte{0xdd, 0xff, 0xff, 0xff, 0xff}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cl.Describe(ctx, "garbage")
+		var ce *stream.CodecError
+		if !errors.Is(err, saga.KindCodec) || !errors.As(err, &ce) || !strings.Contains(err.Error(), "stream sequence") {
+			t.Errorf("describe garbage: %v", err)
+		}
+	})
+
+	t.Run("non-msgpack activity task", func(t *testing.T) {
+		subject := cl.Store().Config().TaskSubject(order.StepReserveInventory)
+		for _, data := range [][]byte{[]byte("hello"), {0xdf, 0xff, 0xff, 0xff, 0xff}, {}} {
+			if _, err := cl.Store().JetStream().Publish(ctx, subject, data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	t.Run("oversized payloads", func(t *testing.T) {
+		huge := strings.Repeat("x", 2<<20)
+		_, err := cl.Start(ctx, "order", order.Input{OrderID: huge}, saga.StartOptions{ID: "huge"})
+		if !errors.Is(err, stream.ErrTooLarge) || !errors.Is(err, saga.KindValidation) {
+			t.Errorf("2 MiB start: got %v, want ErrTooLarge", err)
+		}
+		body, _ := json.Marshal(worker.StartRequest{WorkflowType: "order", Input: json.RawMessage(`{"order_id":"` + strings.Repeat("y", 900_000) + `"}`)})
+		_, code, desc := apiCall(t, nc, "start", body)
+		if code != "400" || !strings.Contains(desc, "too large") {
+			t.Errorf("API start near max payload: %s %.200s", code, desc)
+		}
+		if _, err := cl.Describe(ctx, "huge"); !errors.Is(err, saga.ErrNotFound) {
+			t.Errorf("oversized start left a saga behind: %v", err)
+		}
+	})
+
+	// After all of that the node still runs sagas.
+	run, err := saga.StartWorkflow(ctx, cl, order.Workflow, orderInput("after"), saga.StartOptions{ID: "after-bad-input"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run.Get(ctx); err != nil {
+		t.Fatalf("saga after bad input: %v", err)
+	}
+	data, code, _ := apiCall(t, nc, "describe", []byte(`{"id":"after-bad-input"}`))
+	var d saga.Description
+	if err := json.Unmarshal(data, &d); code != "" || err != nil || d.Status != saga.StatusCompleted {
+		t.Fatalf("API describe: %s %v %s", code, err, data)
+	}
+	if node.Stats().ActivitiesRun != 3 {
+		t.Fatalf("node ran %d activities; the bad tasks must not run", node.Stats().ActivitiesRun)
+	}
+}

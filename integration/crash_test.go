@@ -1,0 +1,215 @@
+package integration
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/worker"
+)
+
+// activitiesOnly drops the workflow from an order service's definitions:
+// a node that only runs activities, as a separate service would.
+func activitiesOnly(svc *order.Service) []saga.Definition {
+	defs := svc.Definitions()
+	return defs[1:]
+}
+
+// schedules reports whether a commit schedules the given activity.
+func schedules(c *stream.Commit, activity string) bool {
+	for _, e := range c.Events {
+		if a, ok := e.Attrs.(*stream.ActivityTaskScheduledAttrs); ok && a.ActivityType == activity {
+			return true
+		}
+	}
+	return false
+}
+
+// completes reports whether a commit records the result of an activity.
+func completes(c *stream.Commit, scheduledID uint64) bool {
+	for _, e := range c.Events {
+		if a, ok := e.Attrs.(*stream.ActivityTaskCompletedAttrs); ok && a.ScheduledEventID == scheduledID {
+			return true
+		}
+	}
+	return false
+}
+
+func assertCompletedOnce(t *testing.T, ctx context.Context, cl *saga.Client, id string, svc *order.Service) {
+	t.Helper()
+	d, err := cl.Wait(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Status != saga.StatusCompleted {
+		t.Fatalf("saga %s ended %s: %+v", id, d.Status, d.Error)
+	}
+	events, err := cl.History(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheduled := map[string]int{}
+	results := map[uint64]int{}
+	for i, e := range events {
+		if e.ID != uint64(i) {
+			t.Fatalf("event %d has id %d", i, e.ID)
+		}
+		switch a := e.Attrs.(type) {
+		case *stream.ActivityTaskScheduledAttrs:
+			scheduled[a.ActivityType]++
+		case *stream.ActivityTaskCompletedAttrs:
+			results[a.ScheduledEventID]++
+		}
+	}
+	for _, step := range []string{order.StepReserveInventory, order.StepProcessPayment, order.StepShipOrder} {
+		if scheduled[step] != 1 {
+			t.Fatalf("%s scheduled %d times: %v", step, scheduled[step], eventTypes(events))
+		}
+		if n := svc.Calls(step); n != 1 {
+			t.Fatalf("%s ran %d times, want 1", step, n)
+		}
+	}
+	for id, n := range results {
+		if n != 1 {
+			t.Fatalf("activity %d has %d results", id, n)
+		}
+	}
+}
+
+// Acceptance 2: a node killed after an activity's result was recorded and
+// before the next decision loses nothing. A second node finishes the saga
+// and no completed activity runs again.
+func TestNodeKilledBetweenResultAndDecision(t *testing.T) {
+	c := newCluster(t)
+	svc := order.NewService()
+	// Activities run on their own node, so results are recorded without
+	// the decision that follows them.
+	c.node(worker.Options{NodeName: "activities"}, activitiesOnly(svc)...)
+
+	reached := make(chan struct{})
+	var once sync.Once
+	doomed := c.node(worker.Options{NodeName: "doomed", Hooks: &worker.Hooks{
+		BeforeAppend: func(ctx context.Context, _ string, commit *stream.Commit) error {
+			if schedules(commit, order.StepProcessPayment) {
+				once.Do(func() { close(reached) })
+				<-ctx.Done() // frozen until killed: the decision never lands
+				return ctx.Err()
+			}
+			return nil
+		},
+	}}, order.Workflow)
+
+	cl := c.client()
+	ctx := ctxTimeout(t, 30*time.Second)
+	if _, err := cl.Start(ctx, "order", orderInput("o-2"), saga.StartOptions{ID: "crash-1"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reached:
+	case <-ctx.Done():
+		t.Fatal("the doomed node never got to the decision after reserve-inventory")
+	}
+	doomed.kill(t)
+
+	events, err := cl.History(ctx, "crash-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []stream.EventType{stream.WorkflowExecutionStarted, stream.ActivityTaskScheduled, stream.ActivityTaskStarted, stream.ActivityTaskCompleted}
+	if got := eventTypes(events); !slices.Equal(got, want) {
+		t.Fatalf("history at the crash\n got %v\nwant %v", got, want)
+	}
+
+	c.node(worker.Options{NodeName: "survivor"}, order.Workflow)
+	assertCompletedOnce(t, ctx, cl, "crash-1", svc)
+}
+
+// A node killed after it appended an activity's result and the next
+// decision, but before it acknowledged the activity task: the task comes
+// back, and the activity is not run again.
+func TestNodeKilledBeforeAckingActivityTask(t *testing.T) {
+	c := newCluster(t)
+	svc := order.NewService()
+	reached := make(chan struct{})
+	var once sync.Once
+	doomed := c.node(worker.Options{NodeName: "doomed", Hooks: &worker.Hooks{
+		AfterAppend: func(ctx context.Context, _ string, commit *stream.Commit) {
+			if completes(commit, 1) { // reserve-inventory's result
+				once.Do(func() { close(reached) })
+				<-ctx.Done()
+			}
+		},
+	}}, svc.Definitions()...)
+
+	cl := c.client()
+	ctx := ctxTimeout(t, 30*time.Second)
+	if _, err := cl.Start(ctx, "order", orderInput("o-3"), saga.StartOptions{ID: "crash-2"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reached:
+	case <-ctx.Done():
+		t.Fatal("the doomed node never recorded reserve-inventory")
+	}
+	doomed.kill(t)
+
+	survivor := c.node(worker.Options{NodeName: "survivor"}, svc.Definitions()...)
+	assertCompletedOnce(t, ctx, cl, "crash-2", svc)
+	if survivor.Stats().ActivitiesRun != 2 {
+		t.Fatalf("survivor ran %d activities, want 2 (payment and shipping)", survivor.Stats().ActivitiesRun)
+	}
+}
+
+// A node killed while an activity runs: the attempt never reported, so
+// another node runs the activity again (at least once) and finishes.
+func TestNodeKilledDuringActivity(t *testing.T) {
+	c := newCluster(t)
+	svc := order.NewService()
+	reached := make(chan struct{})
+	var once sync.Once
+	svc.Hook = func(ctx context.Context, step, _ string) error {
+		if step == order.StepProcessPayment {
+			first := false
+			once.Do(func() { first = true; close(reached) })
+			if first {
+				<-ctx.Done()
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+	doomed := c.node(worker.Options{NodeName: "doomed"}, svc.Definitions()...)
+	cl := c.client()
+	ctx := ctxTimeout(t, 30*time.Second)
+	if _, err := cl.Start(ctx, "order", orderInput("o-4"), saga.StartOptions{ID: "crash-3"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reached:
+	case <-ctx.Done():
+		t.Fatal("payment never started")
+	}
+	doomed.kill(t)
+	c.node(worker.Options{NodeName: "survivor"}, svc.Definitions()...)
+	d, err := cl.Wait(ctx, "crash-3")
+	if err != nil || d.Status != saga.StatusCompleted {
+		t.Fatalf("saga: %v %+v", err, d)
+	}
+	if svc.Calls(order.StepReserveInventory) != 1 || svc.Calls(order.StepProcessPayment) != 2 || svc.Calls(order.StepShipOrder) != 1 {
+		t.Fatalf("calls: reserve %d payment %d ship %d", svc.Calls(order.StepReserveInventory), svc.Calls(order.StepProcessPayment), svc.Calls(order.StepShipOrder))
+	}
+	events, err := cl.History(ctx, "crash-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events {
+		if a, ok := e.Attrs.(*stream.ActivityTaskStartedAttrs); ok && a.ScheduledEventID == 4 && (a.Attempt != 2 || a.Node != "survivor") {
+			t.Fatalf("payment recorded as attempt %d on %s, want attempt 2 on survivor", a.Attempt, a.Node)
+		}
+	}
+}
