@@ -180,8 +180,12 @@ func ToFailure(err error, def ErrorKind) *stream.Failure {
 	if len(e.Context) > 0 {
 		f.Context = maps.Clone(e.Context)
 	}
+	// A plain cause that only repeats the message adds nothing.
 	if e.Cause != nil {
-		f.Cause = ToFailure(e.Cause, KindUnknown)
+		var ce *Error
+		if errors.As(e.Cause, &ce) || e.Cause.Error() != e.Message {
+			f.Cause = ToFailure(e.Cause, KindUnknown)
+		}
 	}
 	return f
 }

@@ -124,7 +124,9 @@ type Failure struct {
 
 func (f *Failure) Error() string {
 	if f.Cause != nil {
-		return f.Message + ": " + f.Cause.Error()
+		if c := f.Cause.Error(); c != f.Message {
+			return f.Message + ": " + c
+		}
 	}
 	return f.Message
 }

@@ -1,0 +1,241 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/worker"
+)
+
+// errSagaNotCompleted: start --wait saw the saga end other than completed.
+var errSagaNotCompleted = errors.New("saga did not complete")
+
+// runStart starts a saga through a node's API, which checks the workflow
+// type and the input before anything is written.
+func runStart(ctx context.Context, args []string, env Env) error {
+	fs := newFlagSet("start", env)
+	var conn connFlags
+	conn.register(fs, env)
+	id := fs.String("id", "", "saga id (default: generated)")
+	input := fs.String("input", "", "workflow input as JSON")
+	wait := fs.Bool("wait", false, "wait for the saga to end, print its description as JSON, exit 0 only if it completed")
+	timeout := fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
+	ifExists := fs.String("if-exists", "fail", `"fail" or "use_existing" when the id is taken`)
+	pos, err := parseArgs(fs, args, "workflow-type")
+	if err != nil {
+		return err
+	}
+	req := worker.StartRequest{WorkflowType: pos[0], ID: *id, IfExists: *ifExists}
+	if *input != "" {
+		if !json.Valid([]byte(*input)) {
+			return fmt.Errorf("%w: --input is not valid JSON", errUsage)
+		}
+		req.Input = json.RawMessage(*input)
+	}
+	nc, err := conn.connect("start")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	var res worker.StartResponse
+	if err := apiRequest(ctx, nc, conn.prefix, "start", req, &res); err != nil {
+		return err
+	}
+	if !*wait {
+		fmt.Fprintln(env.Stdout, res.ID)
+		return nil
+	}
+	cl, err := saga.NewClient(nc, saga.ClientOptions{Stream: stream.Config{Prefix: conn.prefix}})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	wctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	d, err := cl.Wait(wctx, res.ID)
+	if err != nil {
+		return err
+	}
+	if err := writeJSON(env.Stdout, d); err != nil {
+		return err
+	}
+	if d.Status != saga.StatusCompleted {
+		msg := ""
+		if d.Error != nil {
+			msg = ": " + d.Error.Message
+		}
+		fmt.Fprintf(env.Stderr, "saga-node start: saga %s is %s%s\n", d.ID, d.Status, msg)
+		return errSagaNotCompleted
+	}
+	return nil
+}
+
+// apiRequest calls a node API verb and decodes the reply into out.
+func apiRequest(ctx context.Context, nc *nats.Conn, prefix, verb string, req, out any) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	subject := prefix + ".api." + verb
+	msg, err := nc.RequestWithContext(ctx, subject, body)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return fmt.Errorf("no node answered on %s: is \"saga-node run\" running against this NATS and prefix?", subject)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", subject, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return fmt.Errorf("%s (code %s)", msg.Header.Get(micro.ErrorHeader), code)
+	}
+	return json.Unmarshal(msg.Data, out)
+}
+
+// clientCommand parses "<command> <saga-id> [--json]" and opens a client.
+func clientCommand(name string, args []string, env Env) (*saga.Client, func(), string, bool, error) {
+	fs := newFlagSet(name, env)
+	var conn connFlags
+	conn.register(fs, env)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseArgs(fs, args, "saga-id")
+	if err != nil {
+		return nil, nil, "", false, err
+	}
+	if err := stream.ValidateID("saga id", pos[0]); err != nil {
+		return nil, nil, "", false, err
+	}
+	nc, err := conn.connect(name)
+	if err != nil {
+		return nil, nil, "", false, err
+	}
+	cl, err := saga.NewClient(nc, saga.ClientOptions{Stream: stream.Config{Prefix: conn.prefix}})
+	if err != nil {
+		nc.Close()
+		return nil, nil, "", false, err
+	}
+	return cl, func() { cl.Close(); nc.Close() }, pos[0], *asJSON, nil
+}
+
+func runDescribe(ctx context.Context, args []string, env Env) error {
+	cl, done, id, asJSON, err := clientCommand("describe", args, env)
+	if err != nil {
+		return err
+	}
+	defer done()
+	d, err := cl.Describe(ctx, id)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return writeJSON(env.Stdout, d)
+	}
+	return writeDescription(env.Stdout, d)
+}
+
+func runHistory(ctx context.Context, args []string, env Env) error {
+	cl, done, id, asJSON, err := clientCommand("history", args, env)
+	if err != nil {
+		return err
+	}
+	defer done()
+	events, err := cl.History(ctx, id)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return writeJSON(env.Stdout, events)
+	}
+	return writeTimeline(env.Stdout, events)
+}
+
+// runWake asks a node to re-evaluate a saga, for example after deploying
+// code that fixes what blocked it.
+func runWake(ctx context.Context, args []string, env Env) error {
+	fs := newFlagSet("wake", env)
+	var conn connFlags
+	conn.register(fs, env)
+	pos, err := parseArgs(fs, args, "saga-id")
+	if err != nil {
+		return err
+	}
+	nc, err := conn.connect("wake")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	var res worker.SagaRequest
+	if err := apiRequest(ctx, nc, conn.prefix, "wake", worker.SagaRequest{ID: pos[0]}, &res); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "woke %s\n", res.ID)
+	return nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func writeDescription(w io.Writer, d *saga.Description) error {
+	var b strings.Builder
+	row := func(k, v string) { fmt.Fprintf(&b, "%-9s %s\n", k+":", v) }
+	row("id", d.ID)
+	row("type", fmt.Sprintf("%s (version %d)", d.Type, d.Version))
+	row("status", string(d.Status))
+	row("started", d.StartedAt.Format(time.RFC3339Nano))
+	if d.ClosedAt != nil {
+		row("closed", fmt.Sprintf("%s (took %s)", d.ClosedAt.Format(time.RFC3339Nano), d.ClosedAt.Sub(d.StartedAt).Round(time.Millisecond)))
+	} else {
+		row("updated", d.UpdatedAt.Format(time.RFC3339Nano))
+	}
+	row("events", fmt.Sprint(d.Events))
+	if len(d.Input) > 0 {
+		row("input", payloadJSON(d.Input))
+	}
+	if len(d.Output) > 0 {
+		row("output", payloadJSON(d.Output))
+	}
+	if d.Blocked != nil {
+		row("blocked", fmt.Sprintf("%s at event %d: %s", d.Blocked.Reason, d.Blocked.AtEventID, firstLine(d.Blocked.Message)))
+	} else if d.Error != nil {
+		row("error", fmt.Sprintf("[%s] %s", d.Error.Kind, errorChain(d.Error)))
+	}
+	for _, p := range d.PendingActivities {
+		row("pending", fmt.Sprintf("%s (scheduled at event %d)", p.ActivityType, p.ScheduledEventID))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func errorChain(e *saga.StructuredError) string {
+	var parts []string
+	for ; e != nil; e = e.Cause {
+		parts = append(parts, e.Message)
+	}
+	return strings.Join(parts, ": ")
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
+
+func payloadJSON(p stream.Payload) string {
+	b, err := p.MarshalJSON()
+	if err != nil {
+		return fmt.Sprintf("<%d bytes that do not decode: %v>", len(p), err)
+	}
+	return string(b)
+}

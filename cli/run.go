@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetsaga/saga/internal/embeddednats"
+	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/worker"
+)
+
+// runNode runs a long-lived node until SIGINT or SIGTERM, then drains it.
+func runNode(ctx context.Context, args []string, env Env) error {
+	fs := newFlagSet("run", env)
+	var conn connFlags
+	conn.register(fs, env)
+	urlSet := false
+	data := fs.String("data", "./saga-data", "JetStream directory of the embedded nats-server")
+	listen := fs.String("listen", "127.0.0.1:4222", "client address of the embedded nats-server")
+	syncMode := fs.String("sync", "always", `embedded server fsync: "always" (survives power loss) or "interval" (every 2 minutes; survives a process kill only)`)
+	name := fs.String("name", "", "node name (default: host name and a random suffix)")
+	shards := fs.Int("history-shards", 1, "number of history streams; fixed once sagas exist")
+	replicas := fs.Int("replicas", 1, "stream replicas (3 in a production cluster)")
+	drain := fs.Duration("drain-timeout", 30*time.Second, "how long a stop waits for work in progress")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "nats-url" {
+			urlSet = true
+		}
+	})
+	if env.Getenv("SAGA_NATS_URL") != "" {
+		urlSet = true
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("%w: --log-level: %v", errUsage, err)
+	}
+	if *syncMode != "always" && *syncMode != "interval" {
+		return fmt.Errorf(`%w: --sync must be "always" or "interval", got %q`, errUsage, *syncMode)
+	}
+	log := newLogger(env.Stderr, level)
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	var nc *nats.Conn
+	if urlSet {
+		var err error
+		if nc, err = conn.connect("run"); err != nil {
+			return err
+		}
+		log.Info("using NATS", "url", conn.url)
+	} else {
+		dir, err := filepath.Abs(*data)
+		if err != nil {
+			return err
+		}
+		srv, err := embeddednats.Start(embeddednats.Options{
+			Dir: dir, Listen: *listen, SyncAlways: *syncMode == "always", Logger: log.With("component", "nats-server"),
+		})
+		if err != nil {
+			return err
+		}
+		defer srv.Shutdown()
+		if nc, err = srv.Connect(nats.Name("saga-node")); err != nil {
+			return err
+		}
+		log.Info("embedded nats-server ready", "url", srv.ClientURL(), "data", dir, "sync", *syncMode)
+	}
+	defer nc.Close()
+
+	node, err := worker.New(nc, env.Registry, worker.Options{
+		Stream:   stream.Config{Prefix: conn.prefix, HistoryShards: *shards, Replicas: *replicas},
+		NodeName: *name,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := node.Start(startCtx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("stopping: draining work in progress", "timeout", *drain)
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), *drain)
+	defer cancelDrain()
+	if err := node.Stop(drainCtx); err != nil {
+		log.Warn("drain did not finish; remaining work goes to other nodes", "err", err)
+	}
+	return nil
+}
