@@ -403,4 +403,3 @@ func (m *Machine) Close() {
 		}
 	}
 }
-
