@@ -73,6 +73,10 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 			return nil
 		}
 		commit, fedInputs, blockErr := n.decideCommit(ctx, e, req.decide, inputs, forceBlock)
+		if errors.Is(blockErr, replay.ErrStale) && attempt < maxConflicts {
+			e.reset() // the cache was behind a value recorded elsewhere
+			continue
+		}
 		if commit == nil {
 			return nil
 		}
@@ -209,14 +213,11 @@ func (n *Node) newMachine(e *sagaEntry, wf *saga.RegisteredWorkflow, commits []s
 		ActivityDefaults: stream.ActivityOptions{StartToCloseTimeout: n.opts.DefaultActivityTimeout},
 		MaxPayloadSize:   n.opts.Stream.MaxPayloadSize,
 	})
-	for _, sc := range commits {
-		if sc.Seq > e.state.LastSeq {
-			break // newer than the state; both catch up together later
-		}
-		if err := m.Feed(sc.Commit.Events...); err != nil {
-			m.Close()
-			return nil, err
-		}
+	// One Feed for the whole history, so that code replaying an early input
+	// already sees the markers recorded after it.
+	if err := m.Feed(eventsUpTo(commits, e.state.LastSeq)...); err != nil {
+		m.Close()
+		return nil, err
 	}
 	e.machine = m
 	n.stats.replays.Add(1)
@@ -265,18 +266,30 @@ func (n *Node) applyCommits(e *sagaEntry, commits []stream.StoredCommit) error {
 		if err := e.state.Apply(sc); err != nil {
 			return &stream.CodecError{Subject: e.id, Seq: sc.Seq, Err: err}
 		}
-		if e.machine != nil {
-			if err := e.machine.Feed(sc.Commit.Events...); err != nil {
-				// Handled as a replay failure on the next decision.
-				e.machine.Close()
-				e.machine = nil
-				if !errors.Is(err, replay.ErrStale) {
-					n.log.Debug("cached machine rejected history", "saga_id", e.id, "err", err)
-				}
-			}
+	}
+	if e.machine != nil {
+		if err := e.machine.Feed(eventsUpTo(commits, e.state.LastSeq)...); err != nil {
+			// The next decision rebuilds the machine from the history, and
+			// reports the error again if it was not a stale cache.
+			n.log.Debug("cached machine rejected history", "saga_id", e.id, "err", err)
+			e.machine.Close()
+			e.machine = nil
 		}
 	}
 	return nil
+}
+
+// eventsUpTo concatenates the events of the commits up to stream sequence
+// last.
+func eventsUpTo(commits []stream.StoredCommit, last uint64) []stream.Event {
+	var events []stream.Event
+	for _, sc := range commits {
+		if sc.Seq > last {
+			break
+		}
+		events = append(events, sc.Commit.Events...)
+	}
+	return events
 }
 
 // committed updates the cache after a successful append and reports
