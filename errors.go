@@ -75,13 +75,20 @@ func NewError(kind ErrorKind, message string) *Error {
 }
 
 // Errorf returns an error of the given kind with a formatted message. A %w
-// verb makes the wrapped error the cause.
+// verb makes the wrapped error the cause (several %w: all of them, joined).
 func Errorf(kind ErrorKind, format string, args ...any) *Error {
 	wrapped := fmt.Errorf(format, args...)
 	e := &Error{Kind: kind, Message: wrapped.Error()}
-	if u := errors.Unwrap(wrapped); u != nil {
-		e.Message = strings.TrimSuffix(strings.TrimSuffix(e.Message, u.Error()), ": ")
-		e.Cause = u
+	switch u := wrapped.(type) {
+	case interface{ Unwrap() error }:
+		e.Cause = u.Unwrap()
+		// "context: %w" keeps "context" as the message; the cause follows
+		// it in Error().
+		if trimmed, ok := strings.CutSuffix(e.Message, ": "+e.Cause.Error()); ok {
+			e.Message = trimmed
+		}
+	case interface{ Unwrap() []error }:
+		e.Cause = errors.Join(u.Unwrap()...)
 	}
 	return e
 }
@@ -93,12 +100,17 @@ func Permanent(err error) error {
 		return nil
 	}
 	var e *Error
-	if errors.As(err, &e) && e == err {
-		c := *e
-		c.NonRetryable = true
-		return &c
+	if !errors.As(err, &e) {
+		return &Error{Kind: KindActivityExecution, Message: err.Error(), NonRetryable: true, Cause: err}
 	}
-	return &Error{Kind: KindActivityExecution, Message: err.Error(), NonRetryable: true, Cause: err}
+	if e != err {
+		// Extra text around an *Error: keep the text and the inner kind.
+		return &Error{Kind: e.Kind, Message: err.Error(), NonRetryable: true, Cause: err}
+	}
+	c := *e
+	c.Context = maps.Clone(e.Context)
+	c.NonRetryable = true
+	return &c
 }
 
 // WithContext adds a key/value pair of context and returns e.
@@ -116,8 +128,9 @@ func (e *Error) Error() string {
 		msg = string(e.Kind)
 	}
 	if e.Cause != nil {
-		// A cause restored from history may repeat the message.
-		if c := e.Cause.Error(); c != msg {
+		// A message that already holds the cause's text (Errorf with %w
+		// inside the text, say) is not repeated.
+		if c := e.Cause.Error(); !strings.Contains(msg, c) {
 			return msg + ": " + c
 		}
 	}
@@ -146,7 +159,12 @@ type StructuredError struct {
 }
 
 // Structured returns the error as a value that marshals to JSON.
-func (e *Error) Structured() *StructuredError { return structured(ToFailure(e, KindUnknown)) }
+func (e *Error) Structured() *StructuredError {
+	if e == nil {
+		return nil
+	}
+	return structured(ToFailure(e, KindUnknown))
+}
 
 // MarshalJSON writes the structured form.
 func (e *Error) MarshalJSON() ([]byte, error) { return json.Marshal(e.Structured()) }
@@ -172,8 +190,12 @@ func ToFailure(err error, def ErrorKind) *stream.Failure {
 	}
 	f := &stream.Failure{Kind: string(e.Kind), Message: e.Message, NonRetryable: e.NonRetryable}
 	if e != err {
-		// err wraps the *Error with more text: keep the full text.
+		// err wraps the *Error with more text ("charge card: %w"): the
+		// text becomes the message, the *Error the cause.
 		f.Message = err.Error()
+		if trimmed, ok := strings.CutSuffix(f.Message, ": "+e.Error()); ok {
+			f.Message = trimmed
+		}
 		f.Cause = ToFailure(e, def)
 		return f
 	}

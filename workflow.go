@@ -1,6 +1,8 @@
 package saga
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -69,19 +71,21 @@ func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (strea
 	return b, nil
 }
 
-// typedPayloadFromJSON converts a JSON document to msgpack and checks that
-// it decodes into T, so that a bad input is refused at start rather than
+// typedPayloadFromJSON decodes a JSON document into T, refusing unknown
+// fields, and encodes the value as the payload: a bad input is refused at
+// start, with encoding/json's account of what does not fit, rather than
 // failing the saga later.
 func typedPayloadFromJSON[T any](doc []byte) (stream.Payload, error) {
-	p, err := stream.PayloadFromJSON(doc)
-	if err != nil {
-		return nil, err
-	}
 	var v T
-	if err := stream.Unmarshal(p, &v); err != nil {
-		return nil, fmt.Errorf("input does not fit %T: %w", v, err)
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("%w: input does not fit %T: %v", stream.ErrCodec, v, err)
 	}
-	return p, nil
+	if dec.More() {
+		return nil, fmt.Errorf("%w: input holds more than one JSON value", stream.ErrCodec)
+	}
+	return stream.Marshal(v)
 }
 
 // Context is what workflow code gets instead of a context.Context. It

@@ -35,6 +35,9 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
+	if *ifExists != "fail" && *ifExists != "use_existing" {
+		return fmt.Errorf(`%w: --if-exists must be "fail" or "use_existing", got %q`, errUsage, *ifExists)
+	}
 	req := worker.StartRequest{WorkflowType: pos[0], ID: *id, IfExists: *ifExists}
 	if *input != "" {
 		if !json.Valid([]byte(*input)) {
@@ -64,7 +67,7 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	defer cancel()
 	d, err := cl.Wait(wctx, res.ID)
 	if err != nil {
-		return err
+		return fmt.Errorf("saga %s started, but waiting for its end failed: %w", res.ID, err)
 	}
 	if err := writeJSON(env.Stdout, d); err != nil {
 		return err
@@ -167,6 +170,9 @@ func runWake(ctx context.Context, args []string, env Env) error {
 	conn.register(fs, env)
 	pos, err := parseArgs(fs, args, "saga-id")
 	if err != nil {
+		return err
+	}
+	if err := stream.ValidateID("saga id", pos[0]); err != nil {
 		return err
 	}
 	nc, err := conn.connect("wake")

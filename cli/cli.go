@@ -153,8 +153,8 @@ func (c *connFlags) register(fs *flag.FlagSet, env Env) {
 	fs.StringVar(&c.prefix, "prefix", "saga", "subject and stream prefix of the engine")
 }
 
-func (c *connFlags) connect(name string) (*nats.Conn, error) {
-	nc, err := nats.Connect(c.url, nats.Name("saga-node "+name), nats.Timeout(5*time.Second))
+func (c *connFlags) connect(name string, opts ...nats.Option) (*nats.Conn, error) {
+	nc, err := nats.Connect(c.url, append([]nats.Option{nats.Name("saga-node " + name), nats.Timeout(5 * time.Second)}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w (is \"saga-node run\" running? set --nats-url or SAGA_NATS_URL)", c.url, err)
 	}

@@ -22,6 +22,9 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	fs := newFlagSet("run", env)
 	var conn connFlags
 	conn.register(fs, env)
+	// run joins an existing NATS only when told so on its command line;
+	// SAGA_NATS_URL is for the admin commands.
+	conn.url = DefaultNATSURL
 	urlSet := false
 	data := fs.String("data", "./saga-data", "JetStream directory of the embedded nats-server")
 	listen := fs.String("listen", "127.0.0.1:4222", "client address of the embedded nats-server")
@@ -39,9 +42,6 @@ func runNode(ctx context.Context, args []string, env Env) error {
 			urlSet = true
 		}
 	})
-	if env.Getenv("SAGA_NATS_URL") != "" {
-		urlSet = true
-	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("%w: --log-level: %v", errUsage, err)
@@ -57,7 +57,8 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	var nc *nats.Conn
 	if urlSet {
 		var err error
-		if nc, err = conn.connect("run"); err != nil {
+		// A node outlives NATS outages: it reconnects for as long as it runs.
+		if nc, err = conn.connect("run", nats.MaxReconnects(-1)); err != nil {
 			return err
 		}
 		log.Info("using NATS", "url", conn.url)

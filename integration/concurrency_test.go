@@ -87,8 +87,9 @@ func TestRacingDecidersAppendOnce(t *testing.T) {
 		t.Fatalf("%d appends tried, want 2 (one each; the loser must not try again)", got)
 	}
 	commits := deciders[0].Stats().Commits + deciders[1].Stats().Commits
-	if commits != 1 {
-		t.Fatalf("%d commits landed, want 1", commits)
+	conflicts := deciders[0].Stats().Conflicts + deciders[1].Stats().Conflicts
+	if commits != 1 || conflicts != 1 {
+		t.Fatalf("%d commits landed and %d lost, want 1 and 1", commits, conflicts)
 	}
 	events, err := cl.History(ctx, "race-1")
 	if err != nil {

@@ -66,6 +66,27 @@ func TestOrderSagaCompletes(t *testing.T) {
 			t.Fatalf("%s ran %d times", step, n)
 		}
 	}
+	// What one saga costs in JetStream: five commits on its history subject
+	// (the start, the first decision, and each activity's result merged
+	// with the decision that follows it) and three activity tasks.
+	commits, err := cl.Store().Read(ctx, "order-1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(commits) != 5 {
+		t.Fatalf("%d commits, want 5", len(commits))
+	}
+	tasks, err := cl.Store().JetStream().Stream(ctx, cl.Store().Config().TaskStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Acknowledged tasks leave the work queue; the last ack may trail the
+	// saga's end by a moment.
+	waitFor(t, 5*time.Second, "three tasks published and acknowledged", func() bool {
+		info, err := tasks.Info(ctx)
+		return err == nil && info.State.LastSeq == 3 && info.State.Msgs == 0
+	})
+
 	d, err := cl.Describe(ctx, "order-1")
 	if err != nil {
 		t.Fatal(err)

@@ -314,14 +314,12 @@ func TestGetVersion(t *testing.T) {
 
 func TestPanicInWorkflowCode(t *testing.T) {
 	m := replay.New(replay.Config{SagaID: "s", Workflow: func(env *replay.Env, _ stream.Payload) (stream.Payload, *stream.Failure) {
-		var m map[string]int
-		m["boom"] = 1
-		return nil, nil
+		panic("boom in workflow code")
 	}})
 	defer m.Close()
 	err := m.Feed(stream.Event{ID: 0, Type: stream.WorkflowExecutionStarted, Time: t0, Attrs: &stream.WorkflowExecutionStartedAttrs{}})
 	var pe *replay.PanicError
-	if !errors.As(err, &pe) || !strings.Contains(pe.Stack, "machine_test.go") {
+	if !errors.As(err, &pe) || pe.Value != "boom in workflow code" || !strings.Contains(pe.Stack, "machine_test.go") {
 		t.Fatalf("got %v", err)
 	}
 }

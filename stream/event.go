@@ -3,6 +3,7 @@ package stream
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -123,12 +124,16 @@ type Failure struct {
 }
 
 func (f *Failure) Error() string {
+	msg := f.Message
+	if msg == "" {
+		msg = f.Kind
+	}
 	if f.Cause != nil {
-		if c := f.Cause.Error(); c != f.Message {
-			return f.Message + ": " + c
+		if c := f.Cause.Error(); !strings.Contains(msg, c) {
+			return msg + ": " + c
 		}
 	}
-	return f.Message
+	return msg
 }
 
 // RetryPolicy says how an activity is retried. Zero fields mean the

@@ -146,6 +146,10 @@ func (n *Node) runActivity(ctx context.Context, msg jetstream.Msg, act *saga.Reg
 // report appends an activity's outcome, then acknowledges the task.
 func (n *Node) report(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, log *slog.Logger, task stream.ActivityTask, attempt int, result stream.Payload, failure *stream.Failure) {
 	inputs := func(st *stream.State) []stream.Event {
+		if task.ScheduledEventID >= st.NextEventID {
+			log.Error("task for an activity the saga's history does not schedule; result dropped", "next_event_id", st.NextEventID)
+			return nil
+		}
 		if _, open := st.OpenActivities[task.ScheduledEventID]; !open {
 			return nil // recorded already, by an earlier attempt
 		}
@@ -164,7 +168,10 @@ func (n *Node) report(ctx context.Context, msg jetstream.Msg, meta *jetstream.Ms
 		}
 		return events
 	}
-	err := n.advance(ctx, advanceRequest{sagaID: task.SagaID, inputs: inputs})
+	// The cache is trusted when it has the scheduled event: an activity it
+	// shows open may have closed since (the append then conflicts and the
+	// saga is read again), but one it shows closed is closed.
+	err := n.advance(ctx, advanceRequest{sagaID: task.SagaID, inputs: inputs, needEvent: &task.ScheduledEventID})
 	if err != nil {
 		// Not recorded: the activity runs again on redelivery, which is
 		// what at-least-once means.
@@ -179,7 +186,7 @@ func (n *Node) report(ctx context.Context, msg jetstream.Msg, meta *jetstream.Ms
 func (n *Node) activityOpen(ctx context.Context, task stream.ActivityTask) (bool, error) {
 	e := n.cache.acquire(task.SagaID)
 	defer n.cache.release(e, false)
-	if err := n.catchUp(ctx, e, nil); err != nil {
+	if err := n.catchUp(ctx, e, nil, readLatest); err != nil {
 		e.reset()
 		return false, err
 	}

@@ -112,10 +112,3 @@ func (c *sagaCache) close() {
 	c.entries = map[string]*sagaEntry{}
 	c.lru.Init()
 }
-
-// len reports the number of cached sagas.
-func (c *sagaCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.entries)
-}

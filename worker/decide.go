@@ -25,6 +25,13 @@ type advanceRequest struct {
 	delivered *stream.StoredCommit
 	// inputs adds events from outside the workflow (activity results).
 	inputs inputsFunc
+	// fresh says whether to check for commits the cache has not seen
+	// before appending, or to let a conflict tell.
+	fresh freshness
+	// needEvent, when set, is an event id the state must include: the
+	// scheduled event an activity result refers to. A cache that does not
+	// have it yet is behind, whatever fresh says.
+	needEvent *uint64
 	// decide runs the workflow code to make the next decision. When false
 	// (the node only records a result), the code runs only if the
 	// workflow is registered here, and a saga this node cannot replay is
@@ -47,7 +54,11 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 	delivered := req.delivered
 	var forceBlock error // set when the decision itself cannot be stored
 	for attempt := 0; ; attempt++ {
-		if err := n.catchUp(ctx, e, delivered); err != nil {
+		fresh := req.fresh
+		if attempt > 0 || req.needEvent != nil && (e.state == nil || e.state.NextEventID <= *req.needEvent) {
+			fresh = readLatest // a conflict said the cache is behind, or it lacks the event
+		}
+		if err := n.catchUp(ctx, e, delivered, fresh); err != nil {
 			var ce *stream.CodecError
 			if errors.As(err, &ce) {
 				// A message no engine wrote sits in the history. Nothing
@@ -110,6 +121,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 		if fedInputs || blockErr != nil {
 			e.reset()
 		}
+		n.stats.conflicts.Add(1)
 		n.log.Debug("append conflict, catching up", "saga_id", req.sagaID, "attempt", attempt+1)
 		if err := sleepCtx(ctx, time.Duration(attempt)*5*time.Millisecond); err != nil {
 			return err
@@ -224,30 +236,71 @@ func (n *Node) newMachine(e *sagaEntry, wf *saga.RegisteredWorkflow, commits []s
 	return m, nil
 }
 
-// catchUp makes e.state (and e.machine) current: from the delivered
-// commit when it is the next one expected, else by reading what the cache
-// has not seen. A cold load replays the history it read into a machine
-// right away when the workflow is registered here, so that it is read once.
-func (n *Node) catchUp(ctx context.Context, e *sagaEntry, delivered *stream.StoredCommit) error {
-	if e.state != nil && delivered != nil {
+// How catchUp treats a saga the node already knows.
+type freshness int
+
+const (
+	// trustCache appends on what the cache knows; a stale cache shows up as
+	// a concurrency conflict, after which the saga is read again.
+	trustCache freshness = iota
+	// readLatest checks the saga's last commit first (one cheap direct get)
+	// and reads what the cache lacks.
+	readLatest
+)
+
+// catchUp makes e.state (and e.machine) current enough to append on.
+//
+// A delivered commit that continues what the cache holds is applied
+// without a read; so is the first commit of a saga the node does not know.
+// Otherwise a saga the node does not know is read in full and, if its
+// workflow is registered here, replayed into a machine at once, so that the
+// history is read once.
+func (n *Node) catchUp(ctx context.Context, e *sagaEntry, delivered *stream.StoredCommit, fresh freshness) error {
+	if delivered != nil {
 		switch {
-		case delivered.Seq <= e.state.LastSeq:
+		case e.state != nil && delivered.Seq <= e.state.LastSeq:
 			return nil // seen already (often: our own append)
-		case delivered.Commit.FirstEventID() == e.state.NextEventID:
+		case e.state != nil && delivered.Commit.FirstEventID() == e.state.NextEventID:
 			return n.applyCommits(e, []stream.StoredCommit{*delivered})
+		case e.state == nil && delivered.Commit.FirstEventID() == 0:
+			return n.load(e, []stream.StoredCommit{*delivered})
 		}
 	}
-	if e.state != nil {
-		commits, err := n.store.Read(ctx, e.id, e.state.LastSeq)
+	if e.state == nil {
+		n.stats.historyReads.Add(1)
+		commits, err := n.store.Read(ctx, e.id, 0)
 		if err != nil {
 			return err
 		}
-		return n.applyCommits(e, commits)
+		return n.load(e, commits)
 	}
-	commits, err := n.store.Read(ctx, e.id, 0)
+	if delivered == nil && fresh == trustCache {
+		return nil
+	}
+	n.stats.historyReads.Add(1)
+	last, err := n.store.Last(ctx, e.id)
+	if errors.Is(err, stream.ErrNotFound) {
+		return nil // purged under our feet; nothing to catch up on
+	}
 	if err != nil {
 		return err
 	}
+	switch {
+	case last.Seq == e.state.LastSeq:
+		return nil
+	case last.Commit.FirstEventID() == e.state.NextEventID:
+		return n.applyCommits(e, []stream.StoredCommit{last})
+	}
+	commits, err := n.store.Read(ctx, e.id, e.state.LastSeq)
+	if err != nil {
+		return err
+	}
+	return n.applyCommits(e, commits)
+}
+
+// load builds the entry of a saga the node did not know from the start of
+// its history.
+func (n *Node) load(e *sagaEntry, commits []stream.StoredCommit) error {
 	e.state = &stream.State{}
 	if err := n.applyCommits(e, commits); err != nil {
 		return err

@@ -50,15 +50,21 @@ const (
 
 // nodeStats counts what a node did; see Stats.
 type nodeStats struct {
-	commits, conflicts, replays, tasksPublished, activitiesRun, activityRetries atomic.Int64
+	commits, conflicts, replays, historyReads, tasksPublished, activitiesRun, activityRetries atomic.Int64
 }
 
 // Stats is a snapshot of a node's counters since it started.
 type Stats struct {
 	// Commits appended by this node.
 	Commits int64
-	// Replays: sagas this node rebuilt from history (cache misses).
+	// Conflicts: appends that lost to another writer and were retried.
+	Conflicts int64
+	// Replays: workflow states this node rebuilt by replaying history
+	// (sagas new to its cache).
 	Replays int64
+	// HistoryReads: direct-get reads of saga histories (the whole history,
+	// or its last commit to check that the cache is current).
+	HistoryReads int64
 	// TasksPublished: activity tasks derived from history.
 	TasksPublished int64
 	// ActivitiesRun: activity attempts executed.
@@ -105,7 +111,9 @@ func (n *Node) Client() *saga.Client { return n.client }
 func (n *Node) Stats() Stats {
 	return Stats{
 		Commits:         n.stats.commits.Load(),
+		Conflicts:       n.stats.conflicts.Load(),
 		Replays:         n.stats.replays.Load(),
+		HistoryReads:    n.stats.historyReads.Load(),
 		TasksPublished:  n.stats.tasksPublished.Load(),
 		ActivitiesRun:   n.stats.activitiesRun.Load(),
 		ActivityRetries: n.stats.activityRetries.Load(),
