@@ -21,9 +21,13 @@ type coroutine struct {
 	resume chan struct{}
 	yield  chan struct{}
 	exited chan struct{}
-	// waitFor is the condition the coroutine is blocked on; nil when it
-	// has not started or is runnable.
+	// waitFor is the engine's own condition the coroutine is blocked on (a
+	// future being ready), which the driver may evaluate; nil when the
+	// coroutine is runnable or waits on a condition of workflow code.
 	waitFor func() bool
+	// stalled is set when the coroutine, resumed to re-check a condition
+	// of workflow code, found it still false: it made no progress.
+	stalled bool
 	done    bool
 }
 
@@ -73,7 +77,9 @@ func (m *Machine) run() error {
 			if m.err != nil {
 				return m.err
 			}
-			progressed = true
+			if !co.stalled {
+				progressed = true
+			}
 			if m.finished {
 				return nil // the workflow returned; its other coroutines are moot
 			}
@@ -103,14 +109,23 @@ func (m *Machine) resume(co *coroutine) error {
 	}
 }
 
-// await blocks the calling coroutine until cond holds.
-func (m *Machine) await(cond func() bool) {
+// await blocks the calling coroutine until cond holds. An engine
+// condition (internal) is evaluated by the driver; a condition of workflow
+// code is only ever evaluated on the coroutine itself, so that a panic in
+// it or a condition that blocks is caught like any bug in workflow code,
+// and the driver resumes the coroutine to re-check it.
+func (m *Machine) await(cond func() bool, internal bool) {
 	co := m.current
 	if co == nil {
 		panic("saga: a blocking workflow call was made outside workflow code (from a native goroutine?)")
 	}
+	ranCode := true // the coroutine got here by running workflow code
 	for !cond() {
-		co.waitFor = cond
+		if internal {
+			co.waitFor = cond
+		} else {
+			co.stalled = !ranCode
+		}
 		select {
 		case co.yield <- struct{}{}:
 		case <-m.stop:
@@ -122,7 +137,9 @@ func (m *Machine) await(cond func() bool) {
 			panic(errAbort)
 		}
 		m.current = co
+		ranCode = false
 	}
+	co.stalled = false
 }
 
 // replayAwareHandler drops log records while the machine replays history

@@ -143,7 +143,7 @@ func (e *Env) Go(fn func(env *Env)) {
 // only on workflow state.
 func (e *Env) Await(cond func() bool) {
 	e.checkAlive()
-	e.m.await(cond)
+	e.m.await(cond, false)
 }
 
 // Future is the pending result of an activity.
@@ -166,6 +166,6 @@ func (f *Future) Ready() bool { return f.ready }
 
 // Get blocks the calling coroutine until the result is in.
 func (f *Future) Get() (stream.Payload, *stream.Failure) {
-	f.m.await(func() bool { return f.ready })
+	f.m.await(func() bool { return f.ready }, true)
 	return f.value, f.failure
 }

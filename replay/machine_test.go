@@ -432,3 +432,48 @@ func TestCorruptHistories(t *testing.T) {
 		t.Fatalf("gap: %v", err)
 	}
 }
+
+// A condition of workflow code runs on the workflow's coroutine: a panic
+// in it is a workflow panic, not a crash of the engine.
+func TestPanickingAwaitConditionIsAWorkflowPanic(t *testing.T) {
+	wf := func(env *replay.Env, _ stream.Payload) (stream.Payload, *stream.Failure) {
+		var state *struct{ ready bool }
+		env.ScheduleActivity("a", nil, stream.ActivityOptions{})
+		env.Await(func() bool { return state.ready }) // nil dereference
+		return nil, nil
+	}
+	m := replay.New(replay.Config{SagaID: "s", Workflow: wf})
+	defer m.Close()
+	err := m.Feed(stream.Event{ID: 0, Type: stream.WorkflowExecutionStarted, Time: t0, Attrs: &stream.WorkflowExecutionStartedAttrs{}})
+	var pe *replay.PanicError
+	if !errors.As(err, &pe) {
+		t.Fatalf("got %v, want a PanicError", err)
+	}
+}
+
+// Workflow code waiting on its own condition is re-checked after every
+// input and proceeds once the condition holds.
+func TestAwaitOnWorkflowStateAcrossInputs(t *testing.T) {
+	wf := func(env *replay.Env, _ stream.Payload) (stream.Payload, *stream.Failure) {
+		results := 0
+		for _, n := range []string{"a", "b"} {
+			env.Go(func(env *replay.Env) {
+				env.ScheduleActivity(n, nil, stream.ActivityOptions{}).Get()
+				results++
+			})
+		}
+		env.Await(func() bool { return results == 2 })
+		b, _ := stream.Marshal(results)
+		return b, nil
+	}
+	d := newDriver(t, wf)
+	if props := d.start(); types(props) != "ActivityTaskScheduled ActivityTaskScheduled" {
+		t.Fatalf("proposed %v", types(props))
+	}
+	if props := d.complete(1, "x"); len(props) != 0 {
+		t.Fatalf("proposed %v after one result", types(props))
+	}
+	if props := d.complete(2, "y"); types(props) != "WorkflowExecutionCompleted" {
+		t.Fatalf("proposed %v after both results", types(props))
+	}
+}

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -36,7 +35,7 @@ type Node struct {
 	runCtx   context.Context // canceled by StopAndCancel: aborts in-flight work
 	cancel   context.CancelFunc
 	handlers sync.WaitGroup // in-flight message handlers and API requests
-	loops    []*consumeLoop
+	loops    []*fetchLoop
 	api      micro.Service
 }
 
@@ -191,50 +190,6 @@ func (n *Node) startConsumers(ctx context.Context) error {
 	return nil
 }
 
-// addLoop starts consuming cons, running handle in at most cap(slots)
-// goroutines at a time.
-func (n *Node) addLoop(cons jetstream.Consumer, err error, name string, slots chan struct{}, handle func(context.Context, jetstream.Msg)) error {
-	if err != nil {
-		return &saga.Error{Kind: saga.KindTaskQueue, Message: "create consumer for " + name, Cause: err}
-	}
-	loop := &consumeLoop{node: n, name: name, slots: slots, handle: handle}
-	cc, err := cons.Consume(loop.deliver,
-		jetstream.PullMaxMessages(cap(slots)),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if !errors.Is(err, jetstream.ErrNoHeartbeat) {
-				n.log.Debug("consumer", "consumer", name, "err", err)
-			}
-		}))
-	if err != nil {
-		return &saga.Error{Kind: saga.KindTaskQueue, Message: "consume " + name, Cause: err}
-	}
-	loop.cc = cc
-	n.loops = append(n.loops, loop)
-	return nil
-}
-
-// consumeLoop hands deliveries of one consumer to handler goroutines, as
-// many as there are free slots; the consumer pulls no more than that, so
-// few messages wait in this node while their ack deadlines run.
-type consumeLoop struct {
-	node   *Node
-	name   string
-	cc     jetstream.ConsumeContext
-	slots  chan struct{}
-	handle func(context.Context, jetstream.Msg)
-}
-
-func (l *consumeLoop) deliver(msg jetstream.Msg) {
-	l.slots <- struct{}{}
-	n := l.node
-	n.handlers.Add(1)
-	go func() {
-		defer n.handlers.Done()
-		defer func() { <-l.slots }()
-		l.handle(n.runCtx, msg)
-	}()
-}
-
 // Stop drains the node: it stops taking messages and requests, waits for
 // the ones in progress to finish, then releases its resources. If ctx ends
 // first, in-flight work is canceled as by StopAndCancel. Safe to call more
@@ -272,21 +227,9 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	if n.api != nil {
 		_ = n.api.Stop()
 	}
+	// No new messages: the loops stop fetching and return unused slots.
 	for _, l := range n.loops {
-		if cancelNow {
-			l.cc.Stop()
-		} else {
-			l.cc.Drain()
-		}
-	}
-	for _, l := range n.loops {
-		select {
-		case <-l.cc.Closed():
-		case <-ctx.Done():
-			n.cancel()
-			l.cc.Stop()
-			<-l.cc.Closed()
-		}
+		l.stop()
 	}
 	waited := make(chan struct{})
 	go func() {
