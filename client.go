@@ -69,6 +69,11 @@ type StartOptions struct {
 	// IfExists says what to do when the id is taken. Defaults to
 	// IfExistsFail.
 	IfExists IfExists
+	// RequestID identifies this start request. A client that retries a
+	// start (after a timeout, say) with the same ID and RequestID gets
+	// success rather than ErrAlreadyStarted if its first attempt created
+	// the saga. Defaults to a random id, new for every call.
+	RequestID string
 }
 
 // StartResult says which saga a start refers to.
@@ -114,7 +119,25 @@ func (c *Client) StartPayload(ctx context.Context, workflowType string, version 
 	if err != nil {
 		return StartResult{}, err
 	}
-	return c.appendStart(ctx, commit, opts)
+	id := commit.SagaID
+	_, err = c.store.Append(ctx, commit, 0)
+	if errors.Is(err, stream.ErrConcurrency) && opts.RequestID != "" && c.startedBy(ctx, id, opts.RequestID) {
+		return StartResult{ID: id}, nil // our own earlier attempt
+	}
+	if err != nil {
+		return alreadyStartedResult(id, opts, err)
+	}
+	return StartResult{ID: id}, nil
+}
+
+// startedBy reports whether the saga's start event carries requestID.
+func (c *Client) startedBy(ctx context.Context, id, requestID string) bool {
+	commits, err := c.store.Read(ctx, id, 0)
+	if err != nil || len(commits) == 0 {
+		return false
+	}
+	a, ok := commits[0].Commit.Events[0].Attrs.(*stream.WorkflowExecutionStartedAttrs)
+	return ok && a.RequestID == requestID
 }
 
 // newStartCommit builds the commit that starts a saga, after validating the
@@ -129,6 +152,9 @@ func newStartCommit(workflowType string, version int, input stream.Payload, opts
 	if err := stream.ValidateID("workflow type", workflowType); err != nil {
 		return nil, wrapStreamError("start", err)
 	}
+	if opts.RequestID == "" {
+		opts.RequestID = nuid.Next()
+	}
 	return &stream.Commit{SagaID: opts.ID, Events: []stream.Event{{
 		ID:     0,
 		SagaID: opts.ID,
@@ -138,17 +164,9 @@ func newStartCommit(workflowType string, version int, input stream.Payload, opts
 			WorkflowType: workflowType,
 			Version:      version,
 			Input:        input,
-			RequestID:    nuid.Next(),
+			RequestID:    opts.RequestID,
 		},
 	}}}, nil
-}
-
-func (c *Client) appendStart(ctx context.Context, commit *stream.Commit, opts StartOptions) (StartResult, error) {
-	id := commit.SagaID
-	if _, err := c.store.Append(ctx, commit, 0); err != nil {
-		return alreadyStartedResult(id, opts, err)
-	}
-	return StartResult{ID: id}, nil
 }
 
 // alreadyStartedResult turns the concurrency error of a start into
@@ -222,17 +240,38 @@ func (c *Client) read(ctx context.Context, id string) ([]stream.StoredCommit, er
 	return commits, nil
 }
 
-// Describe returns the saga's current state.
+// Describe returns the saga's current state. A history holding a message
+// the engine did not write (it does not decode, or does not continue the
+// history) describes as blocked, with reason history_unreadable, up to
+// that message.
 func (c *Client) Describe(ctx context.Context, id string) (*Description, error) {
-	commits, err := c.read(ctx, id)
-	if err != nil {
-		return nil, err
+	if err := stream.ValidateID("saga id", id); err != nil {
+		return nil, wrapStreamError("describe", err)
 	}
-	st, err := stream.Fold(commits)
-	if err != nil {
-		return nil, wrapStreamError("describe "+id, err)
+	commits, readErr := c.store.Read(ctx, id, 0)
+	var ce *stream.CodecError
+	if readErr != nil && !errors.As(readErr, &ce) {
+		return nil, wrapStreamError("describe "+id, readErr)
 	}
-	return newDescription(st), nil
+	if len(commits) == 0 && readErr == nil {
+		return nil, (&Error{Kind: KindValidation, Message: "saga " + id, Cause: ErrNotFound}).WithContext("saga_id", id)
+	}
+	st, foldErr := stream.Fold(commits)
+	if readErr == nil {
+		readErr = foldErr
+	}
+	if readErr != nil {
+		if !st.Exists() {
+			return nil, wrapStreamError("describe "+id, readErr)
+		}
+		st.Status = stream.StatusBlocked
+		st.Blocked = &stream.WorkflowExecutionBlockedAttrs{Reason: stream.BlockedHistoryUnreadable, Message: readErr.Error(), AtEventID: st.NextEventID}
+	}
+	d := newDescription(st)
+	if d.ID == "" {
+		d.ID = id
+	}
+	return d, nil
 }
 
 // Wait blocks until the saga is terminal or blocked and returns its

@@ -167,6 +167,11 @@ func (f *Future[T]) Get(ctx Context) (T, error) {
 // result. It does not block: call Get on the future, or schedule several
 // activities first to run them in parallel.
 func ExecuteActivity[In, Out any](ctx Context, act *Activity[In, Out], in In, opts ...ActivityOption) *Future[Out] {
+	if err := stream.ValidateID("activity type", act.name); err != nil {
+		// Checked here, deterministically, so that no task for it is ever
+		// scheduled.
+		return &Future[Out]{err: &Error{Kind: KindValidation, Message: "execute activity", Cause: err}, activity: act.name}
+	}
 	o := act.options
 	for _, opt := range opts {
 		opt(&o)

@@ -149,4 +149,19 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 	if node.Stats().ActivitiesRun != 3 {
 		t.Fatalf("node ran %d activities; the bad tasks must not run", node.Stats().ActivitiesRun)
 	}
+
+	// A foreign message in an existing history: the saga describes as
+	// blocked (history unreadable) up to the bad message, and Wait says so
+	// instead of waiting forever.
+	if _, err := cl.Store().JetStream().Publish(ctx, cl.Store().Config().HistorySubject("after-bad-input"), []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := cl.Wait(ctx, "after-bad-input")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d2.Status != saga.StatusBlocked || d2.Blocked.Reason != "history_unreadable" || d2.Blocked.AtEventID != 11 ||
+		!strings.Contains(d2.Blocked.Message, "stream sequence") {
+		t.Fatalf("describe after a foreign message: %s %+v", d2.Status, d2.Blocked)
+	}
 }

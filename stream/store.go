@@ -130,16 +130,25 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 	if err != nil {
 		return 0, err
 	}
-	if len(data) > int(s.cfg.MaxMsgSize) {
-		return 0, fmt.Errorf("%w: commit of %d events is %d bytes, the limit is %d", ErrTooLarge, len(c.Events), len(data), s.cfg.MaxMsgSize)
+	if limit := s.maxMsgSize(); len(data) > limit {
+		return 0, fmt.Errorf("%w: commit of %d events is %d bytes, the limit is %d", ErrTooLarge, len(c.Events), len(data), limit)
 	}
 	msgID := commitMsgID(c.SagaID, c.FirstEventID(), data)
 	subject := s.cfg.HistorySubject(c.SagaID)
-	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	ack, err := s.js.PublishMsg(ctx, msg,
-		jetstream.WithMsgID(msgID),
-		jetstream.WithExpectLastSequencePerSubject(expectedSeq),
-		jetstream.WithExpectStream(s.cfg.HistoryStream(s.cfg.Shard(c.SagaID))))
+	var ack *jetstream.PubAck
+	for attempt := 1; ; attempt++ {
+		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+		ack, err = s.js.PublishMsg(ctx, msg,
+			jetstream.WithMsgID(msgID),
+			jetstream.WithExpectLastSequencePerSubject(expectedSeq),
+			jetstream.WithExpectStream(s.cfg.HistoryStream(s.cfg.Shard(c.SagaID))))
+		// A publish whose reply was lost may have landed: send the very same
+		// bytes again, which the checks below recognise as ours.
+		if err == nil || attempt == publishAttempts || ctx.Err() != nil ||
+			!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+			break
+		}
+	}
 	if err != nil {
 		err = mapError(err)
 		if errors.Is(err, ErrConcurrency) {
@@ -152,6 +161,23 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 	// A duplicate ack carries the sequence of the message that has our id;
 	// ids are derived from content, so that message is ours.
 	return ack.Sequence, nil
+}
+
+// publishAttempts bounds the sends of one append whose replies time out.
+const publishAttempts = 3
+
+// headerRoom is what a message's headers may take of the server's
+// max_payload.
+const headerRoom = 4096
+
+// maxMsgSize is the largest message body the store sends: the configured
+// maximum, or less if the server accepts less.
+func (s *Store) maxMsgSize() int {
+	limit := int(s.cfg.MaxMsgSize)
+	if server := int(s.nc.MaxPayload()) - headerRoom; server > 0 && server < limit {
+		limit = server
+	}
+	return limit
 }
 
 // landedAfter reports whether the commit right after expectedSeq on the

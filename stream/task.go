@@ -49,6 +49,9 @@ func (s *Store) PublishTask(ctx context.Context, t ActivityTask) error {
 	if err != nil {
 		return err
 	}
+	if limit := s.maxMsgSize(); len(data) > limit {
+		return fmt.Errorf("%w: task of %d bytes, the limit is %d", ErrTooLarge, len(data), limit)
+	}
 	msg := &nats.Msg{Subject: s.cfg.TaskSubject(t.ActivityType), Data: data}
 	msgID := t.SagaID + ":act:" + strconv.FormatUint(t.ScheduledEventID, 10)
 	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.TaskStream())); err != nil {

@@ -47,17 +47,23 @@ func (n *Node) handleTask(ctx context.Context, msg jetstream.Msg) {
 	}
 	attempt := int(meta.NumDelivered)
 	policy := task.Options.RetryPolicy
+	stopBeat := n.keepAlive(msg)
+	defer stopBeat()
 
 	// A task delivered before may have reported already, and one published
 	// long ago may be a republication the duplicate window no longer
 	// caught: in both cases look at the history first.
 	if attempt > 1 || time.Since(task.ScheduledAt) > n.opts.Stream.DuplicateWindow/2 {
 		open, err := n.activityOpen(ctx, task)
-		if err != nil {
+		switch {
+		case errors.Is(err, errBehind):
+			log.Error("task for an activity the saga's history does not schedule; dropped", "err", err)
+			_ = msg.TermWithReason("activity not in history")
+			return
+		case err != nil:
 			n.retryLater(msg, meta, log, "check activity state", err)
 			return
-		}
-		if !open {
+		case !open:
 			log.Debug("activity already reported; not running it again", "delivery", attempt)
 			_ = msg.Ack()
 			return
@@ -70,12 +76,11 @@ func (n *Node) handleTask(ctx context.Context, msg jetstream.Msg) {
 		n.report(ctx, msg, meta, log, task, attempt-1, nil, activityFailure(task, attempt-1, failure))
 		return
 	}
-
-	result, runErr := n.runActivity(ctx, msg, act, task, attempt)
 	if ctx.Err() != nil {
-		// The node is stopping: leave the task for another node.
-		return
+		return // stopping: another node takes the task
 	}
+
+	result, runErr := n.runActivity(ctx, act, task, attempt)
 	if runErr == nil {
 		if err := n.opts.Stream.CheckPayload("result of activity "+task.ActivityType, result); err != nil {
 			runErr = saga.Permanent(&saga.Error{Kind: saga.KindValidation, Message: "activity result", Cause: err})
@@ -83,6 +88,10 @@ func (n *Node) handleTask(ctx context.Context, msg jetstream.Msg) {
 			n.report(ctx, msg, meta, log, task, attempt, result, nil)
 			return
 		}
+	}
+	if ctx.Err() != nil {
+		// Canceled because the node is stopping: not the activity's fault.
+		return
 	}
 	cause := saga.ToFailure(runErr, saga.KindActivityExecution)
 	if retryable(cause, policy) && attempt < policy.MaximumAttempts {
@@ -96,9 +105,40 @@ func (n *Node) handleTask(ctx context.Context, msg jetstream.Msg) {
 	n.report(ctx, msg, meta, log, task, attempt, nil, activityFailure(task, attempt, cause))
 }
 
-// runActivity runs one attempt with the activity's timeout, keeping the
-// task's ack deadline extended while it runs. A panic is an error.
-func (n *Node) runActivity(ctx context.Context, msg jetstream.Msg, act *saga.RegisteredActivity, task stream.ActivityTask, attempt int) (result stream.Payload, err error) {
+// keepAlive extends the message's ack deadline every AckWait/3 until the
+// returned function is called, so that JetStream does not hand a message
+// the node is working on to another node.
+func (n *Node) keepAlive(msg jetstream.Msg) (stop func()) {
+	stopped := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(n.opts.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopped:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() {
+		close(stopped)
+		<-done
+	}
+}
+
+// abandonGrace is how long an activity may run past its timeout before
+// the node stops waiting for it.
+const abandonGrace = 5 * time.Second
+
+// runActivity runs one attempt with the activity's timeout. A panic is an
+// error. An activity that ignores its context and runs on past the timeout
+// is abandoned after abandonGrace: the attempt counts as timed out, and
+// whatever the activity returns later is dropped.
+func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, task stream.ActivityTask, attempt int) (stream.Payload, error) {
 	n.stats.activitiesRun.Add(1)
 	timeout := task.Options.StartToCloseTimeout
 	if timeout <= 0 {
@@ -109,47 +149,48 @@ func (n *Node) runActivity(ctx context.Context, msg jetstream.Msg, act *saga.Reg
 	actx = saga.WithActivityInfo(actx, saga.ActivityInfo{
 		SagaID: task.SagaID, ActivityType: task.ActivityType, ScheduledEventID: task.ScheduledEventID, Attempt: attempt,
 	})
-
-	stopBeat := make(chan struct{})
-	beatDone := make(chan struct{})
-	go func() {
-		defer close(beatDone)
-		t := time.NewTicker(n.opts.AckWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopBeat:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
-		}
-	}()
-	defer func() {
-		close(stopBeat)
-		<-beatDone
-	}()
-
-	defer func() {
-		if r := recover(); r != nil {
-			err = (&saga.Error{Kind: saga.KindActivityExecution, Message: fmt.Sprintf("activity panicked: %v", r)}).
-				WithContext("stack", string(debug.Stack()))
-		}
-	}()
-	result, err = act.Run(actx, task.Input)
-	if err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-		err = &saga.Error{Kind: saga.KindTimeout, Message: fmt.Sprintf("activity attempt timed out after %s", timeout), Cause: err}
+	type outcome struct {
+		result stream.Payload
+		err    error
 	}
-	return result, err
+	out := make(chan outcome, 1)
+	go func() {
+		var o outcome
+		defer func() {
+			if r := recover(); r != nil {
+				o.err = (&saga.Error{Kind: saga.KindActivityExecution, Message: fmt.Sprintf("activity panicked: %v", r)}).
+					WithContext("stack", string(debug.Stack()))
+			}
+			out <- o
+		}()
+		o.result, o.err = act.Run(actx, task.Input)
+	}()
+	var o outcome
+	select {
+	case o = <-out:
+	case <-actx.Done():
+		select {
+		case o = <-out:
+		case <-time.After(abandonGrace):
+			n.log.Error("activity ignores its context; abandoned", "saga_id", task.SagaID, "activity_type", task.ActivityType, "attempt", attempt)
+			o.err = context.DeadlineExceeded
+		}
+	}
+	if o.err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		o.err = &saga.Error{Kind: saga.KindTimeout, Message: fmt.Sprintf("activity attempt timed out after %s", timeout), Cause: o.err}
+	}
+	return o.result, o.err
 }
 
-// report appends an activity's outcome, then acknowledges the task.
+// reportTimeout bounds the in-process retries of recording an outcome.
+const reportTimeout = 30 * time.Second
+
+// report appends an activity's outcome, then acknowledges the task. It
+// retries in-process for a while (the task kept alive meanwhile), so that
+// a NATS hiccup does not cost an attempt. A draining node records the
+// results in hand; StopAndCancel gives up on them.
 func (n *Node) report(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, log *slog.Logger, task stream.ActivityTask, attempt int, result stream.Payload, failure *stream.Failure) {
 	inputs := func(st *stream.State) []stream.Event {
-		if task.ScheduledEventID >= st.NextEventID {
-			log.Error("task for an activity the saga's history does not schedule; result dropped", "next_event_id", st.NextEventID)
-			return nil
-		}
 		if _, open := st.OpenActivities[task.ScheduledEventID]; !open {
 			return nil // recorded already, by an earlier attempt
 		}
@@ -168,30 +209,64 @@ func (n *Node) report(ctx context.Context, msg jetstream.Msg, meta *jetstream.Ms
 		}
 		return events
 	}
+	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
 	// The cache is trusted when it has the scheduled event: an activity it
 	// shows open may have closed since (the append then conflicts and the
 	// saga is read again), but one it shows closed is closed.
-	err := n.advance(ctx, advanceRequest{sagaID: task.SagaID, inputs: inputs, needEvent: &task.ScheduledEventID})
-	if err != nil {
+	req := advanceRequest{sagaID: task.SagaID, inputs: inputs, needEvent: &task.ScheduledEventID}
+	err := retryFor(rctx, func() error { return n.advance(rctx, req) })
+	switch {
+	case err == nil:
+		_ = msg.Ack()
+	case errors.Is(err, errBehind):
+		log.Error("result for an activity the saga's history does not schedule; dropped", "err", err)
+		_ = msg.TermWithReason("activity not in history")
+	default:
 		// Not recorded: the activity runs again on redelivery, which is
 		// what at-least-once means.
-		n.retryLater(msg, meta, log, "record activity result", err)
-		return
+		n.retryLater(msg, meta, log, "record activity outcome", err)
 	}
-	_ = msg.Ack()
+}
+
+// retryFor calls f until it succeeds or ctx ends, backing off from 50ms to
+// 2s, and returns the last error.
+func retryFor(ctx context.Context, f func() error) error {
+	wait := 50 * time.Millisecond
+	for {
+		err := f()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if sleepCtx(ctx, wait) != nil {
+			return err
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // activityOpen reports whether the scheduled activity still waits for its
 // result, reading whatever the node has not seen of the history.
 func (n *Node) activityOpen(ctx context.Context, task stream.ActivityTask) (bool, error) {
-	e := n.cache.acquire(task.SagaID)
-	defer n.cache.release(e, false)
-	if err := n.catchUp(ctx, e, nil, readLatest); err != nil {
-		e.reset()
-		return false, err
-	}
-	_, open := e.state.OpenActivities[task.ScheduledEventID]
-	return open && !e.state.Status.Terminal(), nil
+	ctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
+	var open bool
+	err := retryFor(ctx, func() error {
+		e := n.cache.acquire(task.SagaID)
+		defer n.cache.release(e, false)
+		if err := n.catchUp(ctx, e, nil, readLatest); err != nil {
+			e.reset()
+			return err
+		}
+		if e.state.NextEventID <= task.ScheduledEventID {
+			e.reset()
+			return errBehind
+		}
+		_, open = e.state.OpenActivities[task.ScheduledEventID]
+		open = open && !e.state.Status.Terminal()
+		return nil
+	})
+	return open, err
 }
 
 // activityFailure wraps the error of an activity's last attempt as the
@@ -202,13 +277,18 @@ func activityFailure(task stream.ActivityTask, attempts int, cause *stream.Failu
 	if cause.Kind == string(saga.KindTimeout) {
 		kind = saga.KindTimeout
 	}
-	plural := "s"
-	if attempts == 1 {
-		plural = ""
+	var msg string
+	switch attempts {
+	case 0:
+		msg = fmt.Sprintf("activity %s could not be scheduled", task.ActivityType)
+	case 1:
+		msg = fmt.Sprintf("activity %s failed after 1 attempt", task.ActivityType)
+	default:
+		msg = fmt.Sprintf("activity %s failed after %d attempts", task.ActivityType, attempts)
 	}
 	return &stream.Failure{
 		Kind:    string(kind),
-		Message: fmt.Sprintf("activity %s failed after %d attempt%s", task.ActivityType, attempts, plural),
+		Message: msg,
 		Context: map[string]string{
 			"activity_type":      task.ActivityType,
 			"scheduled_event_id": strconv.FormatUint(task.ScheduledEventID, 10),

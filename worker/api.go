@@ -78,9 +78,12 @@ func (n *Node) startAPI() error {
 // handler so that Stop waits for it.
 func (n *Node) async(h func(context.Context, micro.Request)) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
-		n.handlers.Add(1)
+		if !n.track() {
+			_ = req.Error("503", "node stopping", nil)
+			return
+		}
 		go func() {
-			defer n.handlers.Done()
+			defer n.untrack()
 			ctx, cancel := context.WithTimeout(n.runCtx, apiTimeout)
 			defer cancel()
 			h(ctx, req)

@@ -37,11 +37,20 @@ type advanceRequest struct {
 	// workflow is registered here, and a saga this node cannot replay is
 	// not blocked by it.
 	decide bool
+	// lastChance blocks the saga on failures that might pass (a deadlock,
+	// a workflow type this node lacks): set after repeated deliveries, or
+	// when an operator wakes the saga.
+	lastChance bool
 }
 
 // maxConflicts bounds the retries of one advance after concurrency
 // conflicts; each one means another writer made progress.
 const maxConflicts = 20
+
+// errBehind means the history read lags behind what the node knows exists
+// (a stream replica serving a read before it has caught up): retry later
+// rather than decide on a state that misses events.
+var errBehind = errors.New("history read is behind the commit being processed")
 
 // advance brings the saga's cached state up to date, adds the requested
 // inputs, lets the workflow code decide, and appends inputs and decision
@@ -62,7 +71,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 			var ce *stream.CodecError
 			if errors.As(err, &ce) {
 				// A message no engine wrote sits in the history. Nothing
-				// can be decided on it; the saga shows as unreadable.
+				// can be decided on it; describe shows the saga as blocked.
 				n.log.Error("saga history is unreadable", "saga_id", req.sagaID, "err", err)
 				e.reset()
 				return nil
@@ -70,8 +79,12 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 			e.reset()
 			return err
 		}
-		delivered = nil
 		st := e.state
+		if delivered != nil && st.LastSeq < delivered.Seq || req.needEvent != nil && st.NextEventID <= *req.needEvent {
+			e.reset()
+			return errBehind
+		}
+		delivered = nil
 		if !st.Exists() || st.Status.Terminal() {
 			done = st.Status.Terminal()
 			return nil
@@ -83,28 +96,32 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 		if len(inputs) == 0 && !req.decide {
 			return nil
 		}
-		commit, fedInputs, blockErr := n.decideCommit(ctx, e, req.decide, inputs, forceBlock)
-		if errors.Is(blockErr, replay.ErrStale) && attempt < maxConflicts {
+		d, err := n.decideCommit(ctx, e, req, inputs, forceBlock)
+		if errors.Is(err, replay.ErrStale) && attempt < maxConflicts {
 			e.reset() // the cache was behind a value recorded elsewhere
 			continue
 		}
-		if commit == nil {
-			return nil
-		}
-		if err := n.hooks.beforeAppend(ctx, req.sagaID, commit); err != nil {
+		if err != nil {
 			e.reset()
 			return err
 		}
-		seq, err := n.store.Append(ctx, commit, st.LastSeq)
+		if d.commit == nil {
+			return nil
+		}
+		if err := n.hooks.beforeAppend(ctx, req.sagaID, d.commit); err != nil {
+			e.reset()
+			return err
+		}
+		seq, err := n.store.Append(ctx, d.commit, st.LastSeq)
 		if err == nil {
-			n.hooks.afterAppend(ctx, req.sagaID, commit)
-			done = n.committed(e, commit, seq, len(inputs))
-			if blockErr != nil && !errors.Is(blockErr, errAlreadyBlocked) {
-				n.log.Warn("saga blocked", "saga_id", req.sagaID, "reason", blockReason(blockErr), "err", blockErr)
+			n.hooks.afterAppend(ctx, req.sagaID, d.commit)
+			done = n.committed(e, d.commit, seq, len(inputs))
+			if d.blocked != nil {
+				n.log.Warn("saga blocked", "saga_id", req.sagaID, "reason", blockReason(d.blocked), "err", d.blocked)
 			}
 			return nil
 		}
-		if errors.Is(err, stream.ErrTooLarge) && forceBlock == nil && len(commit.Events) > len(inputs) {
+		if errors.Is(err, stream.ErrTooLarge) && forceBlock == nil && len(d.commit.Events) > len(inputs) {
 			// The inputs fit (each is within the payload limit) but not with
 			// the decision: record them and block the saga with the reason.
 			forceBlock = &commitTooLargeError{err: err}
@@ -118,7 +135,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 		// Someone else appended first. A machine fed inputs that did not
 		// land has seen events in the wrong order: rebuild it. One that
 		// only proposed commands is still right and just catches up.
-		if fedInputs || blockErr != nil {
+		if d.fedInputs || d.blocked != nil {
 			e.reset()
 		}
 		n.stats.conflicts.Add(1)
@@ -129,37 +146,99 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 	}
 }
 
+// decision is the commit one advance appends.
+type decision struct {
+	commit *stream.Commit
+	// fedInputs: the machine has seen the commit's inputs.
+	fedInputs bool
+	// blocked is why the commit blocks the saga, if it does.
+	blocked error
+}
+
 // decideCommit builds the commit of one advance: the inputs, then the
-// decision of the workflow code. When the code cannot be replayed the
-// saga is blocked instead: the inputs are still recorded, followed by a
-// WorkflowExecutionBlocked event unless the saga is already blocked for
-// the same reason. fedInputs reports whether the machine saw the inputs.
-func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, decide bool, inputs []stream.Event, forceBlock error) (commit *stream.Commit, fedInputs bool, blockErr error) {
+// decision of the workflow code. When the code cannot be replayed, what
+// happens depends on why (see replayOutcome): the saga is blocked (the
+// inputs are still recorded, followed by a WorkflowExecutionBlocked event
+// unless the saga is already blocked for the same reason), or the inputs
+// are recorded without a decision, or the error is returned for a retry.
+func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceRequest, inputs []stream.Event, forceBlock error) (decision, error) {
 	st := e.state
+	var d decision
 	events := inputs
-	m, err := n.machineFor(ctx, e, decide)
-	if forceBlock != nil && (err == nil || errors.Is(err, errNotRegistered)) {
+	m, err := n.machineFor(ctx, e, req.decide)
+	if err == nil && forceBlock != nil {
 		err = forceBlock
-	} else if m != nil && err == nil {
-		fedInputs = len(inputs) > 0
+	}
+	if err == nil {
+		d.fedInputs = len(inputs) > 0
 		if err = m.Feed(inputs...); err == nil {
 			events = append(events, m.Propose(st.NextEventID+uint64(len(inputs)), time.Now())...)
 		}
 	}
-	if err != nil && (decide || !errors.Is(err, errNotRegistered)) {
-		blockErr = err
-		if m != nil {
-			m.Close()
+	if err != nil {
+		if e.machine != nil {
+			e.machine.Close()
+			e.machine = nil
 		}
-		e.machine, e.noMachine = nil, true
-		if blocked := n.blockedEvent(st, err, st.NextEventID+uint64(len(inputs))); blocked != nil {
-			events = append(events, *blocked)
+		switch replayOutcome(err, req) {
+		case outcomeRetry:
+			return decision{}, err
+		case outcomeBlock:
+			d.blocked = err
+			e.noMachine = true
+			if blocked := n.blockedEvent(st, err, st.NextEventID+uint64(len(inputs))); blocked != nil {
+				events = append(events, *blocked)
+			}
+		case outcomeInputsOnly:
 		}
 	}
 	if len(events) == 0 {
-		return nil, fedInputs, blockErr
+		return decision{}, nil
 	}
-	return &stream.Commit{SagaID: e.id, Events: events}, fedInputs, blockErr
+	d.commit = &stream.Commit{SagaID: e.id, Events: events}
+	return d, nil
+}
+
+type outcome int
+
+const (
+	outcomeRetry      outcome = iota // return the error: the message is retried later
+	outcomeBlock                     // block the saga
+	outcomeInputsOnly                // record the inputs, decide nothing
+)
+
+// replayOutcome decides what a failure to run the workflow code means.
+//
+//   - A replay that proves the code and the history disagree (non-
+//     determinism, a panic, an inconsistent history, a decision too large
+//     to store) blocks the saga: retrying cannot help.
+//   - A deadlock (maybe a starved CPU) or a workflow type this node lacks
+//     (maybe another node has it) blocks only on the last chance; before
+//     that the history consumer retries, and a node recording a result
+//     records it without a decision.
+//   - Anything else (NATS unavailable, a canceled context) is retried by
+//     the history consumer; a result is recorded without a decision, which
+//     the history consumer then makes.
+func replayOutcome(err error, req advanceRequest) outcome {
+	var nde *replay.NonDeterminismError
+	var pe *replay.PanicError
+	var tooLarge *commitTooLargeError
+	switch {
+	case errors.Is(err, replay.ErrStale):
+		return outcomeRetry
+	case errors.Is(err, errAlreadyBlocked), errors.Is(err, errNotRegistered):
+		return outcomeInputsOnly
+	case errors.As(err, &nde), errors.As(err, &pe), errors.As(err, &tooLarge), errors.Is(err, replay.ErrCorruptHistory):
+		return outcomeBlock
+	case errors.Is(err, replay.ErrDeadlock), errors.Is(err, saga.ErrUnknownWorkflowType):
+		if req.lastChance {
+			return outcomeBlock
+		}
+	}
+	if req.decide {
+		return outcomeRetry
+	}
+	return outcomeInputsOnly
 }
 
 var errNotRegistered = errors.New("workflow type not registered on this node")
@@ -377,10 +456,17 @@ func (n *Node) blockedEvent(st *stream.State, cause error, id uint64) *stream.Ev
 	if errors.As(cause, &pe) {
 		attrs.Message = pe.Error() + "\n" + pe.Stack
 	}
-	if st.Blocked != nil && st.Blocked.Reason == attrs.Reason && st.Blocked.Message == attrs.Message {
+	// The same failure again adds nothing (a panic's stack differs from
+	// goroutine to goroutine, so compare the first line only).
+	if st.Blocked != nil && st.Blocked.Reason == attrs.Reason && firstLine(st.Blocked.Message) == firstLine(attrs.Message) {
 		return nil
 	}
 	return &stream.Event{ID: id, SagaID: st.SagaID, Type: stream.WorkflowExecutionBlocked, Time: time.Now(), Attrs: attrs}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
 
 func blockReason(err error) string {

@@ -151,9 +151,12 @@ func (l *fetchLoop) fetch(k int, wait bool) (int, error) {
 // dispatch runs the handler of one message on a slot already reserved.
 func (l *fetchLoop) dispatch(msg jetstream.Msg) {
 	n := l.node
-	n.handlers.Add(1)
+	if !n.track() {
+		<-l.slots // stopping: JetStream redelivers the message
+		return
+	}
 	go func() {
-		defer n.handlers.Done()
+		defer n.untrack()
 		defer func() { <-l.slots }()
 		l.handle(n.runCtx, msg)
 	}()

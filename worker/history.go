@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -42,7 +43,16 @@ func (n *Node) handleCommit(ctx context.Context, msg jetstream.Msg) {
 		if !ok {
 			continue
 		}
-		if err := n.store.PublishTask(ctx, task); err != nil {
+		err := n.store.PublishTask(ctx, task)
+		if isPermanent(err) {
+			// A task that can never be published (an activity type that is
+			// not a subject token, say, from a foreign writer): the workflow
+			// gets the error as the activity's failure instead of a saga
+			// that waits forever.
+			log.Error("activity task cannot be published; failing the activity", "saga_id", sagaID, "err", err)
+			err = n.failUnpublishable(ctx, sagaID, task, err)
+		}
+		if err != nil {
 			n.retryLater(msg, meta, log, "publish activity task", err)
 			return
 		}
@@ -53,12 +63,36 @@ func (n *Node) handleCommit(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	delivered := &stream.StoredCommit{Seq: meta.Sequence.Stream, Commit: commit}
-	if err := n.advance(ctx, advanceRequest{sagaID: sagaID, delivered: delivered, decide: true}); err != nil {
+	req := advanceRequest{sagaID: sagaID, delivered: delivered, decide: true, lastChance: meta.NumDelivered >= patientDeliveries}
+	if err := n.advance(ctx, req); err != nil {
 		n.retryLater(msg, meta, log.With("saga_id", sagaID), "decide", err)
 		return
 	}
 	_ = msg.Ack()
 }
+
+func isPermanent(err error) bool {
+	return errors.Is(err, stream.ErrInvalidID) || errors.Is(err, stream.ErrCodec) || errors.Is(err, stream.ErrTooLarge)
+}
+
+// failUnpublishable records a non-retryable failure for an activity whose
+// task cannot be published.
+func (n *Node) failUnpublishable(ctx context.Context, sagaID string, task stream.ActivityTask, cause error) error {
+	failure := activityFailure(task, 0, &stream.Failure{Kind: string(saga.KindValidation), Message: cause.Error(), NonRetryable: true})
+	return n.advance(ctx, advanceRequest{sagaID: sagaID, needEvent: &task.ScheduledEventID, inputs: func(st *stream.State) []stream.Event {
+		if _, open := st.OpenActivities[task.ScheduledEventID]; !open {
+			return nil
+		}
+		return []stream.Event{{Type: stream.ActivityTaskFailed, Attrs: &stream.ActivityTaskFailedAttrs{
+			ScheduledEventID: task.ScheduledEventID, Failure: failure}}}
+	}})
+}
+
+// patientDeliveries is how many times a commit is delivered before a
+// failure that might pass (a deadlock, a workflow type this node lacks)
+// blocks the saga. With nakDelay that is about three seconds, and other
+// nodes get the commit in between.
+const patientDeliveries = 5
 
 // retryLater asks for redelivery after a transient failure, with a delay
 // growing with the number of deliveries. When the node is stopping it

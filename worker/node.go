@@ -34,8 +34,14 @@ type Node struct {
 	state    nodeState
 	runCtx   context.Context // canceled by StopAndCancel: aborts in-flight work
 	cancel   context.CancelFunc
-	handlers sync.WaitGroup // in-flight message handlers and API requests
 	loops    []*fetchLoop
+
+	// handlers counts in-flight message handlers, API requests and wakes;
+	// once closing is set no more are admitted (see track).
+	trackMu  sync.Mutex
+	closing  bool
+	handlers sync.WaitGroup
+	inflight atomic.Int64
 	api      micro.Service
 }
 
@@ -216,7 +222,11 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	wasRunning := n.state == nodeRunning
 	n.state = nodeStopped
 	if !wasRunning {
-		n.cache.close() // Wake works on a node that never started
+		n.trackMu.Lock()
+		n.closing = true
+		n.trackMu.Unlock()
+		n.handlers.Wait() // wakes on a node that never started
+		n.cache.close()
 		n.client.Close()
 		n.store.Close()
 		return nil
@@ -231,6 +241,9 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	for _, l := range n.loops {
 		l.stop()
 	}
+	n.trackMu.Lock()
+	n.closing = true
+	n.trackMu.Unlock()
 	waited := make(chan struct{})
 	go func() {
 		n.handlers.Wait()
@@ -240,9 +253,18 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	select {
 	case <-waited:
 	case <-ctx.Done():
-		n.cancel()
-		<-waited
 		err = ctx.Err()
+		n.cancel()
+		select {
+		case <-waited:
+		case <-time.After(stopGrace):
+			// Work that ignores cancellation (an activity that does not
+			// watch its context): stop waiting; JetStream redelivers it.
+			n.log.Error("handlers did not stop; leaving them", "count", n.inflight.Load())
+			n.client.Close()
+			n.store.Close()
+			return err
+		}
 	}
 	n.cancel()
 	n.cache.close()
@@ -252,6 +274,28 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	return err
 }
 
+// stopGrace is how long a stop whose context ended still waits for
+// canceled work to return.
+const stopGrace = 5 * time.Second
+
+// track admits one unit of work that Stop waits for, or refuses it once
+// the node is stopping. The caller calls untrack when done.
+func (n *Node) track() bool {
+	n.trackMu.Lock()
+	defer n.trackMu.Unlock()
+	if n.closing {
+		return false
+	}
+	n.handlers.Add(1)
+	n.inflight.Add(1)
+	return true
+}
+
+func (n *Node) untrack() {
+	n.inflight.Add(-1)
+	n.handlers.Done()
+}
+
 // Wake re-evaluates a saga now: it drops what the node cached, replays the
 // history and appends the decision the code makes, if any. Use it after
 // deploying code that fixes a blocked saga.
@@ -259,10 +303,14 @@ func (n *Node) Wake(ctx context.Context, sagaID string) error {
 	if err := stream.ValidateID("saga id", sagaID); err != nil {
 		return &saga.Error{Kind: saga.KindValidation, Message: "wake", Cause: err}
 	}
+	if !n.track() {
+		return saga.NewError(saga.KindConfiguration, "wake "+sagaID+": node stopped")
+	}
+	defer n.untrack()
 	e := n.cache.acquire(sagaID)
 	e.reset()
 	n.cache.release(e, false)
-	err := n.advance(ctx, advanceRequest{sagaID: sagaID, decide: true})
+	err := n.advance(ctx, advanceRequest{sagaID: sagaID, decide: true, lastChance: true})
 	if err != nil {
 		return &saga.Error{Kind: saga.KindEventStore, Message: "wake " + sagaID, Cause: err}
 	}
