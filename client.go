@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -155,7 +156,7 @@ func newStartCommit(workflowType string, version int, input stream.Payload, opts
 	if opts.RequestID == "" {
 		opts.RequestID = nuid.Next()
 	}
-	return &stream.Commit{SagaID: opts.ID, Events: []stream.Event{{
+	return &stream.Commit{SagaID: opts.ID, WorkflowType: workflowType, Events: []stream.Event{{
 		ID:     0,
 		SagaID: opts.ID,
 		Type:   stream.WorkflowExecutionStarted,
@@ -271,6 +272,11 @@ func (c *Client) Describe(ctx context.Context, id string) (*Description, error) 
 	if d.ID == "" {
 		d.ID = id
 	}
+	if d.Status == StatusRunning {
+		if ok, err := c.store.HasWorkflowConsumer(ctx, d.Type); err == nil && !ok {
+			d.Warning = fmt.Sprintf("no node has registered workflow type %q: the saga waits until one does", d.Type)
+		}
+	}
 	return d, nil
 }
 
@@ -281,8 +287,18 @@ func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
 	if err := stream.ValidateID("saga id", id); err != nil {
 		return nil, wrapStreamError("wait", err)
 	}
+	// A commit reaches subscribers as the stream stores it, so a read
+	// right after the notification may not see it yet: remember how many
+	// events the notifications promise and read again until they are there.
+	var mu sync.Mutex
+	var promised uint64
 	notify := make(chan struct{}, 1)
-	sub, err := c.nc.Subscribe(c.store.Config().HistorySubject(id), func(*nats.Msg) {
+	sub, err := c.nc.Subscribe(c.store.Config().HistorySubject(id), func(m *nats.Msg) {
+		if commit, err := stream.DecodeCommit(m.Data); err == nil {
+			mu.Lock()
+			promised = max(promised, commit.NextEventID())
+			mu.Unlock()
+		}
 		select {
 		case notify <- struct{}{}:
 		default:
@@ -294,6 +310,7 @@ func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
 	defer func() { _ = sub.Unsubscribe() }()
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
+	lag := time.Millisecond
 	for {
 		d, err := c.Describe(ctx, id)
 		switch {
@@ -302,10 +319,22 @@ func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
 		case err != nil && !errors.Is(err, ErrNotFound):
 			return nil, err
 		}
+		mu.Lock()
+		behind := d == nil || d.Events < promised
+		mu.Unlock()
+		wake := notify
+		var again <-chan time.Time
+		if behind {
+			again = time.After(lag)
+			lag = min(2*lag, 100*time.Millisecond)
+		} else {
+			lag = time.Millisecond
+		}
 		select {
 		case <-ctx.Done():
 			return nil, &Error{Kind: KindTimeout, Message: "wait " + id, Cause: ctx.Err()}
-		case <-notify:
+		case <-wake:
+		case <-again:
 		case <-tick.C:
 		}
 	}

@@ -37,6 +37,9 @@ type Description struct {
 	ClosedAt          *time.Time        `json:"closed_at,omitempty"`
 	Events            uint64            `json:"events"`
 	PendingActivities []PendingActivity `json:"pending_activities,omitempty"`
+	// Warning points at a reason a running saga may not progress, such as
+	// a workflow type that no node has registered.
+	Warning string `json:"warning,omitempty"`
 
 	failure *stream.Failure
 }

@@ -646,7 +646,7 @@ func TestClientErrorsCarrySentinels(t *testing.T) {
 		}
 		defer func() { _ = n.Stop(ctx) }() // never started: releases its resources
 
-		_, err = n.StartJSON(ctx, worker.StartRequest{WorkflowType: "shout", Input: json.RawMessage(`"ann"`)})
+		_, err = n.StartJSON(ctx, "shout", worker.StartRequest{Input: json.RawMessage(`"ann"`)})
 		if !errors.Is(err, saga.ErrUnknownWorkflowType) || !errors.Is(err, saga.KindValidation) {
 			t.Fatalf("got %v, want ErrUnknownWorkflowType", err)
 		}
@@ -654,7 +654,7 @@ func TestClientErrorsCarrySentinels(t *testing.T) {
 		if !errors.As(err, &e) || e.Context["registered"] != "greet" {
 			t.Fatalf("context %#v", e)
 		}
-		_, err = n.StartJSON(ctx, worker.StartRequest{WorkflowType: "greet", Input: json.RawMessage(`{"name":"ann"}`)})
+		_, err = n.StartJSON(ctx, "greet", worker.StartRequest{Input: json.RawMessage(`{"name":"ann"}`)})
 		if !errors.Is(err, saga.KindValidation) || !errors.Is(err, stream.ErrCodec) {
 			t.Fatalf("input not fitting: got %v", err)
 		}

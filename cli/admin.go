@@ -38,7 +38,10 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	if *ifExists != "fail" && *ifExists != "use_existing" {
 		return fmt.Errorf(`%w: --if-exists must be "fail" or "use_existing", got %q`, errUsage, *ifExists)
 	}
-	req := worker.StartRequest{WorkflowType: pos[0], ID: *id, IfExists: *ifExists}
+	if err := stream.ValidateID("workflow type", pos[0]); err != nil {
+		return err
+	}
+	req := worker.StartRequest{ID: *id, IfExists: *ifExists}
 	if *input != "" {
 		if !json.Valid([]byte(*input)) {
 			return fmt.Errorf("%w: --input is not valid JSON", errUsage)
@@ -51,7 +54,10 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	}
 	defer nc.Close()
 	var res worker.StartResponse
-	if err := apiRequest(ctx, nc, conn.prefix, "start", req, &res); err != nil {
+	subject := stream.Config{Prefix: conn.prefix}.StartSubject(pos[0])
+	if err := apiRequest(ctx, nc, subject, req, &res); errors.Is(err, errNoNode) {
+		return fmt.Errorf("no node answered on %s: unknown workflow type %q for every running node (or no node runs)", subject, pos[0])
+	} else if err != nil {
 		return err
 	}
 	if !*wait {
@@ -83,18 +89,20 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	return nil
 }
 
-// apiRequest calls a node API verb and decodes the reply into out.
-func apiRequest(ctx context.Context, nc *nats.Conn, prefix, verb string, req, out any) error {
+// errNoNode: no node serves an API subject.
+var errNoNode = errors.New("no node answered")
+
+// apiRequest calls a node API subject and decodes the reply into out.
+func apiRequest(ctx context.Context, nc *nats.Conn, subject string, req, out any) error {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	subject := prefix + ".api." + verb
 	msg, err := nc.RequestWithContext(ctx, subject, body)
 	if errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("no node answered on %s: is \"saga-node run\" running against this NATS and prefix?", subject)
+		return fmt.Errorf("%w on %s: is \"saga-node run\" running against this NATS and prefix?", errNoNode, subject)
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", subject, err)
@@ -181,7 +189,7 @@ func runWake(ctx context.Context, args []string, env Env) error {
 	}
 	defer nc.Close()
 	var res worker.SagaRequest
-	if err := apiRequest(ctx, nc, conn.prefix, "wake", worker.SagaRequest{ID: pos[0]}, &res); err != nil {
+	if err := apiRequest(ctx, nc, stream.Config{Prefix: conn.prefix}.APISubject("wake"), worker.SagaRequest{ID: pos[0]}, &res); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "woke %s\n", res.ID)

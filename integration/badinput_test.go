@@ -17,10 +17,14 @@ import (
 )
 
 // apiCall sends a request to the node API and returns the reply body, or
-// the error code and description of an error reply.
+// the error code and description of an error reply; "no responders" when
+// no node serves the subject.
 func apiCall(t *testing.T, nc *nats.Conn, verb string, body []byte) (data []byte, code, desc string) {
 	t.Helper()
 	msg, err := nc.Request("saga.api."+verb, body, 5*time.Second)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return nil, "no responders", ""
+	}
 	if err != nil {
 		t.Fatalf("request %s: %v", verb, err)
 	}
@@ -48,7 +52,7 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 				t.Errorf("describe %q: got %v", id, err)
 			}
 		}
-		_, code, desc := apiCall(t, nc, "start", []byte(`{"workflow_type":"order","id":"bad.id","input":{"order_id":"x"}}`))
+		_, code, desc := apiCall(t, nc, "start.order", []byte(`{"id":"bad.id","input":{"order_id":"x"}}`))
 		if code != "400" || !strings.Contains(desc, `saga id "bad.id"`) {
 			t.Errorf("API start with a bad id: %s %s", code, desc)
 		}
@@ -58,34 +62,41 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 	})
 
 	t.Run("unknown workflow type", func(t *testing.T) {
-		_, code, desc := apiCall(t, nc, "start", []byte(`{"workflow_type":"refund","input":{}}`))
-		if code != "404" || !strings.Contains(desc, "unknown workflow type") || !strings.Contains(desc, "refund") {
-			t.Errorf("API start: %s %s", code, desc)
+		// Starts go to <prefix>.api.start.<type>, served only by nodes that
+		// register the type: no responders means no node runs it.
+		if _, code, _ := apiCall(t, nc, "start.refund", []byte(`{"input":{}}`)); code != "no responders" {
+			t.Errorf("API start of an unknown type: %s", code)
 		}
-		// A client without a registry can start any type; the node blocks
-		// the saga with the reason instead of failing or ignoring it.
+		// A client without a registry can start any type. The saga waits
+		// for a node that runs the type, and describe says why it waits.
 		if _, err := cl.Start(ctx, "refund", map[string]int{"amount": 1}, saga.StartOptions{ID: "unknown-type"}); err != nil {
 			t.Fatal(err)
 		}
-		d, err := cl.Wait(ctx, "unknown-type")
+		d, err := cl.Describe(ctx, "unknown-type")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d.Status != saga.StatusBlocked || d.Blocked.Reason != "unknown_workflow_type" ||
-			!strings.Contains(d.Blocked.Message, `"refund" (this node registers: order)`) {
-			t.Errorf("describe %+v %+v", d, d.Blocked)
+		if d.Status != saga.StatusRunning || !strings.Contains(d.Warning, `no node has registered workflow type "refund"`) {
+			t.Errorf("describe %s, warning %q", d.Status, d.Warning)
+		}
+		// Once a node registers the type, the saga runs.
+		refund := saga.NewWorkflow("refund", 1, func(ctx saga.Context, in map[string]int) (int, error) { return in["amount"], nil })
+		c.node(worker.Options{NodeName: "refunds"}, refund)
+		if d, err = cl.Wait(ctx, "unknown-type"); err != nil || d.Status != saga.StatusCompleted || d.Warning != "" {
+			t.Errorf("after a node registered the type: %v %+v", err, d)
 		}
 	})
 
 	t.Run("input that does not fit the workflow", func(t *testing.T) {
 		for _, body := range []string{
-			`{"workflow_type":"order","input":{"order_id":5}}`,
-			`{"workflow_type":"order","input":{"items":"many"}}`,
-			`{"workflow_type":"order","input":`,
+			`{"input":{"order_id":5}}`,
+			`{"input":{"items":"many"}}`,
+			`{"input":{"order_id":"x","typo_field":1}}`,
+			`{"input":`,
 			`not json`,
-			`{"workflow_type":"order","surprise":1}`,
+			`{"surprise":1}`,
 		} {
-			_, code, desc := apiCall(t, nc, "start", []byte(body))
+			_, code, desc := apiCall(t, nc, "start.order", []byte(body))
 			if code != "400" || desc == "" {
 				t.Errorf("API start %s: %s %s", body, code, desc)
 			}
@@ -123,8 +134,8 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 		if !errors.Is(err, stream.ErrTooLarge) || !errors.Is(err, saga.KindValidation) {
 			t.Errorf("2 MiB start: got %v, want ErrTooLarge", err)
 		}
-		body, _ := json.Marshal(worker.StartRequest{WorkflowType: "order", Input: json.RawMessage(`{"order_id":"` + strings.Repeat("y", 900_000) + `"}`)})
-		_, code, desc := apiCall(t, nc, "start", body)
+		body, _ := json.Marshal(worker.StartRequest{Input: json.RawMessage(`{"order_id":"` + strings.Repeat("y", 900_000) + `"}`)})
+		_, code, desc := apiCall(t, nc, "start.order", body)
 		if code != "400" || !strings.Contains(desc, "too large") {
 			t.Errorf("API start near max payload: %s %.200s", code, desc)
 		}

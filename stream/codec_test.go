@@ -110,7 +110,7 @@ func TestPayloadJSONRoundTrip(t *testing.T) {
 
 func TestCommitRoundTripAndRejects(t *testing.T) {
 	now := time.Now().UTC()
-	c := &stream.Commit{SagaID: "s", Events: []stream.Event{
+	c := &stream.Commit{SagaID: "s", WorkflowType: "w", Events: []stream.Event{
 		{ID: 3, Type: stream.ActivityTaskStarted, Time: now, Attrs: &stream.ActivityTaskStartedAttrs{ScheduledEventID: 1, Attempt: 2, Node: "n"}},
 		{ID: 4, Type: stream.ActivityTaskCompleted, Time: now, Attrs: &stream.ActivityTaskCompletedAttrs{ScheduledEventID: 1, Result: stream.Payload{0x01}}},
 	}}
@@ -126,11 +126,11 @@ func TestCommitRoundTripAndRejects(t *testing.T) {
 		back.Events[1].Attrs.(*stream.ActivityTaskCompletedAttrs).Result[0] != 0x01 || !back.Events[0].Time.Equal(now) {
 		t.Fatalf("round trip: %+v", back)
 	}
-	gap := &stream.Commit{SagaID: "s", Events: []stream.Event{c.Events[0], {ID: 9, Type: stream.ActivityTaskCompleted, Attrs: &stream.ActivityTaskCompletedAttrs{}}}}
+	gap := &stream.Commit{SagaID: "s", WorkflowType: "w", Events: []stream.Event{c.Events[0], {ID: 9, Type: stream.ActivityTaskCompleted, Attrs: &stream.ActivityTaskCompletedAttrs{}}}}
 	if _, err := gap.Encode(); !errors.Is(err, stream.ErrCodec) {
 		t.Fatalf("gap: %v", err)
 	}
-	unknown := &stream.Commit{SagaID: "s", Events: []stream.Event{{ID: 0, Type: "Bogus", Attrs: &struct{}{}}}}
+	unknown := &stream.Commit{SagaID: "s", WorkflowType: "w", Events: []stream.Event{{ID: 0, Type: "Bogus", Attrs: &struct{}{}}}}
 	if _, err := unknown.Encode(); !errors.Is(err, stream.ErrCodec) {
 		t.Fatalf("unknown type: %v", err)
 	}
@@ -140,7 +140,7 @@ func TestCommitRoundTripAndRejects(t *testing.T) {
 }
 
 func FuzzDecodeCommit(f *testing.F) {
-	c := &stream.Commit{SagaID: "s", Events: []stream.Event{{ID: 0, Type: stream.WorkflowExecutionStarted, Time: time.Unix(1, 0),
+	c := &stream.Commit{SagaID: "s", WorkflowType: "w", Events: []stream.Event{{ID: 0, Type: stream.WorkflowExecutionStarted, Time: time.Unix(1, 0),
 		Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: "w", Input: stream.Payload{0x91, 0x01}}}}}
 	b, err := c.Encode()
 	if err != nil {

@@ -17,13 +17,39 @@ const commitFormat = 1
 // that led to it), appended atomically.
 type Commit struct {
 	SagaID string
-	Events []Event
+	// WorkflowType is the saga's workflow type, repeated in every commit so
+	// that a commit can be routed to the nodes that run that type without
+	// reading the history.
+	WorkflowType string
+	// Decided is set when the writer ran the workflow code on every input
+	// of the history up to and including this commit's: whatever the code
+	// decided is in the commit. A commit with inputs and no decision (a
+	// start, a result recorded by a node without the workflow) needs a
+	// workflow task.
+	Decided bool
+	Events  []Event
+}
+
+// NeedsDecision reports whether the commit holds inputs the workflow code
+// has not decided on.
+func (c *Commit) NeedsDecision() bool {
+	if c.Decided || IsTerminal(c.Events[len(c.Events)-1].Type) {
+		return false
+	}
+	for _, e := range c.Events {
+		if RoleOf(e.Type) == RoleInput {
+			return true
+		}
+	}
+	return false
 }
 
 type wireCommit struct {
-	Format int         `msgpack:"v"`
-	SagaID string      `msgpack:"saga_id"`
-	Events []wireEvent `msgpack:"events"`
+	Format       int         `msgpack:"v"`
+	SagaID       string      `msgpack:"saga_id"`
+	WorkflowType string      `msgpack:"workflow_type"`
+	Decided      bool        `msgpack:"decided,omitempty"`
+	Events       []wireEvent `msgpack:"events"`
 }
 
 type wireEvent struct {
@@ -48,7 +74,10 @@ func (c *Commit) Encode() ([]byte, error) {
 	if len(c.Events) == 0 {
 		return nil, fmt.Errorf("%w: a commit needs at least one event", ErrCodec)
 	}
-	w := wireCommit{Format: commitFormat, SagaID: c.SagaID, Events: make([]wireEvent, len(c.Events))}
+	if err := ValidateID("workflow type", c.WorkflowType); err != nil {
+		return nil, err
+	}
+	w := wireCommit{Format: commitFormat, SagaID: c.SagaID, WorkflowType: c.WorkflowType, Decided: c.Decided, Events: make([]wireEvent, len(c.Events))}
 	for i, e := range c.Events {
 		spec, ok := eventSpecs[e.Type]
 		if !ok {
@@ -80,10 +109,13 @@ func DecodeCommit(data []byte) (*Commit, error) {
 	if err := ValidateID("saga id", w.SagaID); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCodec, err)
 	}
+	if err := ValidateID("workflow type", w.WorkflowType); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCodec, err)
+	}
 	if len(w.Events) == 0 {
 		return nil, fmt.Errorf("%w: commit without events", ErrCodec)
 	}
-	c := &Commit{SagaID: w.SagaID, Events: make([]Event, len(w.Events))}
+	c := &Commit{SagaID: w.SagaID, WorkflowType: w.WorkflowType, Decided: w.Decided, Events: make([]Event, len(w.Events))}
 	for i, we := range w.Events {
 		spec, ok := eventSpecs[we.Type]
 		if !ok {

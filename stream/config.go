@@ -156,16 +156,37 @@ func (c Config) SagaIDFromSubject(subject string) (string, error) {
 	return id, nil
 }
 
-// TaskStream names the stream of activity tasks.
+// TaskStream names the work queue of activity and workflow tasks.
 func (c Config) TaskStream() string { return strings.ToUpper(c.Prefix) + "_TASKS" }
 
-// TaskSubject is the subject activity tasks of one type are published on.
+// TaskSubject is the subject the tasks of one activity type are published
+// on.
 func (c Config) TaskSubject(activityType string) string {
-	return c.Prefix + ".task." + activityType
+	return c.Prefix + ".task.activity." + activityType
 }
 
-// APISubject is the request subject of an API verb, e.g. saga.api.start.
+// WorkflowTaskConsumer names the durable consumer of a workflow type's
+// tasks, shared by the nodes that register the type.
+func WorkflowTaskConsumer(workflowType string) string { return "workflow-" + workflowType }
+
+// ActivityTaskConsumer names the durable consumer of an activity type's
+// tasks.
+func ActivityTaskConsumer(activityType string) string { return "activity-" + activityType }
+
+// WorkflowTaskSubject is the subject the workflow tasks ("saga X has new
+// events to decide on") of one workflow type are published on.
+func (c Config) WorkflowTaskSubject(workflowType string) string {
+	return c.Prefix + ".task.workflow." + workflowType
+}
+
+// APISubject is the request subject of an API verb, e.g. saga.api.describe.
 func (c Config) APISubject(verb string) string { return c.Prefix + ".api." + verb }
+
+// StartSubject is the request subject that starts sagas of a workflow
+// type, served by the nodes that register the type.
+func (c Config) StartSubject(workflowType string) string {
+	return c.Prefix + ".api.start." + workflowType
+}
 
 // historyStreamConfig is the history stream of one shard.
 //
@@ -190,13 +211,14 @@ func (c Config) historyStreamConfig(shard int) jetstream.StreamConfig {
 	}
 }
 
-// taskStreamConfig is the work queue of activity tasks, one subject per
-// activity type so that a node consumes only the types it registered.
+// taskStreamConfig is the work queue of tasks derived from histories, one
+// subject per activity type and per workflow type, so that a node consumes
+// only the types it registered.
 func (c Config) taskStreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        c.TaskStream(),
-		Description: "activity tasks derived from saga histories",
-		Subjects:    []string{c.Prefix + ".task.*"},
+		Description: "activity and workflow tasks derived from saga histories",
+		Subjects:    []string{c.Prefix + ".task.activity.*", c.Prefix + ".task.workflow.*"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     c.Storage,
 		Replicas:    c.Replicas,

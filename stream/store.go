@@ -97,6 +97,20 @@ func transientSetupError(err error) bool {
 		errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrNoResponders)
 }
 
+// HasWorkflowConsumer reports whether any node ever registered the
+// workflow type (its task consumer exists): a saga of a type nobody runs
+// waits until a node registers it.
+func (s *Store) HasWorkflowConsumer(ctx context.Context, workflowType string) (bool, error) {
+	_, err := s.js.Consumer(ctx, s.cfg.TaskStream(), WorkflowTaskConsumer(workflowType))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return false, nil
+	}
+	return false, mapError(err)
+}
+
 // StoredCommit is a commit as read from the log, with its stream sequence.
 type StoredCommit struct {
 	Seq    uint64

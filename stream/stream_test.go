@@ -35,14 +35,14 @@ func newStore(t *testing.T) (*stream.Store, *nats.Conn) {
 }
 
 func started(sagaID string, requestID string) *stream.Commit {
-	return &stream.Commit{SagaID: sagaID, Events: []stream.Event{{
+	return &stream.Commit{SagaID: sagaID, WorkflowType: "order", Events: []stream.Event{{
 		ID: 0, Type: stream.WorkflowExecutionStarted, Time: time.Now(),
 		Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: "order", Version: 1, RequestID: requestID},
 	}}}
 }
 
 func scheduled(sagaID string, id uint64, activity string) *stream.Commit {
-	return &stream.Commit{SagaID: sagaID, Events: []stream.Event{{
+	return &stream.Commit{SagaID: sagaID, WorkflowType: "order", Events: []stream.Event{{
 		ID: id, Type: stream.ActivityTaskScheduled, Time: time.Now(),
 		Attrs: &stream.ActivityTaskScheduledAttrs{ActivityType: activity},
 	}}}

@@ -60,6 +60,84 @@ func (s *Store) PublishTask(ctx context.Context, t ActivityTask) error {
 	return nil
 }
 
+// WorkflowTask asks a node that runs the saga's workflow type to decide on
+// new events. It carries the commit that needs the decision, so that a
+// node whose cache is current (or that meets the saga for the first time,
+// at its start) decides without reading the history.
+type WorkflowTask struct {
+	SagaID       string `msgpack:"saga_id"`
+	WorkflowType string `msgpack:"workflow_type"`
+	// Seq is the commit's stream sequence.
+	Seq    uint64 `msgpack:"seq"`
+	Commit []byte `msgpack:"commit"`
+	// Wake asks the node to forget what it cached and replay the history
+	// (an operator's wake, passed on by a node without the workflow).
+	Wake bool `msgpack:"wake,omitempty"`
+}
+
+// PublishWakeTask asks a node that runs workflowType to wake the saga.
+func (s *Store) PublishWakeTask(ctx context.Context, sagaID, workflowType string) error {
+	data, err := Marshal(&WorkflowTask{SagaID: sagaID, WorkflowType: workflowType, Wake: true})
+	if err != nil {
+		return err
+	}
+	msg := &nats.Msg{Subject: s.cfg.WorkflowTaskSubject(workflowType), Data: data}
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.cfg.TaskStream())); err != nil {
+		return fmt.Errorf("publish wake task for %s: %w", sagaID, mapError(err))
+	}
+	return nil
+}
+
+// PublishWorkflowTask puts a workflow task for the commit at seq on the
+// task stream, de-duplicated by saga and sequence.
+func (s *Store) PublishWorkflowTask(ctx context.Context, c *Commit, seq uint64, encoded []byte) error {
+	t := WorkflowTask{SagaID: c.SagaID, WorkflowType: c.WorkflowType, Seq: seq, Commit: encoded}
+	data, err := Marshal(&t)
+	if err != nil {
+		return err
+	}
+	if limit := s.maxMsgSize(); len(data) > limit {
+		// The commit fits a message; with the envelope it may not. The
+		// node then reads the commit from the history instead.
+		t.Commit = nil
+		if data, err = Marshal(&t); err != nil {
+			return err
+		}
+	}
+	msg := &nats.Msg{Subject: s.cfg.WorkflowTaskSubject(c.WorkflowType), Data: data}
+	msgID := c.SagaID + ":wt:" + strconv.FormatUint(seq, 10)
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.TaskStream())); err != nil {
+		return fmt.Errorf("publish workflow task %s: %w", msgID, mapError(err))
+	}
+	return nil
+}
+
+// DecodeWorkflowTask decodes an untrusted workflow task and the commit it
+// carries (nil when it carries none).
+func (s *Store) DecodeWorkflowTask(data []byte) (WorkflowTask, *Commit, error) {
+	var t WorkflowTask
+	if len(data) > int(s.cfg.MaxMsgSize) {
+		return t, nil, fmt.Errorf("%w: workflow task of %d bytes", ErrTooLarge, len(data))
+	}
+	if err := Unmarshal(data, &t); err != nil {
+		return t, nil, err
+	}
+	if err := ValidateID("saga id", t.SagaID); err != nil {
+		return t, nil, fmt.Errorf("%w: %v", ErrCodec, err)
+	}
+	if err := ValidateID("workflow type", t.WorkflowType); err != nil {
+		return t, nil, fmt.Errorf("%w: %v", ErrCodec, err)
+	}
+	if len(t.Commit) == 0 {
+		return t, nil, nil
+	}
+	c, err := decodeFor(t.SagaID, t.Commit)
+	if err != nil {
+		return t, nil, err
+	}
+	return t, c, nil
+}
+
 // DecodeTask decodes an untrusted task message.
 func (s *Store) DecodeTask(data []byte) (ActivityTask, error) {
 	var t ActivityTask

@@ -131,8 +131,8 @@ func (n *Node) keepAlive(msg jetstream.Msg) (stop func()) {
 }
 
 // abandonGrace is how long an activity may run past its timeout before
-// the node stops waiting for it.
-const abandonGrace = 5 * time.Second
+// the node stops waiting for it: the timeout itself, at most 5 seconds.
+func abandonGrace(timeout time.Duration) time.Duration { return min(timeout, 5*time.Second) }
 
 // runActivity runs one attempt with the activity's timeout. A panic is an
 // error. An activity that ignores its context and runs on past the timeout
@@ -171,7 +171,7 @@ func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, ta
 	case <-actx.Done():
 		select {
 		case o = <-out:
-		case <-time.After(abandonGrace):
+		case <-time.After(abandonGrace(timeout)):
 			n.log.Error("activity ignores its context; abandoned", "saga_id", task.SagaID, "activity_type", task.ActivityType, "attempt", attempt)
 			o.err = context.DeadlineExceeded
 		}

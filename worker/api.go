@@ -14,14 +14,16 @@ import (
 )
 
 // The request/reply API, a NATS micro service named "<prefix>-api": any NATS
-// client can start, describe, read and wake sagas with JSON requests. See
-// docs/api.md for the wire format.
+// client can start, describe, read and wake sagas with JSON requests. A
+// node serves <prefix>.api.start.<type> for each workflow type it
+// registers, so a start reaches a node that can check its input, and no
+// responders means no node runs the type. See docs/api.md for the wire
+// format.
 
-// StartRequest is the body of <prefix>.api.start.
+// StartRequest is the body of <prefix>.api.start.<workflow type>.
 type StartRequest struct {
-	WorkflowType string          `json:"workflow_type"`
-	ID           string          `json:"id,omitempty"`
-	Input        json.RawMessage `json:"input,omitempty"`
+	ID    string          `json:"id,omitempty"`
+	Input json.RawMessage `json:"input,omitempty"`
 	// IfExists is "fail" (the default) or "use_existing".
 	IfExists string `json:"if_exists,omitempty"`
 }
@@ -59,15 +61,23 @@ func (n *Node) startAPI() error {
 		return &saga.Error{Kind: saga.KindConfiguration, Message: "start API service", Cause: err}
 	}
 	endpoints := map[string]func(context.Context, micro.Request){
-		"start":    n.apiStart,
 		"describe": n.apiDescribe,
 		"history":  n.apiHistory,
 		"wake":     n.apiWake,
 	}
-	for verb, h := range endpoints {
-		if err := svc.AddEndpoint(verb, n.async(h), micro.WithEndpointSubject(cfg.APISubject(verb))); err != nil {
+	subjects := map[string]string{}
+	for verb := range endpoints {
+		subjects[verb] = cfg.APISubject(verb)
+	}
+	for _, wf := range n.reg.WorkflowNames() {
+		name := "start-" + wf
+		endpoints[name] = func(ctx context.Context, req micro.Request) { n.apiStart(ctx, req, wf) }
+		subjects[name] = cfg.StartSubject(wf)
+	}
+	for name, h := range endpoints {
+		if err := svc.AddEndpoint(name, n.async(h), micro.WithEndpointSubject(subjects[name])); err != nil {
 			_ = svc.Stop()
-			return &saga.Error{Kind: saga.KindConfiguration, Message: "add API endpoint " + verb, Cause: err}
+			return &saga.Error{Kind: saga.KindConfiguration, Message: "add API endpoint " + name, Cause: err}
 		}
 	}
 	n.api = svc
@@ -100,13 +110,13 @@ func decodeRequest(req micro.Request, v any) error {
 	return nil
 }
 
-func (n *Node) apiStart(ctx context.Context, req micro.Request) {
+func (n *Node) apiStart(ctx context.Context, req micro.Request, workflowType string) {
 	var r StartRequest
 	if err := decodeRequest(req, &r); err != nil {
 		respondError(req, err)
 		return
 	}
-	res, err := n.StartJSON(ctx, r)
+	res, err := n.StartJSON(ctx, workflowType, r)
 	if err != nil {
 		respondError(req, err)
 		return
@@ -117,13 +127,13 @@ func (n *Node) apiStart(ctx context.Context, req micro.Request) {
 // StartJSON starts a saga from a JSON input, checking first that the
 // workflow type is registered on this node and that the input decodes into
 // its input type. The API and the CLI start sagas this way.
-func (n *Node) StartJSON(ctx context.Context, r StartRequest) (saga.StartResult, error) {
-	if err := stream.ValidateID("workflow type", r.WorkflowType); err != nil {
+func (n *Node) StartJSON(ctx context.Context, workflowType string, r StartRequest) (saga.StartResult, error) {
+	if err := stream.ValidateID("workflow type", workflowType); err != nil {
 		return saga.StartResult{}, &saga.Error{Kind: saga.KindValidation, Message: "start", Cause: err}
 	}
-	wf, ok := n.reg.Workflow(r.WorkflowType)
+	wf, ok := n.reg.Workflow(workflowType)
 	if !ok {
-		return saga.StartResult{}, (&saga.Error{Kind: saga.KindValidation, Message: "start " + r.WorkflowType, Cause: saga.ErrUnknownWorkflowType}).
+		return saga.StartResult{}, (&saga.Error{Kind: saga.KindValidation, Message: "start " + workflowType, Cause: saga.ErrUnknownWorkflowType}).
 			WithContext("registered", strings.Join(n.reg.WorkflowNames(), ","))
 	}
 	opts := saga.StartOptions{ID: r.ID}
@@ -140,7 +150,7 @@ func (n *Node) StartJSON(ctx context.Context, r StartRequest) (saga.StartResult,
 	}
 	payload, err := wf.InputFromJSON(input)
 	if err != nil {
-		return saga.StartResult{}, &saga.Error{Kind: saga.KindValidation, Message: "start " + r.WorkflowType + ": input", Cause: err}
+		return saga.StartResult{}, &saga.Error{Kind: saga.KindValidation, Message: "start " + workflowType + ": input", Cause: err}
 	}
 	return n.client.StartPayload(ctx, wf.Name, wf.Version, payload, opts)
 }
@@ -176,10 +186,6 @@ func (n *Node) apiHistory(ctx context.Context, req micro.Request) {
 func (n *Node) apiWake(ctx context.Context, req micro.Request) {
 	var r SagaRequest
 	if err := decodeRequest(req, &r); err != nil {
-		respondError(req, err)
-		return
-	}
-	if _, err := n.client.Describe(ctx, r.ID); err != nil {
 		respondError(req, err)
 		return
 	}

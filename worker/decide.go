@@ -195,7 +195,10 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceReques
 	if len(events) == 0 {
 		return decision{}, nil
 	}
-	d.commit = &stream.Commit{SagaID: e.id, Events: events}
+	// Decided: the code saw every input, or the saga is blocked (a
+	// workflow task could only block it again).
+	decided := err == nil || d.blocked != nil || errors.Is(err, errAlreadyBlocked)
+	d.commit = &stream.Commit{SagaID: e.id, WorkflowType: st.WorkflowType, Decided: decided, Events: events}
 	return d, nil
 }
 
@@ -212,13 +215,15 @@ const (
 //   - A replay that proves the code and the history disagree (non-
 //     determinism, a panic, an inconsistent history, a decision too large
 //     to store) blocks the saga: retrying cannot help.
-//   - A deadlock (maybe a starved CPU) or a workflow type this node lacks
-//     (maybe another node has it) blocks only on the last chance; before
-//     that the history consumer retries, and a node recording a result
-//     records it without a decision.
-//   - Anything else (NATS unavailable, a canceled context) is retried by
-//     the history consumer; a result is recorded without a decision, which
-//     the history consumer then makes.
+//   - A deadlock (maybe a starved CPU) blocks only on the last chance;
+//     before that the workflow task is retried, and a node recording a
+//     result records it without a decision.
+//   - A workflow type this node does not register (only Wake can meet
+//     one: workflow tasks go to the nodes that register their type) is an
+//     error for the caller.
+//   - Anything else (NATS unavailable, a canceled context) is retried; a
+//     result is recorded without a decision, for which the dispatcher then
+//     sends a workflow task.
 func replayOutcome(err error, req advanceRequest) outcome {
 	var nde *replay.NonDeterminismError
 	var pe *replay.PanicError
@@ -230,7 +235,9 @@ func replayOutcome(err error, req advanceRequest) outcome {
 		return outcomeInputsOnly
 	case errors.As(err, &nde), errors.As(err, &pe), errors.As(err, &tooLarge), errors.Is(err, replay.ErrCorruptHistory):
 		return outcomeBlock
-	case errors.Is(err, replay.ErrDeadlock), errors.Is(err, saga.ErrUnknownWorkflowType):
+	case errors.Is(err, saga.ErrUnknownWorkflowType):
+		return outcomeRetry
+	case errors.Is(err, replay.ErrDeadlock):
 		if req.lastChance {
 			return outcomeBlock
 		}

@@ -168,4 +168,3 @@ func (l *fetchLoop) stop() {
 	l.cancel()
 	<-l.done
 }
-

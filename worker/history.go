@@ -12,10 +12,12 @@ import (
 	"github.com/jetsaga/saga/stream"
 )
 
-// handleCommit processes one history commit delivered by the workflow task
-// queue: it publishes the tasks of the activities the commit schedules,
-// then lets the workflow decide if it has something new to decide. It acks
-// only when both are done; both are idempotent, so a redelivery is safe.
+// handleCommit dispatches one history commit: it publishes a task for each
+// activity the commit schedules and, if the commit holds inputs the
+// workflow has not decided on, a workflow task for the nodes that run its
+// workflow type. It acks only when all are published; publishing is
+// de-duplicated, so a redelivery is safe. Every node runs the dispatcher;
+// it needs no workflow code.
 func (n *Node) handleCommit(ctx context.Context, msg jetstream.Msg) {
 	meta, err := metadata(msg)
 	if err != nil {
@@ -58,14 +60,46 @@ func (n *Node) handleCommit(ctx context.Context, msg jetstream.Msg) {
 		}
 		n.stats.tasksPublished.Add(1)
 	}
-	if stream.IsTerminal(commit.Events[len(commit.Events)-1].Type) {
-		_ = msg.Ack()
+	if commit.NeedsDecision() {
+		if err := n.store.PublishWorkflowTask(ctx, commit, meta.Sequence.Stream, msg.Data()); err != nil {
+			n.retryLater(msg, meta, log, "publish workflow task", err)
+			return
+		}
+		n.stats.workflowTasksPublished.Add(1)
+	}
+	_ = msg.Ack()
+}
+
+// handleWorkflowTask decides on a saga's new events: it brings the saga up
+// to date (from the commit the task carries when the cache expects it),
+// runs the workflow code and appends its decision.
+func (n *Node) handleWorkflowTask(ctx context.Context, msg jetstream.Msg) {
+	meta, err := metadata(msg)
+	if err != nil {
+		n.log.Error("workflow task delivery without metadata", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
 		return
 	}
-	delivered := &stream.StoredCommit{Seq: meta.Sequence.Stream, Commit: commit}
-	req := advanceRequest{sagaID: sagaID, delivered: delivered, decide: true, lastChance: meta.NumDelivered >= patientDeliveries}
-	if err := n.advance(ctx, req); err != nil {
-		n.retryLater(msg, meta, log.With("saga_id", sagaID), "decide", err)
+	task, commit, err := n.store.DecodeWorkflowTask(msg.Data())
+	if err != nil || msg.Subject() != n.opts.Stream.WorkflowTaskSubject(task.WorkflowType) {
+		n.log.Error("undecodable workflow task; dropped", "subject", msg.Subject(), "stream_seq", meta.Sequence.Stream, "err", err)
+		_ = msg.TermWithReason("undecodable workflow task")
+		return
+	}
+	log := n.log.With("saga_id", task.SagaID, "workflow_type", task.WorkflowType)
+	stopBeat := n.keepAlive(msg)
+	defer stopBeat()
+	req := advanceRequest{sagaID: task.SagaID, decide: true, lastChance: meta.NumDelivered >= patientDeliveries}
+	if commit != nil {
+		req.delivered = &stream.StoredCommit{Seq: task.Seq, Commit: commit}
+	}
+	if task.Wake {
+		err = n.wakeHere(ctx, task.SagaID)
+	} else {
+		err = n.advance(ctx, req)
+	}
+	if err != nil {
+		n.retryLater(msg, meta, log, "decide", err)
 		return
 	}
 	_ = msg.Ack()
@@ -88,10 +122,10 @@ func (n *Node) failUnpublishable(ctx context.Context, sagaID string, task stream
 	}})
 }
 
-// patientDeliveries is how many times a commit is delivered before a
-// failure that might pass (a deadlock, a workflow type this node lacks)
-// blocks the saga. With nakDelay that is about three seconds, and other
-// nodes get the commit in between.
+// patientDeliveries is how many times a workflow task is delivered before
+// a failure that might pass (a deadlock under a starved CPU) blocks the
+// saga. With nakDelay that is about three seconds, and other nodes get the
+// task in between.
 const patientDeliveries = 5
 
 // retryLater asks for redelivery after a transient failure, with a delay

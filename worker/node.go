@@ -30,11 +30,11 @@ type Node struct {
 	cache  *sagaCache
 	stats  nodeStats
 
-	mu       sync.Mutex
-	state    nodeState
-	runCtx   context.Context // canceled by StopAndCancel: aborts in-flight work
-	cancel   context.CancelFunc
-	loops    []*fetchLoop
+	mu     sync.Mutex
+	state  nodeState
+	runCtx context.Context // canceled by StopAndCancel: aborts in-flight work
+	cancel context.CancelFunc
+	loops  []*fetchLoop
 
 	// handlers counts in-flight message handlers, API requests and wakes;
 	// once closing is set no more are admitted (see track).
@@ -55,7 +55,7 @@ const (
 
 // nodeStats counts what a node did; see Stats.
 type nodeStats struct {
-	commits, conflicts, replays, historyReads, tasksPublished, activitiesRun, activityRetries atomic.Int64
+	commits, conflicts, replays, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activityRetries atomic.Int64
 }
 
 // Stats is a snapshot of a node's counters since it started.
@@ -72,6 +72,9 @@ type Stats struct {
 	HistoryReads int64
 	// TasksPublished: activity tasks derived from history.
 	TasksPublished int64
+	// WorkflowTasksPublished: workflow tasks derived from history (commits
+	// with inputs the workflow had not decided on).
+	WorkflowTasksPublished int64
 	// ActivitiesRun: activity attempts executed.
 	ActivitiesRun int64
 	// ActivityRetries: attempts that failed and were scheduled again.
@@ -115,13 +118,14 @@ func (n *Node) Client() *saga.Client { return n.client }
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
 	return Stats{
-		Commits:         n.stats.commits.Load(),
-		Conflicts:       n.stats.conflicts.Load(),
-		Replays:         n.stats.replays.Load(),
-		HistoryReads:    n.stats.historyReads.Load(),
-		TasksPublished:  n.stats.tasksPublished.Load(),
-		ActivitiesRun:   n.stats.activitiesRun.Load(),
-		ActivityRetries: n.stats.activityRetries.Load(),
+		Commits:                n.stats.commits.Load(),
+		Conflicts:              n.stats.conflicts.Load(),
+		Replays:                n.stats.replays.Load(),
+		HistoryReads:           n.stats.historyReads.Load(),
+		TasksPublished:         n.stats.tasksPublished.Load(),
+		WorkflowTasksPublished: n.stats.workflowTasksPublished.Load(),
+		ActivitiesRun:          n.stats.activitiesRun.Load(),
+		ActivityRetries:        n.stats.activityRetries.Load(),
 	}
 }
 
@@ -154,41 +158,47 @@ func (n *Node) Start(ctx context.Context) error {
 	return nil
 }
 
+// dispatcherName is the durable consumer of every history stream that
+// derives tasks from commits. All nodes share it.
+const dispatcherName = "saga-dispatch"
+
+// startConsumers starts the dispatcher on every history shard, and a
+// consumer of workflow tasks per registered workflow type and of activity
+// tasks per registered activity type.
 func (n *Node) startConsumers(ctx context.Context) error {
 	js := n.store.JetStream()
 	cfg := n.opts.Stream
-	if len(n.reg.WorkflowNames()) > 0 {
-		for shard := range cfg.HistoryShards {
-			cons, err := js.CreateOrUpdateConsumer(ctx, cfg.HistoryStream(shard), jetstream.ConsumerConfig{
-				Durable:       n.opts.WorkflowTaskQueue,
-				Description:   "history commits to decide on and dispatch from",
-				FilterSubject: cfg.HistoryFilter(shard),
-				DeliverPolicy: jetstream.DeliverAllPolicy,
-				AckPolicy:     jetstream.AckExplicitPolicy,
-				AckWait:       n.opts.AckWait,
-				MaxDeliver:    -1,
-				MaxAckPending: 10_000,
-			})
-			slots := make(chan struct{}, n.opts.WorkflowConcurrency)
-			if err := n.addLoop(cons, err, "history", slots, n.handleCommit); err != nil {
-				return err
-			}
-		}
-	}
-	// One pool of slots for all activity types, so that ActivityConcurrency
-	// bounds the node as a whole.
-	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
-	for _, name := range n.reg.ActivityNames() {
-		cons, err := js.CreateOrUpdateConsumer(ctx, cfg.TaskStream(), jetstream.ConsumerConfig{
-			Durable:       "activity-" + name,
-			Description:   "tasks of activity " + name,
-			FilterSubject: cfg.TaskSubject(name),
+	consumer := func(stream, durable, description, filter string) (jetstream.Consumer, error) {
+		return js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+			Durable:       durable,
+			Description:   description,
+			FilterSubject: filter,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       n.opts.AckWait,
 			MaxDeliver:    -1,
 			MaxAckPending: 10_000,
 		})
+	}
+	dispatchSlots := make(chan struct{}, n.opts.WorkflowConcurrency)
+	for shard := range cfg.HistoryShards {
+		cons, err := consumer(cfg.HistoryStream(shard), dispatcherName, "commits to derive activity and workflow tasks from", cfg.HistoryFilter(shard))
+		if err := n.addLoop(cons, err, "dispatch", dispatchSlots, n.handleCommit); err != nil {
+			return err
+		}
+	}
+	// One pool of slots per kind of task, shared by the types, so that the
+	// concurrency settings bound the node as a whole.
+	workflowSlots := make(chan struct{}, n.opts.WorkflowConcurrency)
+	for _, name := range n.reg.WorkflowNames() {
+		cons, err := consumer(cfg.TaskStream(), stream.WorkflowTaskConsumer(name), "workflow tasks of "+name, cfg.WorkflowTaskSubject(name))
+		if err := n.addLoop(cons, err, "workflow "+name, workflowSlots, n.handleWorkflowTask); err != nil {
+			return err
+		}
+	}
+	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
+	for _, name := range n.reg.ActivityNames() {
+		cons, err := consumer(cfg.TaskStream(), stream.ActivityTaskConsumer(name), "tasks of activity "+name, cfg.TaskSubject(name))
 		if err := n.addLoop(cons, err, "activity "+name, activitySlots, n.handleTask); err != nil {
 			return err
 		}
@@ -296,9 +306,10 @@ func (n *Node) untrack() {
 	n.handlers.Done()
 }
 
-// Wake re-evaluates a saga now: it drops what the node cached, replays the
-// history and appends the decision the code makes, if any. Use it after
-// deploying code that fixes a blocked saga.
+// Wake re-evaluates a saga now: a node that runs the saga's workflow drops
+// what it cached, replays the history and appends the decision the code
+// makes, if any. Use it after deploying code that fixes a blocked saga. A
+// node without the workflow passes the wake on to one with it.
 func (n *Node) Wake(ctx context.Context, sagaID string) error {
 	if err := stream.ValidateID("saga id", sagaID); err != nil {
 		return &saga.Error{Kind: saga.KindValidation, Message: "wake", Cause: err}
@@ -307,14 +318,30 @@ func (n *Node) Wake(ctx context.Context, sagaID string) error {
 		return saga.NewError(saga.KindConfiguration, "wake "+sagaID+": node stopped")
 	}
 	defer n.untrack()
-	e := n.cache.acquire(sagaID)
-	e.reset()
-	n.cache.release(e, false)
-	err := n.advance(ctx, advanceRequest{sagaID: sagaID, decide: true, lastChance: true})
+	d, err := n.client.Describe(ctx, sagaID)
 	if err != nil {
+		return err
+	}
+	if _, ok := n.reg.Workflow(d.Type); !ok {
+		// Another node runs this workflow: hand it a wake task.
+		if err := n.store.PublishWakeTask(ctx, sagaID, d.Type); err != nil {
+			return &saga.Error{Kind: saga.KindTaskQueue, Message: "wake " + sagaID, Cause: err}
+		}
+		return nil
+	}
+	if err := n.wakeHere(ctx, sagaID); err != nil {
 		return &saga.Error{Kind: saga.KindEventStore, Message: "wake " + sagaID, Cause: err}
 	}
 	return nil
+}
+
+// wakeHere drops what the node cached of the saga and decides on it from
+// its whole history, blocking it at once if it cannot be replayed.
+func (n *Node) wakeHere(ctx context.Context, sagaID string) error {
+	e := n.cache.acquire(sagaID)
+	e.reset()
+	n.cache.release(e, false)
+	return n.advance(ctx, advanceRequest{sagaID: sagaID, decide: true, lastChance: true})
 }
 
 // nakDelay is the redelivery delay after the n-th failed delivery of a

@@ -455,7 +455,7 @@ func TestWakeValidatesAndReportsMissingSagas(t *testing.T) {
 	if err := n.Wake(e.ctx, "bad.id"); !errors.Is(err, saga.ErrInvalidID) {
 		t.Fatalf("got %v", err)
 	}
-	if err := n.Wake(e.ctx, "missing"); err != nil {
+	if err := n.Wake(e.ctx, "missing"); !errors.Is(err, saga.ErrNotFound) {
 		t.Fatalf("waking a saga that does not exist: %v", err)
 	}
 }
@@ -466,10 +466,101 @@ func TestOptionsAreValidated(t *testing.T) {
 		{Stream: stream.Config{Prefix: "bad.prefix"}},
 		{AckWait: time.Millisecond},
 		{WorkflowConcurrency: -1},
-		{WorkflowTaskQueue: "no spaces"},
 	} {
 		if _, err := worker.New(srv.Conn(), saga.NewRegistry(), opts); !errors.Is(err, saga.KindConfiguration) {
 			t.Errorf("%+v: got %v", opts, err)
 		}
+	}
+}
+
+// An activity that ignores its context is abandoned once its timeout (and
+// a grace period) passes: the attempt times out instead of holding the
+// task and a slot forever.
+func TestActivityIgnoringItsContextIsAbandoned(t *testing.T) {
+	e := newEnv(t)
+	finished := make(chan struct{})
+	stubborn := saga.NewActivity("stubborn", func(ctx context.Context, _ int) (int, error) {
+		defer close(finished)
+		time.Sleep(500 * time.Millisecond) // ignores ctx on purpose
+		return 1, nil
+	}, saga.WithStartToCloseTimeout(50*time.Millisecond), saga.WithRetryPolicy(saga.RetryPolicy{MaximumAttempts: 1}))
+	wf := saga.NewWorkflow("stubborn-wf", 1, func(ctx saga.Context, _ int) (int, error) {
+		return saga.ExecuteActivity(ctx, stubborn, 0).Get(ctx)
+	})
+	e.node(worker.Options{}, wf, stubborn)
+	started := time.Now()
+	_, err := run(e, wf, "stubborn-1", 0)
+	if !errors.Is(err, saga.KindTimeout) {
+		t.Fatalf("got %v, want a timeout", err)
+	}
+	if took := time.Since(started); took > 400*time.Millisecond {
+		t.Fatalf("the saga waited %s for an activity past its timeout", took)
+	}
+	<-finished // let the abandoned goroutine end before the leak check
+}
+
+func TestInvalidActivityNameFailsTheCallNotTheSaga(t *testing.T) {
+	e := newEnv(t)
+	bad := saga.NewActivity[int, int]("bad.name", nil)
+	wf := saga.NewWorkflow("calls-bad-name", 1, func(ctx saga.Context, _ int) (string, error) {
+		_, err := saga.ExecuteActivity(ctx, bad, 1).Get(ctx)
+		if !errors.Is(err, saga.ErrInvalidID) {
+			return "", fmt.Errorf("unexpected: %v", err)
+		}
+		return "refused: " + err.Error(), nil
+	})
+	e.node(worker.Options{}, wf)
+	out, err := run(e, wf, "bad-name-1", 0)
+	if err != nil || !strings.Contains(out, `activity type "bad.name"`) {
+		t.Fatalf("got %q, %v", out, err)
+	}
+	if n := len(findAttrs[*stream.ActivityTaskScheduledAttrs](e.history("bad-name-1"))); n != 0 {
+		t.Fatalf("%d activities scheduled", n)
+	}
+}
+
+// A node busy with long activities does not hold tasks it has not started:
+// another node picks them up, and every activity runs exactly once.
+func TestBusyNodeDoesNotHoardTasks(t *testing.T) {
+	e := newEnv(t)
+	var mu sync.Mutex
+	runs := map[string]int{}
+	slow := saga.NewActivity("slow-job", func(ctx context.Context, id string) (string, error) {
+		mu.Lock()
+		runs[id]++
+		mu.Unlock()
+		select {
+		case <-time.After(1500 * time.Millisecond): // longer than AckWait: kept alive by heartbeats
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		return id, nil
+	})
+	wf := saga.NewWorkflow("slow-wf", 1, func(ctx saga.Context, id string) (string, error) {
+		return saga.ExecuteActivity(ctx, slow, id).Get(ctx)
+	})
+	opts := worker.Options{ActivityConcurrency: 1, AckWait: time.Second}
+	a := e.node(opts, wf, slow)
+	b := e.node(opts, wf, slow)
+	const sagas = 4
+	var wg sync.WaitGroup
+	for i := range sagas {
+		wg.Go(func() {
+			id := fmt.Sprintf("job-%d", i)
+			if out, err := run(e, wf, id, id); err != nil || out != id {
+				t.Errorf("%s: %q %v", id, out, err)
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range runs {
+		if n != 1 {
+			t.Errorf("%s ran %d times", id, n)
+		}
+	}
+	if a.Stats().ActivitiesRun == 0 || b.Stats().ActivitiesRun == 0 {
+		t.Errorf("one node did all the work: %d and %d", a.Stats().ActivitiesRun, b.Stats().ActivitiesRun)
 	}
 }

@@ -24,12 +24,9 @@ type Options struct {
 	NodeName string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
-	// WorkflowTaskQueue is the durable consumer that delivers history
-	// commits to the nodes (the manual's workflow_task_queue). Defaults to
-	// "saga-workflows".
-	WorkflowTaskQueue string
-	// WorkflowConcurrency is how many history commits a node processes at
-	// once. Defaults to 64.
+	// WorkflowConcurrency is how many workflow tasks a node decides at
+	// once, and how many history commits it dispatches at once. Defaults
+	// to 64.
 	WorkflowConcurrency int
 	// ActivityConcurrency is how many activity attempts a node runs at
 	// once, over all activity types. Defaults to 100.
@@ -78,9 +75,6 @@ func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.WorkflowTaskQueue == "" {
-		o.WorkflowTaskQueue = "saga-workflows"
-	}
 	if o.WorkflowConcurrency == 0 {
 		o.WorkflowConcurrency = 64
 	}
@@ -105,9 +99,6 @@ func (o Options) withDefaults() Options {
 func (o Options) validate() error {
 	if err := o.Stream.Validate(); err != nil {
 		return err
-	}
-	if err := stream.ValidateID("workflow task queue", o.WorkflowTaskQueue); err != nil {
-		return fmt.Errorf("worker options: WorkflowTaskQueue: %w", err)
 	}
 	switch {
 	case o.WorkflowConcurrency < 1:
