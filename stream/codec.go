@@ -14,7 +14,9 @@ import (
 // translation decode into the same Go value.
 func Marshal(v any) ([]byte, error) {
 	var buf bytes.Buffer
-	enc := msgpack.NewEncoder(&buf)
+	enc := msgpack.GetEncoder()
+	defer msgpack.PutEncoder(enc)
+	enc.Reset(&buf)
 	enc.SetCustomStructTag("json")
 	enc.UseCompactInts(true)
 	if err := enc.Encode(v); err != nil {
@@ -31,7 +33,15 @@ func Unmarshal(data []byte, v any) error {
 	if err := CheckMsgpack(data); err != nil {
 		return err
 	}
-	dec := msgpack.NewDecoder(bytes.NewReader(data))
+	return decodeChecked(data, v)
+}
+
+// decodeChecked decodes msgpack that CheckMsgpack already accepted (as a
+// whole or as part of a larger value).
+func decodeChecked(data []byte, v any) error {
+	dec := msgpack.GetDecoder()
+	defer msgpack.PutDecoder(dec)
+	dec.Reset(bytes.NewReader(data))
 	dec.SetCustomStructTag("json")
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: decode %T: %v", ErrCodec, v, err)

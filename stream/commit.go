@@ -125,7 +125,8 @@ func DecodeCommit(data []byte) (*Commit, error) {
 			return nil, fmt.Errorf("%w: event ids not contiguous: %d after %d", ErrCodec, we.ID, w.Events[i-1].ID)
 		}
 		attrs := spec.newAttrs()
-		if err := Unmarshal(we.Attrs, attrs); err != nil {
+		// Part of the commit, which Unmarshal checked as a whole.
+		if err := decodeChecked(we.Attrs, attrs); err != nil {
 			return nil, fmt.Errorf("event %d %s attributes: %w", we.ID, we.Type, err)
 		}
 		c.Events[i] = Event{ID: we.ID, SagaID: w.SagaID, Type: we.Type, Category: spec.category, Time: we.Time, Attrs: attrs}

@@ -14,10 +14,11 @@ import (
 
 // handleCommit dispatches one history commit: it publishes a task for each
 // activity the commit schedules and, if the commit holds inputs the
-// workflow has not decided on, a workflow task for the nodes that run its
-// workflow type. It acks only when all are published; publishing is
-// de-duplicated, so a redelivery is safe. Every node runs the dispatcher;
-// it needs no workflow code.
+// workflow has not decided on, decides on them when this node runs the
+// workflow, or else publishes a workflow task for the nodes that do. It
+// acks only when all that is done; publishing is de-duplicated and
+// deciding is idempotent, so a redelivery is safe. Every node runs the
+// dispatcher.
 func (n *Node) handleCommit(ctx context.Context, msg jetstream.Msg) {
 	meta, err := metadata(msg)
 	if err != nil {
@@ -60,13 +61,26 @@ func (n *Node) handleCommit(ctx context.Context, msg jetstream.Msg) {
 		}
 		n.stats.tasksPublished.Add(1)
 	}
-	if commit.NeedsDecision() {
-		if err := n.store.PublishWorkflowTask(ctx, commit, meta.Sequence.Stream, msg.Data()); err != nil {
-			n.retryLater(msg, meta, log, "publish workflow task", err)
+	if !commit.NeedsDecision() {
+		_ = msg.Ack()
+		return
+	}
+	if _, ok := n.reg.Workflow(commit.WorkflowType); ok {
+		// Saves a workflow task's round trip.
+		delivered := &stream.StoredCommit{Seq: meta.Sequence.Stream, Commit: commit}
+		req := advanceRequest{sagaID: sagaID, delivered: delivered, decide: true, lastChance: meta.NumDelivered >= patientDeliveries}
+		if err := n.advance(ctx, req); err != nil {
+			n.retryLater(msg, meta, log.With("saga_id", sagaID), "decide", err)
 			return
 		}
-		n.stats.workflowTasksPublished.Add(1)
+		_ = msg.Ack()
+		return
 	}
+	if err := n.store.PublishWorkflowTask(ctx, commit, meta.Sequence.Stream, msg.Data()); err != nil {
+		n.retryLater(msg, meta, log, "publish workflow task", err)
+		return
+	}
+	n.stats.workflowTasksPublished.Add(1)
 	_ = msg.Ack()
 }
 
