@@ -3,6 +3,7 @@ package stream_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
+	"github.com/jetsaga/saga/internal/embeddednats"
 	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/stream"
 )
@@ -255,4 +257,83 @@ func mustMarshal(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// BenchmarkAppend measures sequential appends with the expected-last-
+// subject-sequence check to one saga, each waiting for its ack, with the
+// server syncing to disk periodically ("interval") or on every write.
+func BenchmarkAppend(b *testing.B) {
+	for _, always := range []bool{false, true} {
+		name := "sync=interval"
+		if always {
+			name = "sync=always"
+		}
+		b.Run(name, func(b *testing.B) {
+			srv, err := embeddednats.Start(embeddednats.Options{Dir: b.TempDir(), SyncAlways: always})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer srv.Shutdown()
+			nc, err := srv.Connect()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer nc.Close()
+			st, err := stream.Open(nc, stream.Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			ctx := context.Background()
+			if err := st.EnsureStreams(ctx); err != nil {
+				b.Fatal(err)
+			}
+			seq, err := st.Append(ctx, started("bench", "r"), 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				if seq, err = st.Append(ctx, scheduled("bench", uint64(i+1), "a"), seq); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkReadHistory reads one saga's 10 commits from a stream holding
+// 2,000 sagas of 10 commits each, with the batched direct get.
+func BenchmarkReadHistory(b *testing.B) {
+	srv := natstest.Start(b)
+	st, err := stream.Open(srv.Conn(), stream.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if err := st.EnsureStreams(ctx); err != nil {
+		b.Fatal(err)
+	}
+	const sagas, commits = 2000, 10
+	last := make([]uint64, sagas)
+	for c := range commits {
+		for s := range sagas {
+			id := fmt.Sprintf("s-%d", s)
+			commit := scheduled(id, uint64(c), "a")
+			if c == 0 {
+				commit = started(id, "r")
+			}
+			if last[s], err = st.Append(ctx, commit, last[s]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		got, err := st.Read(ctx, fmt.Sprintf("s-%d", i%sagas), 0)
+		if err != nil || len(got) != commits {
+			b.Fatalf("%d commits, %v", len(got), err)
+		}
+	}
 }
