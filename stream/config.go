@@ -166,12 +166,14 @@ func (c Config) TaskSubject(activityType string) string {
 }
 
 // WorkflowTaskConsumer names the durable consumer of a workflow type's
-// tasks, shared by the nodes that register the type.
-func WorkflowTaskConsumer(workflowType string) string { return "workflow-" + workflowType }
+// tasks, shared by the nodes that register the type. The reference
+// manual's single workflow_task_queue, "saga-workflows", becomes one such
+// queue per workflow type, so that nodes may run different workflows.
+func WorkflowTaskConsumer(workflowType string) string { return "saga-workflows-" + workflowType }
 
 // ActivityTaskConsumer names the durable consumer of an activity type's
 // tasks.
-func ActivityTaskConsumer(activityType string) string { return "activity-" + activityType }
+func ActivityTaskConsumer(activityType string) string { return "saga-activities-" + activityType }
 
 // WorkflowTaskSubject is the subject the workflow tasks ("saga X has new
 // events to decide on") of one workflow type are published on.

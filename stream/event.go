@@ -178,12 +178,11 @@ type WorkflowExecutionFailedAttrs struct {
 
 // Reasons a saga is blocked.
 const (
-	BlockedNonDeterminism      = "nondeterminism"
-	BlockedUnknownWorkflowType = "unknown_workflow_type"
-	BlockedPanic               = "panic"
-	BlockedHistoryUnreadable   = "history_unreadable"
-	BlockedDeadlock            = "deadlock"
-	BlockedCommitTooLarge      = "commit_too_large"
+	BlockedNonDeterminism    = "nondeterminism"
+	BlockedPanic             = "panic"
+	BlockedHistoryUnreadable = "history_unreadable"
+	BlockedDeadlock          = "deadlock"
+	BlockedCommitTooLarge    = "commit_too_large"
 )
 
 // WorkflowExecutionBlockedAttrs records why the engine stopped driving a

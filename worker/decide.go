@@ -484,14 +484,13 @@ func blockReason(err error) string {
 		return stream.BlockedNonDeterminism
 	case errors.As(err, &pe):
 		return stream.BlockedPanic
-	case errors.Is(err, saga.ErrUnknownWorkflowType):
-		return stream.BlockedUnknownWorkflowType
 	case errors.Is(err, replay.ErrDeadlock):
 		return stream.BlockedDeadlock
 	case errors.Is(err, stream.ErrTooLarge):
 		return stream.BlockedCommitTooLarge
 	}
-	return stream.BlockedHistoryUnreadable
+	return stream.BlockedHistoryUnreadable // replay.ErrCorruptHistory
+
 }
 
 // stampEvents numbers input events from next and sets their saga and time.
