@@ -61,7 +61,6 @@ func Start(opts Options) (*Server, error) {
 		SyncInterval: opts.SyncInterval,
 		MaxPayload:   opts.MaxPayload,
 		NoSigs:       true,
-		NoLog:        opts.Logger == nil,
 	}
 	if sopts.ServerName == "" {
 		sopts.ServerName = "saga-embedded"
@@ -87,18 +86,33 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embeddednats: %w", err)
 	}
-	if opts.Logger != nil {
-		srv.SetLoggerV2(slogAdapter{opts.Logger}, false, false, false)
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
+	// The server reports start-up failures (a port in use, say) through
+	// its logger's Fatalf; catch the first to fail fast with its text.
+	adapter := &slogAdapter{l: logger, fatal: make(chan string, 1)}
+	srv.SetLoggerV2(adapter, false, false, false)
 	srv.Start()
 	timeout := opts.ReadyTimeout
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
-	if !srv.ReadyForConnections(timeout) {
+	deadline := time.Now().Add(timeout)
+	for !srv.ReadyForConnections(50 * time.Millisecond) {
+		var failure string
+		select {
+		case failure = <-adapter.fatal:
+		default:
+			if time.Now().Before(deadline) {
+				continue
+			}
+			failure = fmt.Sprintf("server not ready after %s", timeout)
+		}
 		srv.Shutdown()
 		srv.WaitForShutdown()
-		return nil, fmt.Errorf("embeddednats: server not ready after %s", timeout)
+		return nil, fmt.Errorf("embeddednats: %s", failure)
 	}
 	if !srv.JetStreamEnabled() {
 		srv.Shutdown()
@@ -132,11 +146,22 @@ func (s *Server) Shutdown() {
 
 // slogAdapter routes the server's log lines to slog. Notices are debug
 // level: the server is chatty at start-up and the node logs what matters.
-type slogAdapter struct{ l *slog.Logger }
+type slogAdapter struct {
+	l     *slog.Logger
+	fatal chan string
+}
 
-func (a slogAdapter) Noticef(format string, v ...any) { a.l.Debug(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Warnf(format string, v ...any)   { a.l.Warn(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Fatalf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Debugf(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Tracef(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
+func (a *slogAdapter) Noticef(format string, v ...any) { a.l.Debug(fmt.Sprintf(format, v...)) }
+func (a *slogAdapter) Warnf(format string, v ...any)   { a.l.Warn(fmt.Sprintf(format, v...)) }
+func (a *slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
+func (a *slogAdapter) Debugf(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
+func (a *slogAdapter) Tracef(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
+
+func (a *slogAdapter) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	a.l.Error(msg)
+	select {
+	case a.fatal <- msg:
+	default:
+	}
+}
