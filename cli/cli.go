@@ -51,6 +51,7 @@ Usage:
   saga-node describe <saga-id> [--json]
   saga-node history  <saga-id> [--json]
   saga-node wake     <saga-id>
+  saga-node bench    [--sagas N] [--in-flight N] [--sync interval|always] [--nats-url URL]
 
 Admin commands reach the engine at --nats-url, else $SAGA_NATS_URL, else
 nats://127.0.0.1:4222. "saga-node <command> -h" lists a command's flags.
@@ -78,6 +79,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 		"describe": runDescribe,
 		"history":  runHistory,
 		"wake":     runWake,
+		"bench":    runBench,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

@@ -839,3 +839,15 @@ func TestRunBadFlags(t *testing.T) {
 		t.Errorf("stderr should say NATS is unreachable:\n%s", r)
 	}
 }
+
+func TestBench(t *testing.T) {
+	r := runCLI(t, noEnv, "bench", "--sagas", "30", "--in-flight", "5")
+	expectCode(t, r, ExitOK)
+	for _, want := range []string{"running 30 order sagas, 5 in flight", "30 sagas in", "sagas/s", "start to end: p50", "0 conflicts"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("bench output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	expectCode(t, runCLI(t, noEnv, "bench", "--sagas", "0"), ExitUsage)
+	expectCode(t, runCLI(t, noEnv, "bench", "--sync", "never"), ExitUsage)
+}
