@@ -320,13 +320,20 @@ func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
 			return nil, err
 		}
 		mu.Lock()
-		behind := d == nil || d.Events < promised
+		var have uint64
+		if d != nil {
+			have = d.Events
+		}
+		// Read again soon while the history is behind what a notification
+		// promised, for a while: a commit that lost its concurrency check
+		// was also seen by subscribers, and never lands.
+		behind := have < promised && lag <= 100*time.Millisecond
 		mu.Unlock()
 		wake := notify
 		var again <-chan time.Time
 		if behind {
 			again = time.After(lag)
-			lag = min(2*lag, 100*time.Millisecond)
+			lag *= 2
 		} else {
 			lag = time.Millisecond
 		}

@@ -59,7 +59,7 @@ func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (strea
 	}
 	out, err := w.run(Context{env: env}, in)
 	if err != nil {
-		return nil, ToFailure(err, KindWorkflowExecution)
+		return nil, ToFailure(err, KindWorkflowExecution).Bounded()
 	}
 	b, err := stream.Marshal(out)
 	if err != nil {
@@ -194,7 +194,7 @@ func SideEffect[T any](ctx Context, fn func() (T, error)) (T, error) {
 	value, failure := ctx.env.SideEffect(func() (stream.Payload, *stream.Failure) {
 		v, err := fn()
 		if err != nil {
-			return nil, ToFailure(err, KindWorkflowExecution)
+			return nil, ToFailure(err, KindWorkflowExecution).Bounded()
 		}
 		b, err := stream.Marshal(v)
 		if err != nil {

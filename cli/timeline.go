@@ -40,6 +40,8 @@ func details(e stream.Event, activities map[uint64]string) string {
 		return failureText(a.Failure)
 	case *stream.WorkflowExecutionBlockedAttrs:
 		return fmt.Sprintf("%s: %s", a.Reason, firstLine(a.Message))
+	case *stream.WorkflowExecutionUnblockedAttrs:
+		return "replays again on " + a.Node
 	case *stream.ActivityTaskScheduledAttrs:
 		return fmt.Sprintf("%s input=%s", a.ActivityType, short(payloadJSON(a.Input)))
 	case *stream.ActivityTaskStartedAttrs:

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/internal/embeddednats"
+	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
@@ -100,5 +102,33 @@ func TestUnpublishableActivityTaskFailsTheActivity(t *testing.T) {
 	d, err := cl.Wait(ctx, "forged")
 	if err != nil || d.Status != saga.StatusBlocked || d.Blocked.Reason != stream.BlockedNonDeterminism {
 		t.Fatalf("%v %+v", err, d)
+	}
+}
+
+// Results that nearly fill a message, recorded by a node without the
+// workflow, on a server with a small max_payload: the commits that need a
+// decision may be too large to travel inside a workflow task (the task then
+// carries the saga id and sequence only, and the decider reads the
+// history), and the saga still completes.
+func TestNearLimitResultsRecordedWithoutTheWorkflow(t *testing.T) {
+	srv := natstest.Start(t, func(o *embeddednats.Options) { o.MaxPayload = 16 << 10 })
+	c := &cluster{t: t, srv: srv}
+	cl := c.client()
+	ctx := ctxTimeout(t, 20*time.Second)
+	// Results are recorded by a node without the workflow, so each result
+	// commit needs a workflow task; the result nearly fills a message.
+	big := saga.NewActivity("big", func(_ context.Context, n int) (string, error) { return strings.Repeat("r", 12000-n), nil })
+	wf := saga.NewWorkflow("takes-big", 1, func(ctx saga.Context, n int) (int, error) {
+		s, err := saga.ExecuteActivity(ctx, big, n).Get(ctx)
+		return len(s), err
+	})
+	c.node(worker.Options{NodeName: "activities"}, big)
+	c.node(worker.Options{NodeName: "deciders"}, wf)
+	r, err := saga.StartWorkflow(ctx, cl, wf, 0, saga.StartOptions{ID: "big-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := r.Get(ctx); err != nil || out != 12000 {
+		t.Fatalf("got %d, %v", out, err)
 	}
 }

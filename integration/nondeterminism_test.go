@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
 
@@ -100,5 +102,66 @@ func TestChangedCodeBlocksSagaOnReplay(t *testing.T) {
 	}
 	if svc.Calls(order.StepReserveInventory)+svc2.Calls(order.StepReserveInventory) != 2 || svc2.Calls(order.StepReserveInventory) != 0 {
 		t.Fatalf("reserve-inventory ran again for the woken saga")
+	}
+}
+
+// A saga blocked by a bug and woken after the fix shows as running again
+// even when the fixed code has nothing new to decide yet (it waits for an
+// activity still open), and goes on when that activity reports.
+func TestWokenSagaRunsAgainBeforeItsNextDecision(t *testing.T) {
+	c := newCluster(t)
+	cl := c.client()
+	ctx := ctxTimeout(t, 30*time.Second)
+	first := saga.NewActivity("first", func(_ context.Context, n int) (int, error) { return n, nil })
+	second := saga.NewActivity("second", func(_ context.Context, n int) (int, error) { return n * 10, nil })
+	pair := func(buggy bool) *saga.Workflow[int, int] {
+		return saga.NewWorkflow("pair", 1, func(ctx saga.Context, n int) (int, error) {
+			fa := saga.ExecuteActivity(ctx, first, n)
+			fb := saga.ExecuteActivity(ctx, second, n)
+			a, err := fa.Get(ctx)
+			if err != nil {
+				return 0, err
+			}
+			if buggy {
+				panic("bug after the first result")
+			}
+			b, err := fb.Get(ctx)
+			return a + b, err
+		})
+	}
+	// The buggy code, and only the first activity: the second stays open.
+	buggy := c.node(worker.Options{NodeName: "buggy"}, pair(true), first)
+	if _, err := cl.Start(ctx, "pair", 4, saga.StartOptions{ID: "pair-1"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := cl.Wait(ctx, "pair-1")
+	if err != nil || d.Status != saga.StatusBlocked || d.Blocked.Reason != "panic" {
+		t.Fatalf("%v %+v", err, d)
+	}
+	if err := buggy.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fixed := c.node(worker.Options{NodeName: "fixed"}, pair(false), first)
+	if err := fixed.Wake(ctx, "pair-1"); err != nil {
+		t.Fatal(err)
+	}
+	if d, err = cl.Describe(ctx, "pair-1"); err != nil || d.Status != saga.StatusRunning || d.Blocked != nil {
+		t.Fatalf("after wake: %v %+v", err, d)
+	}
+	events, err := cl.History(ctx, "pair-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := events[len(events)-1]; last.Type != stream.WorkflowExecutionUnblocked {
+		t.Fatalf("last event %s, want WorkflowExecutionUnblocked", last.Type)
+	}
+	// The second activity arrives; the saga completes.
+	c.node(worker.Options{NodeName: "seconds"}, second)
+	if d, err = cl.Wait(ctx, "pair-1"); err != nil || d.Status != saga.StatusCompleted {
+		t.Fatalf("%v %+v", err, d)
+	}
+	var out int
+	if err := stream.Unmarshal(d.Output, &out); err != nil || out != 44 {
+		t.Fatalf("output %d %v", out, err)
 	}
 }

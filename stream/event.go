@@ -21,6 +21,7 @@ const (
 	WorkflowExecutionCanceled        EventType = "WorkflowExecutionCanceled"
 	WorkflowExecutionCancelRequested EventType = "WorkflowExecutionCancelRequested"
 	WorkflowExecutionBlocked         EventType = "WorkflowExecutionBlocked"
+	WorkflowExecutionUnblocked       EventType = "WorkflowExecutionUnblocked"
 
 	ActivityTaskScheduled EventType = "ActivityTaskScheduled"
 	ActivityTaskStarted   EventType = "ActivityTaskStarted"
@@ -82,6 +83,7 @@ var eventSpecs = map[EventType]eventSpec{
 	WorkflowExecutionCompleted: {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionCompletedAttrs) }},
 	WorkflowExecutionFailed:    {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionFailedAttrs) }},
 	WorkflowExecutionBlocked:   {CategoryWorkflow, RoleInfo, func() any { return new(WorkflowExecutionBlockedAttrs) }},
+	WorkflowExecutionUnblocked: {CategoryWorkflow, RoleInfo, func() any { return new(WorkflowExecutionUnblockedAttrs) }},
 	ActivityTaskScheduled:      {CategoryActivity, RoleCommand, func() any { return new(ActivityTaskScheduledAttrs) }},
 	ActivityTaskStarted:        {CategoryActivity, RoleInfo, func() any { return new(ActivityTaskStartedAttrs) }},
 	ActivityTaskCompleted:      {CategoryActivity, RoleInput, func() any { return new(ActivityTaskCompletedAttrs) }},
@@ -121,6 +123,52 @@ type Failure struct {
 	Context      map[string]string `msgpack:"context,omitempty" json:"context,omitempty"`
 	NonRetryable bool              `msgpack:"non_retryable,omitempty" json:"non_retryable,omitempty"`
 	Cause        *Failure          `msgpack:"cause,omitempty" json:"cause,omitempty"`
+}
+
+// Bounds of a recorded failure: each text (message or context value) is
+// cut at maxFailureText bytes, at most maxFailureContext context entries
+// are kept, and causes deeper than maxFailureDepth are dropped, so that no
+// error can make its commit too large to store.
+const (
+	maxFailureText    = 4 << 10
+	maxFailureContext = 32
+	maxFailureDepth   = 8
+)
+
+// Bounded returns f cut to the bounds above; f itself is not changed.
+func (f *Failure) Bounded() *Failure { return f.bounded(0) }
+
+func (f *Failure) bounded(depth int) *Failure {
+	if f == nil {
+		return nil
+	}
+	c := *f
+	c.Message = cut(f.Message)
+	if len(f.Context) > 0 {
+		c.Context = make(map[string]string, min(len(f.Context), maxFailureContext))
+		for k, v := range f.Context {
+			if len(c.Context) == maxFailureContext {
+				break
+			}
+			c.Context[cut(k)] = cut(v)
+		}
+	}
+	if depth+1 >= maxFailureDepth {
+		if f.Cause != nil {
+			c.Message += " (further causes dropped)"
+		}
+		c.Cause = nil
+	} else {
+		c.Cause = f.Cause.bounded(depth + 1)
+	}
+	return &c
+}
+
+func cut(s string) string {
+	if len(s) <= maxFailureText {
+		return s
+	}
+	return s[:maxFailureText] + fmt.Sprintf("... (%d bytes cut)", len(s)-maxFailureText)
 }
 
 func (f *Failure) Error() string {
@@ -194,6 +242,13 @@ type WorkflowExecutionBlockedAttrs struct {
 	// AtEventID is the event replay stopped at, when there is one.
 	AtEventID uint64 `msgpack:"at_event_id" json:"at_event_id"`
 	// Node names the node that found the problem.
+	Node string `msgpack:"node" json:"node"`
+}
+
+// WorkflowExecutionUnblockedAttrs records that a node replayed a blocked
+// saga successfully (after a fix was deployed and the saga woken, say):
+// the engine drives it again.
+type WorkflowExecutionUnblockedAttrs struct {
 	Node string `msgpack:"node" json:"node"`
 }
 

@@ -96,6 +96,10 @@ func (s *State) applyEvent(e Event) {
 		if !s.Status.Terminal() {
 			s.Status, s.Blocked = StatusBlocked, a
 		}
+	case *WorkflowExecutionUnblockedAttrs:
+		if s.Status == StatusBlocked {
+			s.Status, s.Blocked = StatusRunning, nil
+		}
 	case *ActivityTaskScheduledAttrs:
 		s.OpenActivities[e.ID] = a
 	case *ActivityTaskCompletedAttrs:

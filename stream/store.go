@@ -185,13 +185,10 @@ const publishAttempts = 3
 const headerRoom = 4096
 
 // maxMsgSize is the largest message body the store sends: the configured
-// maximum, or less if the server accepts less.
+// maximum (or the server's, if lower), less room for the headers, which
+// both limits count.
 func (s *Store) maxMsgSize() int {
-	limit := int(s.cfg.MaxMsgSize)
-	if server := int(s.nc.MaxPayload()) - headerRoom; server > 0 && server < limit {
-		limit = server
-	}
-	return limit
+	return min(int(s.cfg.MaxMsgSize), int(s.nc.MaxPayload())) - headerRoom
 }
 
 // landedAfter reports whether the commit right after expectedSeq on the

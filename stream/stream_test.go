@@ -337,3 +337,39 @@ func BenchmarkReadHistory(b *testing.B) {
 		}
 	}
 }
+
+// A workflow task whose commit would not fit in one message travels
+// without it; the decider then reads the history up to Seq.
+func TestWorkflowTaskDropsACommitTooLargeToCarry(t *testing.T) {
+	st, nc := newStore(t)
+	ctx := context.Background()
+	c := started("wt", "r")
+	small, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.SubscribeSync(st.Config().WorkflowTaskSubject("order"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PublishWorkflowTask(ctx, c, 7, small); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, int(nc.MaxPayload())) // as if the commit filled a message
+	if err := st.PublishWorkflowTask(ctx, c, 8, big); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct {
+		seq       uint64
+		hasCommit bool
+	}{{7, true}, {8, false}} {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, commit, err := st.DecodeWorkflowTask(m.Data)
+		if err != nil || task.Seq != want.seq || (commit != nil) != want.hasCommit || task.SagaID != "wt" || task.WorkflowType != "order" {
+			t.Fatalf("task %+v commit %v err %v, want seq %d with commit %v", task, commit != nil, err, want.seq, want.hasCommit)
+		}
+	}
+}

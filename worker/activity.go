@@ -56,9 +56,7 @@ func (n *Node) handleTask(ctx context.Context, msg jetstream.Msg) {
 	if attempt > 1 || time.Since(task.ScheduledAt) > n.opts.Stream.DuplicateWindow/2 {
 		open, err := n.activityOpen(ctx, task)
 		switch {
-		case errors.Is(err, errBehind):
-			log.Error("task for an activity the saga's history does not schedule; dropped", "err", err)
-			_ = msg.TermWithReason("activity not in history")
+		case err != nil && n.unrecordable(msg, meta, log, err):
 			return
 		case err != nil:
 			n.retryLater(msg, meta, log, "check activity state", err)
@@ -93,7 +91,7 @@ func (n *Node) handleTask(ctx context.Context, msg jetstream.Msg) {
 		// Canceled because the node is stopping: not the activity's fault.
 		return
 	}
-	cause := saga.ToFailure(runErr, saga.KindActivityExecution)
+	cause := saga.ToFailure(runErr, saga.KindActivityExecution).Bounded()
 	if retryable(cause, policy) && attempt < policy.MaximumAttempts {
 		delay := backoff(policy, attempt)
 		log.Warn("activity attempt failed; retrying", "attempt", attempt, "retry_in", delay, "err", runErr)
@@ -182,13 +180,41 @@ func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, ta
 	return o.result, o.err
 }
 
-// reportTimeout bounds the in-process retries of recording an outcome.
-const reportTimeout = 30 * time.Second
+// behindPatience bounds how long the node retries, in-process, a task
+// whose saga history does not (yet) hold the scheduled activity: a replica
+// lagging that long, or a task no engine derived.
+const behindPatience = 5 * time.Minute
+
+// unrecordable handles the errors after which the task's outcome can never
+// be recorded: a history holding a message the engine did not write (the
+// task is dropped), and a history that does not schedule the activity
+// after behindPatience (the task comes back later, a few times, then is
+// dropped). It reports whether it dealt with the task.
+func (n *Node) unrecordable(msg jetstream.Msg, meta *jetstream.MsgMetadata, log *slog.Logger, err error) bool {
+	var ce *stream.CodecError
+	switch {
+	case errors.As(err, &ce):
+		log.Error("the saga's history is unreadable; task dropped", "err", err)
+		_ = msg.TermWithReason("history unreadable")
+		return true
+	case !errors.Is(err, errBehind):
+		return false
+	case meta.NumDelivered >= 10:
+		log.Error("the saga's history does not schedule this activity; task dropped", "err", err)
+		_ = msg.TermWithReason("activity not in history")
+		return true
+	}
+	log.Warn("the saga's history does not show the activity yet; will retry", "err", err)
+	_ = msg.NakWithDelay(30 * time.Second)
+	return true
+}
 
 // report appends an activity's outcome, then acknowledges the task. It
-// retries in-process for a while (the task kept alive meanwhile), so that
-// a NATS hiccup does not cost an attempt. A draining node records the
-// results in hand; StopAndCancel gives up on them.
+// retries in-process until it succeeds or the node stops (the task kept
+// alive meanwhile): an outcome in hand is not given up for a NATS outage,
+// which would cost an attempt and could turn a success into a failure. A
+// draining node records the outcomes in hand; StopAndCancel gives up on
+// them.
 func (n *Node) report(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, log *slog.Logger, task stream.ActivityTask, attempt int, result stream.Payload, failure *stream.Failure) {
 	inputs := func(st *stream.State) []stream.Event {
 		if _, open := st.OpenActivities[task.ScheduledEventID]; !open {
@@ -209,33 +235,33 @@ func (n *Node) report(ctx context.Context, msg jetstream.Msg, meta *jetstream.Ms
 		}
 		return events
 	}
-	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
-	defer cancel()
 	// The cache is trusted when it has the scheduled event: an activity it
 	// shows open may have closed since (the append then conflicts and the
 	// saga is read again), but one it shows closed is closed.
 	req := advanceRequest{sagaID: task.SagaID, inputs: inputs, needEvent: &task.ScheduledEventID}
-	err := retryFor(rctx, func() error { return n.advance(rctx, req) })
+	err := retryFor(ctx, func() error { return n.advance(ctx, req) })
 	switch {
 	case err == nil:
 		_ = msg.Ack()
-	case errors.Is(err, errBehind):
-		log.Error("result for an activity the saga's history does not schedule; dropped", "err", err)
-		_ = msg.TermWithReason("activity not in history")
+	case n.unrecordable(msg, meta, log, err):
 	default:
-		// Not recorded: the activity runs again on redelivery, which is
-		// what at-least-once means.
+		// Not recorded and the node is stopping: the activity runs again on
+		// redelivery, which is what at-least-once means.
 		n.retryLater(msg, meta, log, "record activity outcome", err)
 	}
 }
 
-// retryFor calls f until it succeeds or ctx ends, backing off from 50ms to
-// 2s, and returns the last error.
+// retryFor calls f until it succeeds, ctx ends, or it keeps failing for
+// lack of history (errBehind) for behindPatience, or with an unreadable
+// history, backing off from 50ms to 2s; it returns the last error.
 func retryFor(ctx context.Context, f func() error) error {
 	wait := 50 * time.Millisecond
+	start := time.Now()
 	for {
 		err := f()
-		if err == nil || ctx.Err() != nil {
+		var ce *stream.CodecError
+		if err == nil || ctx.Err() != nil || errors.As(err, &ce) ||
+			errors.Is(err, errBehind) && time.Since(start) > behindPatience {
 			return err
 		}
 		if sleepCtx(ctx, wait) != nil {
@@ -248,8 +274,6 @@ func retryFor(ctx context.Context, f func() error) error {
 // activityOpen reports whether the scheduled activity still waits for its
 // result, reading whatever the node has not seen of the history.
 func (n *Node) activityOpen(ctx context.Context, task stream.ActivityTask) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, reportTimeout)
-	defer cancel()
 	var open bool
 	err := retryFor(ctx, func() error {
 		e := n.cache.acquire(task.SagaID)

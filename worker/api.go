@@ -26,6 +26,9 @@ type StartRequest struct {
 	Input json.RawMessage `json:"input,omitempty"`
 	// IfExists is "fail" (the default) or "use_existing".
 	IfExists string `json:"if_exists,omitempty"`
+	// RequestID makes a retried start of the same id succeed when the
+	// first attempt created the saga (see saga.StartOptions.RequestID).
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // StartResponse answers a start.
@@ -136,7 +139,7 @@ func (n *Node) StartJSON(ctx context.Context, workflowType string, r StartReques
 		return saga.StartResult{}, (&saga.Error{Kind: saga.KindValidation, Message: "start " + workflowType, Cause: saga.ErrUnknownWorkflowType}).
 			WithContext("registered", strings.Join(n.reg.WorkflowNames(), ","))
 	}
-	opts := saga.StartOptions{ID: r.ID}
+	opts := saga.StartOptions{ID: r.ID, RequestID: r.RequestID}
 	switch r.IfExists {
 	case "", "fail":
 	case "use_existing":

@@ -28,6 +28,9 @@ type advanceRequest struct {
 	// fresh says whether to check for commits the cache has not seen
 	// before appending, or to let a conflict tell.
 	fresh freshness
+	// minSeq, when set, is a stream sequence the state must reach: the
+	// commit a workflow task is about, when the task does not carry it.
+	minSeq uint64
 	// needEvent, when set, is an event id the state must include: the
 	// scheduled event an activity result refers to. A cache that does not
 	// have it yet is behind, whatever fresh says.
@@ -80,7 +83,8 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 			return err
 		}
 		st := e.state
-		if delivered != nil && st.LastSeq < delivered.Seq || req.needEvent != nil && st.NextEventID <= *req.needEvent {
+		if delivered != nil && st.LastSeq < delivered.Seq || st.LastSeq < req.minSeq ||
+			req.needEvent != nil && st.NextEventID <= *req.needEvent {
 			e.reset()
 			return errBehind
 		}
@@ -172,7 +176,16 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceReques
 	if err == nil {
 		d.fedInputs = len(inputs) > 0
 		if err = m.Feed(inputs...); err == nil {
-			events = append(events, m.Propose(st.NextEventID+uint64(len(inputs)), time.Now())...)
+			next := st.NextEventID + uint64(len(inputs))
+			if st.Status == stream.StatusBlocked {
+				// The code replays now (new code, or a woken saga): say so,
+				// so that the saga shows as running even if the code has
+				// nothing new to decide yet.
+				events = append(events, stream.Event{ID: next, SagaID: e.id, Type: stream.WorkflowExecutionUnblocked, Time: time.Now(),
+					Attrs: &stream.WorkflowExecutionUnblockedAttrs{Node: n.opts.NodeName}})
+				next++
+			}
+			events = append(events, m.Propose(next, time.Now())...)
 		}
 	}
 	if err != nil {
@@ -195,9 +208,10 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceReques
 	if len(events) == 0 {
 		return decision{}, nil
 	}
-	// Decided: the code saw every input, or the saga is blocked (a
-	// workflow task could only block it again).
-	decided := err == nil || d.blocked != nil || errors.Is(err, errAlreadyBlocked)
+	// Decided: the code saw every input, or this commit blocks the saga.
+	// Inputs recorded for a saga already blocked are not decided: a node
+	// with code that replays gets a workflow task for them.
+	decided := err == nil || d.blocked != nil
 	d.commit = &stream.Commit{SagaID: e.id, WorkflowType: st.WorkflowType, Decided: decided, Events: events}
 	return d, nil
 }
@@ -280,6 +294,9 @@ func (n *Node) machineFor(ctx context.Context, e *sagaEntry, decide bool) (*repl
 	commits, err := n.store.Read(ctx, e.id, 0)
 	if err != nil {
 		return nil, err
+	}
+	if len(commits) == 0 || commits[len(commits)-1].Seq < e.state.LastSeq {
+		return nil, errBehind // a lagging replica answered the read
 	}
 	return n.newMachine(e, wf, commits)
 }

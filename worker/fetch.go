@@ -11,10 +11,12 @@ import (
 )
 
 // fetchLoop pulls messages from one durable consumer and runs a handler
-// goroutine per message. It fetches only as many messages as it has free
-// handler slots, so that no message waits in the node while its ack
-// deadline runs: a message a node holds is a message it is working on, and
-// its heartbeat (InProgress) keeps it.
+// goroutine per message. It pulls only what it can start on: it waits for
+// the next message without holding a handler slot (so idle loops sharing a
+// pool of slots do not starve a busy one), keeps that one message alive
+// while it waits for a slot, and then takes the backlog with the slots
+// that are free. A message a node holds is a message it is working on, or
+// the one it is about to start, and its heartbeat (InProgress) keeps it.
 type fetchLoop struct {
 	node   *Node
 	name   string
@@ -51,25 +53,24 @@ func (l *fetchLoop) run() {
 	defer close(l.done)
 	failures := 0
 	for l.ctx.Err() == nil {
-		// Wait for a message holding a single slot, so that an idle loop
-		// does not keep slots from the loops it shares them with...
-		if !l.reserveOne() {
-			return
-		}
-		got, err := l.fetch(1, true)
-		if got == 0 {
-			l.release(1)
-		}
-		// ...then take the backlog with every slot that is free.
-		for err == nil && got > 0 {
-			k := l.reserveFree()
-			if k == 0 {
-				break
+		msg, err := l.next()
+		if msg != nil {
+			if !l.reserveFor(msg) {
+				return // stopping: the message is redelivered
 			}
-			got, err = l.fetch(k, false)
-			l.release(k - got)
-			if got < k {
-				break
+			l.dispatch(msg)
+			// Take the backlog with every slot that is free.
+			for err == nil {
+				k := l.reserveFree()
+				if k == 0 {
+					break
+				}
+				var got int
+				got, err = l.fetchNoWait(k)
+				l.release(k - got)
+				if got < k {
+					break
+				}
 			}
 		}
 		if err == nil || l.ctx.Err() != nil {
@@ -89,13 +90,40 @@ func (l *fetchLoop) run() {
 	}
 }
 
-// reserveOne waits for a free slot; false when the loop stops.
-func (l *fetchLoop) reserveOne() bool {
+// next waits up to fetchWait for one message; nil if none came.
+func (l *fetchLoop) next() (jetstream.Msg, error) {
+	ctx, cancel := context.WithTimeout(l.ctx, fetchWait)
+	defer cancel()
+	batch, err := l.cons.Fetch(1, jetstream.FetchContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	var msg jetstream.Msg
+	for m := range batch.Messages() {
+		msg = m
+	}
+	return msg, quietFetchError(batch.Error())
+}
+
+// reserveFor takes a slot for msg, keeping msg alive while all slots are
+// busy; false when the loop stops first.
+func (l *fetchLoop) reserveFor(msg jetstream.Msg) bool {
 	select {
 	case l.slots <- struct{}{}:
 		return true
-	case <-l.ctx.Done():
-		return false
+	default:
+	}
+	beat := time.NewTicker(l.node.opts.AckWait / 3)
+	defer beat.Stop()
+	for {
+		select {
+		case l.slots <- struct{}{}:
+			return true
+		case <-beat.C:
+			_ = msg.InProgress()
+		case <-l.ctx.Done():
+			return false
+		}
 	}
 }
 
@@ -120,19 +148,11 @@ func (l *fetchLoop) release(k int) {
 	}
 }
 
-// fetch pulls up to k messages, waiting for them up to fetchWait when wait
-// is set, and starts a handler for each as it arrives; it returns how many
-// arrived.
-func (l *fetchLoop) fetch(k int, wait bool) (int, error) {
-	var batch jetstream.MessageBatch
-	var err error
-	if wait {
-		ctx, cancel := context.WithTimeout(l.ctx, fetchWait)
-		defer cancel()
-		batch, err = l.cons.Fetch(k, jetstream.FetchContext(ctx))
-	} else {
-		batch, err = l.cons.FetchNoWait(k)
-	}
+// fetchNoWait pulls the messages available now, up to k, and starts a
+// handler for each on the slots reserved for them; it returns how many
+// came.
+func (l *fetchLoop) fetchNoWait(k int) (int, error) {
+	batch, err := l.cons.FetchNoWait(k)
 	if err != nil {
 		return 0, err
 	}
@@ -141,11 +161,15 @@ func (l *fetchLoop) fetch(k int, wait bool) (int, error) {
 		got++
 		l.dispatch(msg)
 	}
-	err = batch.Error()
+	return got, quietFetchError(batch.Error())
+}
+
+// quietFetchError drops the errors that only say a pull ended empty.
+func quietFetchError(err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, jetstream.ErrNoMessages) {
-		err = nil
+		return nil
 	}
-	return got, err
+	return err
 }
 
 // dispatch runs the handler of one message on a slot already reserved.

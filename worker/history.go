@@ -67,6 +67,8 @@ func (n *Node) handleCommit(ctx context.Context, msg jetstream.Msg) {
 	}
 	if _, ok := n.reg.Workflow(commit.WorkflowType); ok {
 		// Saves a workflow task's round trip.
+		stopBeat := n.keepAlive(msg)
+		defer stopBeat()
 		delivered := &stream.StoredCommit{Seq: meta.Sequence.Stream, Commit: commit}
 		req := advanceRequest{sagaID: sagaID, delivered: delivered, decide: true, lastChance: meta.NumDelivered >= patientDeliveries}
 		if err := n.advance(ctx, req); err != nil {
@@ -106,6 +108,9 @@ func (n *Node) handleWorkflowTask(ctx context.Context, msg jetstream.Msg) {
 	req := advanceRequest{sagaID: task.SagaID, decide: true, lastChance: meta.NumDelivered >= patientDeliveries}
 	if commit != nil {
 		req.delivered = &stream.StoredCommit{Seq: task.Seq, Commit: commit}
+	} else {
+		// The task was too large to carry its commit: read up to it.
+		req.fresh, req.minSeq = readLatest, task.Seq
 	}
 	if task.Wake {
 		err = n.wakeHere(ctx, task.SagaID)

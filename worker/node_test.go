@@ -564,3 +564,51 @@ func TestBusyNodeDoesNotHoardTasks(t *testing.T) {
 		t.Errorf("one node did all the work: %d and %d", a.Stats().ActivitiesRun, b.Stats().ActivitiesRun)
 	}
 }
+
+// Idle activity types do not hold the slots a busy type needs: waiting for
+// a task takes no slot.
+func TestIdleActivityTypesDoNotStarveBusyOnes(t *testing.T) {
+	e := newEnv(t)
+	busy := saga.NewActivity("busy", func(_ context.Context, n int) (int, error) { return n + 1, nil })
+	var defs []saga.Definition
+	for i := range 3 {
+		defs = append(defs, saga.NewActivity(fmt.Sprintf("idle-%d", i), func(_ context.Context, n int) (int, error) { return n, nil }))
+	}
+	wf := saga.NewWorkflow("five-steps", 1, func(ctx saga.Context, n int) (int, error) {
+		for range 5 {
+			var err error
+			if n, err = saga.ExecuteActivity(ctx, busy, n).Get(ctx); err != nil {
+				return 0, err
+			}
+		}
+		return n, nil
+	})
+	e.node(worker.Options{ActivityConcurrency: 1, WorkflowConcurrency: 1}, append(defs, wf, busy)...)
+	// Starved, each step would wait out a long poll (5 s): 25 s in all.
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	r, err := saga.StartWorkflow(ctx, e.cl, wf, 0, saga.StartOptions{ID: "five-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := r.Get(ctx); err != nil || out != 5 {
+		t.Fatalf("got %d, %v", out, err)
+	}
+}
+
+// An error of any size is recorded, cut to bounds, instead of making its
+// commit too large to store.
+func TestHugeActivityErrorsAreCutToBounds(t *testing.T) {
+	e := newEnv(t)
+	loud := saga.NewActivity("loud", func(_ context.Context, _ int) (int, error) {
+		return 0, saga.Permanent(errors.New(strings.Repeat("x", 2<<20)))
+	})
+	wf := saga.NewWorkflow("loud-wf", 1, func(ctx saga.Context, _ int) (int, error) {
+		return saga.ExecuteActivity(ctx, loud, 0).Get(ctx)
+	})
+	e.node(worker.Options{}, wf, loud)
+	_, err := run(e, wf, "loud-1", 0)
+	if err == nil || !strings.Contains(err.Error(), "bytes cut") || len(err.Error()) > 64<<10 {
+		t.Fatalf("got an error of %d bytes: %.200s", len(fmt.Sprint(err)), err)
+	}
+}

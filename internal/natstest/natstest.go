@@ -17,13 +17,15 @@ type Server struct {
 }
 
 // Start runs a server listening on a random loopback port, with its store in
-// a fresh temporary directory. It is shut down when the test ends.
-func Start(t testing.TB) *Server {
+// a fresh temporary directory. It is shut down when the test ends. adjust
+// may change the options.
+func Start(t testing.TB, adjust ...func(*embeddednats.Options)) *Server {
 	t.Helper()
-	srv, err := embeddednats.Start(embeddednats.Options{
-		Dir:    t.TempDir(),
-		Listen: "127.0.0.1:0",
-	})
+	opts := embeddednats.Options{Dir: t.TempDir(), Listen: "127.0.0.1:0"}
+	for _, f := range adjust {
+		f(&opts)
+	}
+	srv, err := embeddednats.Start(opts)
 	if err != nil {
 		t.Fatalf("start nats-server: %v", err)
 	}
