@@ -31,6 +31,7 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	wait := fs.Bool("wait", false, "wait for the saga to end, print its description as JSON, exit 0 only if it completed")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
 	ifExists := fs.String("if-exists", "fail", `"fail" or "use_existing" when the id is taken`)
+	requestID := fs.String("request-id", "", "identifies this start: retrying with the same --id and --request-id succeeds if the first attempt created the saga")
 	pos, err := parseArgs(fs, args, "workflow-type")
 	if err != nil {
 		return err
@@ -41,7 +42,7 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	if err := stream.ValidateID("workflow type", pos[0]); err != nil {
 		return err
 	}
-	req := worker.StartRequest{ID: *id, IfExists: *ifExists}
+	req := worker.StartRequest{ID: *id, IfExists: *ifExists, RequestID: *requestID}
 	if *input != "" {
 		if !json.Valid([]byte(*input)) {
 			return fmt.Errorf("%w: --input is not valid JSON", errUsage)

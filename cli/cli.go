@@ -47,7 +47,7 @@ const usage = `saga-node: a durable saga engine on NATS JetStream
 Usage:
   saga-node run      [--data DIR] [--listen HOST:PORT] [--nats-url URL] [--sync always|interval]
   saga-node demo
-  saga-node start    <workflow-type> [--id ID] [--input JSON] [--wait] [--timeout D]
+  saga-node start    <workflow-type> [--id ID] [--input JSON] [--wait] [--timeout D] [--request-id R]
   saga-node describe <saga-id> [--json]
   saga-node history  <saga-id> [--json]
   saga-node wake     <saga-id>

@@ -851,3 +851,30 @@ func TestBench(t *testing.T) {
 	expectCode(t, runCLI(t, noEnv, "bench", "--sagas", "0"), ExitUsage)
 	expectCode(t, runCLI(t, noEnv, "bench", "--sync", "never"), ExitUsage)
 }
+
+// A start retried with the same id and request id succeeds: the first
+// attempt created the saga.
+func TestStartRetryWithRequestID(t *testing.T) {
+	srv := natstest.Start(t)
+	reg := saga.NewRegistry()
+	reg.MustRegister(order.NewService().Definitions()...)
+	n, err := worker.New(srv.Conn(), reg, worker.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = n.Stop(context.Background()) }()
+	args := []string{"start", "order", "--id", "retried", "--input", okInput, "--request-id", "req-1"}
+	expectCode(t, withURL(t, srv.ClientURL(), args...), ExitOK)
+	r := withURL(t, srv.ClientURL(), args...)
+	expectCode(t, r, ExitOK)
+	if strings.TrimSpace(r.stdout) != "retried" {
+		t.Fatalf("retry printed %q", r.stdout)
+	}
+	args[len(args)-1] = "req-2"
+	expectCode(t, withURL(t, srv.ClientURL(), args...), ExitError)
+}
