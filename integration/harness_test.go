@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"log/slog"
-	"os"
 	"testing"
 	"time"
 
@@ -19,17 +18,8 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// testLogger shows node logs with -v when SAGA_TEST_LOG is set.
-func testLogger() *slog.Logger {
-	if os.Getenv("SAGA_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(discard{}, nil))
-}
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
+// testLogger shows node logs when SAGA_TEST_LOG is set.
+func testLogger() *slog.Logger { return natstest.Logger() }
 
 // cluster is one embedded nats-server with any number of nodes, each on
 // its own connection so that a node can be cut off alone.

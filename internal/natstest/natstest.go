@@ -3,6 +3,8 @@
 package natstest
 
 import (
+	"log/slog"
+	"os"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -44,4 +46,13 @@ func (s *Server) Conn() *nats.Conn {
 	}
 	s.t.Cleanup(nc.Close)
 	return nc
+}
+
+// Logger is the logger tests give nodes: silent, or debug output on
+// stderr when SAGA_TEST_LOG is set.
+func Logger() *slog.Logger {
+	if os.Getenv("SAGA_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
 }
