@@ -129,9 +129,9 @@ func (n *Node) Stats() Stats {
 	}
 }
 
-// Start creates or updates the streams and consumers and starts consuming.
-// A node with workflows registered consumes the histories; one with
-// activities consumes their task subjects. Start can be called once.
+// Start creates or updates the streams and consumers and starts consuming:
+// every node dispatches history commits; a node consumes the workflow and
+// activity tasks of the types it registers. Start can be called once.
 func (n *Node) Start(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
