@@ -246,6 +246,21 @@ func (c *Client) read(ctx context.Context, id string) ([]stream.StoredCommit, er
 // history) describes as blocked, with reason history_unreadable, up to
 // that message.
 func (c *Client) Describe(ctx context.Context, id string) (*Description, error) {
+	d, err := c.describe(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if d.Status == StatusRunning {
+		if ok, err := c.store.HasWorkflowConsumer(ctx, d.Type); err == nil && !ok {
+			d.Warning = fmt.Sprintf("no node has registered workflow type %q: the saga waits until one does", d.Type)
+		}
+	}
+	return d, nil
+}
+
+// describe folds the saga's history into its description, without the
+// warning (an API call Wait has no use for on every commit).
+func (c *Client) describe(ctx context.Context, id string) (*Description, error) {
 	if err := stream.ValidateID("saga id", id); err != nil {
 		return nil, wrapStreamError("describe", err)
 	}
@@ -271,11 +286,6 @@ func (c *Client) Describe(ctx context.Context, id string) (*Description, error) 
 	d := newDescription(st)
 	if d.ID == "" {
 		d.ID = id
-	}
-	if d.Status == StatusRunning {
-		if ok, err := c.store.HasWorkflowConsumer(ctx, d.Type); err == nil && !ok {
-			d.Warning = fmt.Sprintf("no node has registered workflow type %q: the saga waits until one does", d.Type)
-		}
 	}
 	return d, nil
 }
@@ -312,7 +322,7 @@ func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
 	defer tick.Stop()
 	lag := time.Millisecond
 	for {
-		d, err := c.Describe(ctx, id)
+		d, err := c.describe(ctx, id)
 		switch {
 		case err == nil && (d.Status.Terminal() || d.Status == stream.StatusBlocked):
 			return d, nil

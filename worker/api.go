@@ -64,9 +64,9 @@ func (n *Node) startAPI() error {
 		return &saga.Error{Kind: saga.KindConfiguration, Message: "start API service", Cause: err}
 	}
 	endpoints := map[string]func(context.Context, micro.Request){
-		"describe": n.apiDescribe,
-		"history":  n.apiHistory,
-		"wake":     n.apiWake,
+		"describe": sagaEndpoint(n.apiDescribe),
+		"history":  sagaEndpoint(n.apiHistory),
+		"wake":     sagaEndpoint(n.apiWake),
 	}
 	subjects := map[string]string{}
 	for verb := range endpoints {
@@ -158,45 +158,34 @@ func (n *Node) StartJSON(ctx context.Context, workflowType string, r StartReques
 	return n.client.StartPayload(ctx, wf.Name, wf.Version, payload, opts)
 }
 
-func (n *Node) apiDescribe(ctx context.Context, req micro.Request) {
-	var r SagaRequest
-	if err := decodeRequest(req, &r); err != nil {
-		respondError(req, err)
-		return
+// sagaEndpoint serves a request about one saga, {"id": ...}, answering
+// with what do returns as JSON.
+func sagaEndpoint(do func(ctx context.Context, id string) (any, error)) func(context.Context, micro.Request) {
+	return func(ctx context.Context, req micro.Request) {
+		var r SagaRequest
+		if err := decodeRequest(req, &r); err != nil {
+			respondError(req, err)
+			return
+		}
+		reply, err := do(ctx, r.ID)
+		if err != nil {
+			respondError(req, err)
+			return
+		}
+		_ = req.RespondJSON(reply)
 	}
-	d, err := n.client.Describe(ctx, r.ID)
-	if err != nil {
-		respondError(req, err)
-		return
-	}
-	_ = req.RespondJSON(d)
 }
 
-func (n *Node) apiHistory(ctx context.Context, req micro.Request) {
-	var r SagaRequest
-	if err := decodeRequest(req, &r); err != nil {
-		respondError(req, err)
-		return
-	}
-	events, err := n.client.History(ctx, r.ID)
-	if err != nil {
-		respondError(req, err)
-		return
-	}
-	_ = req.RespondJSON(events)
+func (n *Node) apiDescribe(ctx context.Context, id string) (any, error) {
+	return n.client.Describe(ctx, id)
 }
 
-func (n *Node) apiWake(ctx context.Context, req micro.Request) {
-	var r SagaRequest
-	if err := decodeRequest(req, &r); err != nil {
-		respondError(req, err)
-		return
-	}
-	if err := n.Wake(ctx, r.ID); err != nil {
-		respondError(req, err)
-		return
-	}
-	_ = req.RespondJSON(SagaRequest{ID: r.ID})
+func (n *Node) apiHistory(ctx context.Context, id string) (any, error) {
+	return n.client.History(ctx, id)
+}
+
+func (n *Node) apiWake(ctx context.Context, id string) (any, error) {
+	return SagaRequest{ID: id}, n.Wake(ctx, id)
 }
 
 // respondError answers with an error code, the error's text and its
