@@ -1,12 +1,14 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/jetsaga/saga"
@@ -63,7 +65,7 @@ func (n *Node) startAPI() error {
 	if err != nil {
 		return &saga.Error{Kind: saga.KindConfiguration, Message: "start API service", Cause: err}
 	}
-	endpoints := map[string]func(context.Context, micro.Request){
+	endpoints := map[string]func(context.Context, *apiRequest){
 		"describe": sagaEndpoint(n.apiDescribe),
 		"history":  sagaEndpoint(n.apiHistory),
 		"wake":     sagaEndpoint(n.apiWake),
@@ -74,7 +76,7 @@ func (n *Node) startAPI() error {
 	}
 	for _, wf := range n.reg.WorkflowNames() {
 		name := "start-" + wf
-		endpoints[name] = func(ctx context.Context, req micro.Request) { n.apiStart(ctx, req, wf) }
+		endpoints[name] = func(ctx context.Context, req *apiRequest) { n.apiStart(ctx, req, wf) }
 		subjects[name] = cfg.StartSubject(wf)
 	}
 	for name, h := range endpoints {
@@ -88,24 +90,61 @@ func (n *Node) startAPI() error {
 }
 
 // async runs each request in its own goroutine, tracked like a message
-// handler so that Stop waits for it.
-func (n *Node) async(h func(context.Context, micro.Request)) micro.Handler {
+// handler so that Stop waits for it. The goroutine gets an apiRequest, not
+// micro's Request: micro reads the request's state once the handler
+// returns, so answering it from another goroutine is a data race.
+func (n *Node) async(h func(context.Context, *apiRequest)) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
 		if !n.track() {
 			_ = req.Error("503", "node stopping", nil)
 			return
 		}
+		detached := &apiRequest{nc: n.nc, reply: req.Reply(), data: req.Data()}
 		go func() {
 			defer n.untrack()
 			ctx, cancel := context.WithTimeout(n.runCtx, apiTimeout)
 			defer cancel()
-			h(ctx, req)
+			h(ctx, detached)
 		}()
 	})
 }
 
-func decodeRequest(req micro.Request, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(req.Data())))
+// apiRequest is a request answered outside micro's handler, with the same
+// wire format as micro's responses.
+type apiRequest struct {
+	nc    *nats.Conn
+	reply string
+	data  []byte
+}
+
+func (r *apiRequest) respondJSON(v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		r.error(codeInternal, "encode response: "+err.Error(), nil)
+		return
+	}
+	r.respond(&nats.Msg{Data: body})
+}
+
+func (r *apiRequest) error(code, description string, body []byte) {
+	r.respond(&nats.Msg{
+		Header: nats.Header{micro.ErrorHeader: {description}, micro.ErrorCodeHeader: {code}},
+		Data:   body,
+	})
+}
+
+// respond sends the answer; a request without a reply subject (a plain
+// publish) gets none, as with micro.
+func (r *apiRequest) respond(m *nats.Msg) {
+	if r.reply == "" {
+		return
+	}
+	m.Subject = r.reply
+	_ = r.nc.PublishMsg(m)
+}
+
+func decodeRequest(req *apiRequest, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(req.data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return &saga.Error{Kind: saga.KindValidation, Message: "request is not the expected JSON", Cause: err}
@@ -113,7 +152,7 @@ func decodeRequest(req micro.Request, v any) error {
 	return nil
 }
 
-func (n *Node) apiStart(ctx context.Context, req micro.Request, workflowType string) {
+func (n *Node) apiStart(ctx context.Context, req *apiRequest, workflowType string) {
 	var r StartRequest
 	if err := decodeRequest(req, &r); err != nil {
 		respondError(req, err)
@@ -124,7 +163,7 @@ func (n *Node) apiStart(ctx context.Context, req micro.Request, workflowType str
 		respondError(req, err)
 		return
 	}
-	_ = req.RespondJSON(StartResponse{ID: res.ID, Existing: res.Existing})
+	req.respondJSON(StartResponse{ID: res.ID, Existing: res.Existing})
 }
 
 // StartJSON starts a saga from a JSON input, checking first that the
@@ -160,8 +199,8 @@ func (n *Node) StartJSON(ctx context.Context, workflowType string, r StartReques
 
 // sagaEndpoint serves a request about one saga, {"id": ...}, answering
 // with what do returns as JSON.
-func sagaEndpoint(do func(ctx context.Context, id string) (any, error)) func(context.Context, micro.Request) {
-	return func(ctx context.Context, req micro.Request) {
+func sagaEndpoint(do func(ctx context.Context, id string) (any, error)) func(context.Context, *apiRequest) {
+	return func(ctx context.Context, req *apiRequest) {
 		var r SagaRequest
 		if err := decodeRequest(req, &r); err != nil {
 			respondError(req, err)
@@ -172,7 +211,7 @@ func sagaEndpoint(do func(ctx context.Context, id string) (any, error)) func(con
 			respondError(req, err)
 			return
 		}
-		_ = req.RespondJSON(reply)
+		req.respondJSON(reply)
 	}
 }
 
@@ -190,7 +229,7 @@ func (n *Node) apiWake(ctx context.Context, id string) (any, error) {
 
 // respondError answers with an error code, the error's text and its
 // structured form as the body.
-func respondError(req micro.Request, err error) {
+func respondError(req *apiRequest, err error) {
 	var e *saga.Error
 	if !errors.As(err, &e) {
 		e = &saga.Error{Kind: saga.KindUnknown, Message: err.Error()}
@@ -206,5 +245,5 @@ func respondError(req micro.Request, err error) {
 	}
 	body, _ := json.Marshal(e.Structured())
 	// The description travels in a header: one line.
-	_ = req.Error(code, strings.ReplaceAll(err.Error(), "\n", " "), body)
+	req.error(code, strings.ReplaceAll(err.Error(), "\n", " "), body)
 }
