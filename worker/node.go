@@ -152,6 +152,16 @@ func (n *Node) Start(ctx context.Context) error {
 			n.stopLocked(ctx, true)
 			return err
 		}
+		// Subscriptions are sent without waiting for the server; a round
+		// trip makes the API answer requests as soon as Start returns, so
+		// a start sent next by another connection finds a responder.
+		flushCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := n.nc.FlushWithContext(flushCtx)
+		cancel()
+		if err != nil {
+			n.stopLocked(ctx, true)
+			return &saga.Error{Kind: saga.KindEventStore, Message: "register API subscriptions", Cause: err}
+		}
 	}
 	n.log.Info("node started", "workflows", n.reg.WorkflowNames(), "activities", n.reg.ActivityNames(),
 		"prefix", n.opts.Stream.Prefix, "history_shards", n.opts.Stream.HistoryShards)
