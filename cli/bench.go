@@ -124,7 +124,13 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	window := make(chan struct{}, *inFlight)
 	startErr := make(chan error, 1)
 	began := time.Now()
-	go func() {
+	// The starter stops and is waited for before the client it uses closes.
+	startCtx, stopStarting := context.WithCancel(ctx)
+	var starter sync.WaitGroup
+	defer starter.Wait()
+	defer stopStarting()
+	starter.Go(func() {
+		ctx := startCtx
 		for i := range *sagas {
 			select {
 			case window <- struct{}{}:
@@ -141,7 +147,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 				return
 			}
 		}
-	}()
+	})
 	for range *sagas {
 		select {
 		case <-done:

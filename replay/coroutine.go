@@ -88,22 +88,27 @@ func (m *Machine) run() error {
 	return nil
 }
 
-// resume hands control to co and waits until it blocks or ends.
+// resume hands control to co and waits until it blocks or ends. When co
+// overruns DeadlockTimeout the machine is abandoned: co may still wake up
+// and touch machine state, with nothing to order it against the driver, so
+// from then on the driver leaves all of it to co (see Machine.abandoned).
 func (m *Machine) resume(co *coroutine) error {
 	m.current = co
-	defer func() { m.current = nil }()
 	timer := time.NewTimer(m.cfg.DeadlockTimeout)
 	defer timer.Stop()
 	select {
 	case co.resume <- struct{}{}:
 	case <-m.stop:
+		m.current = nil
 		return ErrClosed
 	}
 	select {
 	case <-co.yield:
+		m.current = nil
 		return nil
 	case <-timer.C:
-		return fmt.Errorf("%w after %s", ErrDeadlock, m.cfg.DeadlockTimeout)
+		m.abandoned = fmt.Errorf("%w after %s", ErrDeadlock, m.cfg.DeadlockTimeout)
+		return m.abandoned
 	case <-m.stop:
 		return ErrClosed
 	}

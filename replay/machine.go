@@ -114,6 +114,11 @@ type Machine struct {
 	current    *coroutine
 	stop       chan struct{}
 	err        error // sticky: the machine is unusable once set
+	// abandoned is set, by the driver and read only by it, when a
+	// coroutine overran DeadlockTimeout. That coroutine may resume at any
+	// time and owns every other field from then on, so the driver's
+	// methods answer from this one alone.
+	abandoned error
 }
 
 // New returns a machine that has seen no history yet.
@@ -139,18 +144,23 @@ func New(cfg Config) *Machine {
 func (m *Machine) NextEventID() uint64 { return uint64(len(m.known)) }
 
 // Finished reports whether the workflow code has returned.
-func (m *Machine) Finished() bool { return m.finished }
+func (m *Machine) Finished() bool { return m.abandoned == nil && m.finished }
 
 // Err returns the error that made the machine unusable, if any.
-func (m *Machine) Err() error { return m.err }
+func (m *Machine) Err() error {
+	if m.abandoned != nil {
+		return m.abandoned
+	}
+	return m.err
+}
 
 // Feed appends events to the machine's history and applies them in order.
 // Their ids must continue the history. All events are known before the
 // first is applied, so code replaying an input already sees the commands
 // recorded after it (a side effect's recorded value).
 func (m *Machine) Feed(events ...stream.Event) error {
-	if m.err != nil {
-		return m.err
+	if err := m.Err(); err != nil {
+		return err
 	}
 	for _, e := range events {
 		if e.ID != uint64(len(m.known)) {
@@ -336,6 +346,9 @@ func describe(t stream.EventType, attrs any) string {
 // events, numbered from NextEventID, stamped with now. They become part of
 // the history only when fed back after a successful append.
 func (m *Machine) Propose(firstID uint64, now time.Time) []stream.Event {
+	if m.abandoned != nil {
+		return nil
+	}
 	var out []stream.Event
 	for _, c := range m.issued[len(m.recorded):] {
 		out = append(out, stream.Event{
@@ -351,7 +364,12 @@ func (m *Machine) Propose(firstID uint64, now time.Time) []stream.Event {
 }
 
 // Pending reports how many issued commands are not yet in the history.
-func (m *Machine) Pending() int { return len(m.issued) - len(m.recorded) }
+func (m *Machine) Pending() int {
+	if m.abandoned != nil {
+		return 0
+	}
+	return len(m.issued) - len(m.recorded)
+}
 
 // finish issues the closing command when the workflow function returns.
 func (m *Machine) finish(out stream.Payload, failure *stream.Failure) {
@@ -375,6 +393,9 @@ func (m *Machine) issueOrAbort(c *command) *stream.Event {
 }
 
 func (m *Machine) fail(err error) error {
+	if m.abandoned != nil {
+		return m.abandoned
+	}
 	if m.err == nil {
 		m.err = err
 	}
@@ -390,6 +411,11 @@ func (m *Machine) Close() {
 	default:
 	}
 	close(m.stop)
+	if m.abandoned != nil {
+		// The runaway coroutine aborts at its next call into the engine
+		// (or never, if it loops); nothing else of the machine is touched.
+		return
+	}
 	if m.err == nil {
 		m.err = ErrClosed
 	}

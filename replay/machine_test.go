@@ -339,6 +339,39 @@ func TestDeadlockIsDetected(t *testing.T) {
 	m.Close()
 }
 
+// Code that overran the deadlock timeout and then wakes up keeps calling
+// into the engine while the driver goes on with the machine: the race
+// detector checks that the two share nothing.
+func TestOverrunCoroutineDoesNotRaceTheDriver(t *testing.T) {
+	block, woke, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	m := replay.New(replay.Config{SagaID: "s", DeadlockTimeout: 20 * time.Millisecond, Workflow: func(env *replay.Env, _ stream.Payload) (stream.Payload, *stream.Failure) {
+		defer close(done)
+		<-block
+		close(woke)
+		env.Go(func(env *replay.Env) { env.ScheduleActivity("b", nil, stream.ActivityOptions{}) })
+		f := env.ScheduleActivity("a", nil, stream.ActivityOptions{})
+		env.Await(func() bool { return f.Ready() })
+		_, _ = f.Get()
+		return nil, nil
+	}})
+	err := m.Feed(stream.Event{ID: 0, Type: stream.WorkflowExecutionStarted, Time: t0, Attrs: &stream.WorkflowExecutionStartedAttrs{}})
+	if !errors.Is(err, replay.ErrDeadlock) {
+		t.Fatalf("got %v", err)
+	}
+	close(block)
+	<-woke
+	for range 100 {
+		if !errors.Is(m.Err(), replay.ErrDeadlock) || m.Pending() != 0 || m.Finished() || len(m.Propose(1, t0)) != 0 {
+			t.Fatal("an abandoned machine must keep answering with the deadlock")
+		}
+		if err := m.Feed(stream.Event{ID: 1, Type: stream.ActivityTaskScheduled, Time: t0, Attrs: &stream.ActivityTaskScheduledAttrs{ActivityType: "a"}}); !errors.Is(err, replay.ErrDeadlock) {
+			t.Fatalf("feed after the deadlock: %v", err)
+		}
+	}
+	m.Close()
+	<-done // the code unwinds at its next blocking call once the machine is closed
+}
+
 func TestCoroutinesInterleaveDeterministically(t *testing.T) {
 	wf := func(env *replay.Env, _ stream.Payload) (stream.Payload, *stream.Failure) {
 		var order []string

@@ -281,6 +281,12 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 			// Work that ignores cancellation (an activity that does not
 			// watch its context): stop waiting; JetStream redelivers it.
 			n.log.Error("handlers did not stop; leaving them", "count", n.inflight.Load())
+			// The cached workflows' coroutines go when the last stray
+			// handler does, not before: a handler may be using one.
+			go func() {
+				<-waited
+				n.cache.close()
+			}()
 			n.client.Close()
 			n.store.Close()
 			return err
