@@ -326,6 +326,10 @@ func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
 		switch {
 		case err == nil && (d.Status.Terminal() || d.Status == stream.StatusBlocked):
 			return d, nil
+		case err != nil && ctx.Err() != nil:
+			// The deadline passed during the read: the wait timed out,
+			// whatever the read made of it.
+			return nil, &Error{Kind: KindTimeout, Message: "wait " + id, Cause: ctx.Err()}
 		case err != nil && !errors.Is(err, ErrNotFound):
 			return nil, err
 		}

@@ -38,7 +38,8 @@ type testNode struct {
 }
 
 // node starts a node registering defs. Its AckWait is short so that a
-// takeover after a crash happens within the test's time.
+// takeover after a crash happens within the test's time, its deadlock
+// timeout long.
 func (c *cluster) node(opts worker.Options, defs ...saga.Definition) *testNode {
 	c.t.Helper()
 	reg := saga.NewRegistry()
@@ -47,6 +48,10 @@ func (c *cluster) node(opts worker.Options, defs ...saga.Definition) *testNode {
 	}
 	if opts.AckWait == 0 {
 		opts.AckWait = 2 * time.Second
+	}
+	if opts.DeadlockTimeout == 0 {
+		// A loaded race-enabled run can stall a step for a second.
+		opts.DeadlockTimeout = 5 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = testLogger()

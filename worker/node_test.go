@@ -54,6 +54,10 @@ func (e *env) node(opts worker.Options, defs ...saga.Definition) *worker.Node {
 	if opts.AckWait == 0 {
 		opts.AckWait = 2 * time.Second
 	}
+	if opts.DeadlockTimeout == 0 {
+		// A loaded race-enabled run can stall a step for a second.
+		opts.DeadlockTimeout = 5 * time.Second
+	}
 	n, err := worker.New(e.srv.Conn(), reg, opts)
 	if err != nil {
 		e.t.Fatal(err)
@@ -523,7 +527,7 @@ func TestBusyNodeDoesNotHoardTasks(t *testing.T) {
 		runs[id]++
 		mu.Unlock()
 		select {
-		case <-time.After(1500 * time.Millisecond): // longer than AckWait: kept alive by heartbeats
+		case <-time.After(2500 * time.Millisecond): // longer than AckWait: kept alive by heartbeats
 		case <-ctx.Done():
 			return "", ctx.Err()
 		}
@@ -532,7 +536,9 @@ func TestBusyNodeDoesNotHoardTasks(t *testing.T) {
 	wf := saga.NewWorkflow("slow-wf", 1, func(ctx saga.Context, id string) (string, error) {
 		return saga.ExecuteActivity(ctx, slow, id).Get(ctx)
 	})
-	opts := worker.Options{ActivityConcurrency: 1, AckWait: time.Second}
+	// Heartbeats every AckWait/3 leave a stall of over a second before a
+	// redelivery would run a job twice.
+	opts := worker.Options{ActivityConcurrency: 1, AckWait: 2 * time.Second}
 	a := e.node(opts, wf, slow)
 	b := e.node(opts, wf, slow)
 	const sagas = 4
