@@ -4,6 +4,7 @@ package natstest
 
 import (
 	"log/slog"
+	"net/url"
 	"os"
 	"testing"
 
@@ -15,7 +16,8 @@ import (
 // Server is a test's embedded server.
 type Server struct {
 	*embeddednats.Server
-	t testing.TB
+	t    testing.TB
+	opts embeddednats.Options
 }
 
 // Start runs a server listening on a random loopback port, with its store in
@@ -32,7 +34,28 @@ func Start(t testing.TB, adjust ...func(*embeddednats.Options)) *Server {
 		t.Fatalf("start nats-server: %v", err)
 	}
 	t.Cleanup(srv.Shutdown)
-	return &Server{Server: srv, t: t}
+	if opts.Listen != "" {
+		// A restart comes back on the same address, as clients expect.
+		u, err := url.Parse(srv.ClientURL())
+		if err != nil {
+			t.Fatalf("nats-server client URL: %v", err)
+		}
+		opts.Listen = u.Host
+	}
+	return &Server{Server: srv, t: t, opts: opts}
+}
+
+// StartAgain starts the server again, after a Shutdown, on the same address
+// and with the same store, as an operator restarting nats-server would.
+// Clients connected before reconnect to it.
+func (s *Server) StartAgain() {
+	s.t.Helper()
+	srv, err := embeddednats.Start(s.opts)
+	if err != nil {
+		s.t.Fatalf("restart nats-server: %v", err)
+	}
+	s.t.Cleanup(srv.Shutdown)
+	s.Server = srv
 }
 
 // Conn opens a client connection over TCP that is closed when the test
