@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -40,6 +41,26 @@ type Options struct {
 	Logger *slog.Logger
 	// ReadyTimeout bounds how long Start waits for the server. Defaults to 10s.
 	ReadyTimeout time.Duration
+	// Cluster, when set, makes the server one member of a NATS cluster, so
+	// that JetStream can replicate streams across servers. Nil: a
+	// standalone server.
+	Cluster *ClusterOptions
+}
+
+// ClusterOptions joins a server to a cluster. Every member needs its own
+// ServerName (JetStream tells replicas apart by it).
+type ClusterOptions struct {
+	// Name of the cluster, the same on every member. Required.
+	Name string
+	// Listen is the host:port the other members' routes connect to. Port 0
+	// picks a free port. Required.
+	Listen string
+	// Routes are the route URLs (nats://host:port) of the members. Listing
+	// every member, this one included, is simplest: a server ignores a
+	// route to itself, and JetStream takes the number of routes as the
+	// cluster's size when it first forms its metadata group. At least one
+	// is required.
+	Routes []string
 }
 
 // Server is a running embedded nats-server.
@@ -68,18 +89,16 @@ func Start(opts Options) (*Server, error) {
 	if opts.Listen == "" {
 		sopts.DontListen = true
 	} else {
-		host, portStr, err := net.SplitHostPort(opts.Listen)
+		host, port, err := hostPort("listen", opts.Listen)
 		if err != nil {
-			return nil, fmt.Errorf("embeddednats: listen address %q: %w", opts.Listen, err)
-		}
-		port, err := strconv.Atoi(portStr)
-		if err != nil {
-			return nil, fmt.Errorf("embeddednats: listen port %q: %w", portStr, err)
+			return nil, err
 		}
 		sopts.Host = host
 		sopts.Port = port
-		if port == 0 {
-			sopts.Port = server.RANDOM_PORT
+	}
+	if opts.Cluster != nil {
+		if err := clusterOptions(sopts, *opts.Cluster); err != nil {
+			return nil, err
 		}
 	}
 	srv, err := server.NewServer(sopts)
@@ -122,6 +141,48 @@ func Start(opts Options) (*Server, error) {
 	return &Server{srv: srv}, nil
 }
 
+// hostPort splits a listen address; port 0 becomes the server's "any free
+// port".
+func hostPort(what, addr string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("embeddednats: %s address %q: %w", what, addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return "", 0, fmt.Errorf("embeddednats: %s port %q: %w", what, portStr, err)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	return host, port, nil
+}
+
+func clusterOptions(sopts *server.Options, c ClusterOptions) error {
+	if c.Name == "" {
+		return errors.New("embeddednats: Cluster.Name is required")
+	}
+	if len(c.Routes) == 0 {
+		// JetStream refuses to form a cluster without configured routes.
+		return errors.New("embeddednats: Cluster.Routes needs at least one route")
+	}
+	host, port, err := hostPort("cluster listen", c.Listen)
+	if err != nil {
+		return err
+	}
+	sopts.Cluster.Name = c.Name
+	sopts.Cluster.Host = host
+	sopts.Cluster.Port = port
+	for _, r := range c.Routes {
+		u, err := url.Parse(r)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("embeddednats: route %q is not a URL like nats://host:port", r)
+		}
+		sopts.Routes = append(sopts.Routes, u)
+	}
+	return nil
+}
+
 // ClientURL is the URL clients on the network use; empty for an
 // in-process-only server.
 func (s *Server) ClientURL() string {
@@ -129,6 +190,20 @@ func (s *Server) ClientURL() string {
 		return ""
 	}
 	return s.srv.ClientURL()
+}
+
+// Name is the server's name, by which JetStream reports the leaders and
+// replicas of streams in a cluster.
+func (s *Server) Name() string { return s.srv.Name() }
+
+// ClusterURL is the URL other cluster members route to; empty for a
+// server that is not in a cluster.
+func (s *Server) ClusterURL() string {
+	addr := s.srv.ClusterAddr()
+	if addr == nil {
+		return ""
+	}
+	return "nats://" + addr.String()
 }
 
 // Connect opens a client connection to the server, in-process when the

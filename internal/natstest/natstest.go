@@ -3,12 +3,17 @@
 package natstest
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsaga/saga/internal/embeddednats"
 )
@@ -45,9 +50,82 @@ func Start(t testing.TB, adjust ...func(*embeddednats.Options)) *Server {
 	return &Server{Server: srv, t: t, opts: opts}
 }
 
+// StartCluster runs n servers as one cluster, each listening for clients
+// and routes on loopback ports and storing in its own temporary directory,
+// named saga-0 … saga-<n-1>. It returns once JetStream answers through
+// every server (the cluster elected its metadata leader). They are shut
+// down when the test ends; adjust may change each server's options.
+func StartCluster(t testing.TB, n int, adjust ...func(*embeddednats.Options)) []*Server {
+	t.Helper()
+	// Every member must know every route before it starts (JetStream sizes
+	// its metadata group by them), so the route ports are picked up front.
+	routes := make([]string, n)
+	listeners := make([]net.Listener, n)
+	for i := range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("pick a route port: %v", err)
+		}
+		listeners[i] = l
+		routes[i] = "nats://" + l.Addr().String()
+	}
+	for _, l := range listeners {
+		_ = l.Close()
+	}
+	servers := make([]*Server, n)
+	for i := range n {
+		servers[i] = Start(t, func(o *embeddednats.Options) {
+			o.ServerName = fmt.Sprintf("saga-%d", i)
+			o.Cluster = &embeddednats.ClusterOptions{Name: "saga-test", Listen: routes[i][len("nats://"):], Routes: routes}
+			for _, f := range adjust {
+				f(o)
+			}
+		})
+	}
+	for _, s := range servers {
+		s.waitForJetStream()
+	}
+	return servers
+}
+
+// clusterReadyTimeout bounds the wait for a cluster's JetStream: electing
+// a metadata leader takes a few raft election timeouts (4-9 s each).
+const clusterReadyTimeout = 60 * time.Second
+
+// waitForJetStream waits until JetStream answers account requests through
+// this server. A standalone server does as soon as it starts; a cluster
+// member once the cluster has a metadata leader and the member sees it.
+func (s *Server) waitForJetStream() {
+	s.t.Helper()
+	nc, err := s.Connect()
+	if err != nil {
+		s.t.Fatalf("connect to nats-server: %v", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		s.t.Fatalf("jetstream: %v", err)
+	}
+	deadline := time.Now().Add(clusterReadyTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("JetStream not available through %s after %s: %v", s.Name(), clusterReadyTimeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // StartAgain starts the server again, after a Shutdown, on the same address
 // and with the same store, as an operator restarting nats-server would.
-// Clients connected before reconnect to it.
+// Clients connected before reconnect to it. A cluster member rejoins its
+// cluster on the same route address, and StartAgain returns once JetStream
+// answers through it.
 func (s *Server) StartAgain() {
 	s.t.Helper()
 	srv, err := embeddednats.Start(s.opts)
@@ -56,6 +134,9 @@ func (s *Server) StartAgain() {
 	}
 	s.t.Cleanup(srv.Shutdown)
 	s.Server = srv
+	if s.opts.Cluster != nil {
+		s.waitForJetStream()
+	}
 }
 
 // Conn opens a client connection over TCP that is closed when the test
