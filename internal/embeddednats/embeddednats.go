@@ -61,6 +61,10 @@ type ClusterOptions struct {
 	// cluster's size when it first forms its metadata group. At least one
 	// is required.
 	Routes []string
+	// Advertise is the host:port this server tells the other members to
+	// route to when they learn of it through a third. Defaults to the
+	// address it listens on.
+	Advertise string
 }
 
 // Server is a running embedded nats-server.
@@ -173,6 +177,7 @@ func clusterOptions(sopts *server.Options, c ClusterOptions) error {
 	sopts.Cluster.Name = c.Name
 	sopts.Cluster.Host = host
 	sopts.Cluster.Port = port
+	sopts.Cluster.Advertise = c.Advertise
 	for _, r := range c.Routes {
 		u, err := url.Parse(r)
 		if err != nil || u.Host == "" {

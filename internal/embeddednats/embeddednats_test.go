@@ -2,9 +2,11 @@ package embeddednats_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -54,5 +56,82 @@ func TestStartReportsAPortInUse(t *testing.T) {
 func TestStartNeedsADirectory(t *testing.T) {
 	if _, err := embeddednats.Start(embeddednats.Options{}); err == nil {
 		t.Fatal("started without a directory")
+	}
+}
+
+// Three servers given each other's routes form a JetStream cluster that
+// replicates a stream on all of them.
+func TestClusterReplicatesStreams(t *testing.T) {
+	// Every member is configured with every route, so the route ports are
+	// picked before any server starts, and each is held until its server
+	// takes it: the routes the others dial meanwhile use ephemeral ports.
+	routes := make([]string, 3)
+	held := make([]net.Listener, len(routes))
+	for i := range routes {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		held[i] = l
+		routes[i] = "nats://" + l.Addr().String()
+	}
+	servers := make([]*embeddednats.Server, len(routes))
+	for i, route := range routes {
+		held[i].Close()
+		srv, err := embeddednats.Start(embeddednats.Options{
+			Dir: t.TempDir(), Listen: "127.0.0.1:0", ServerName: fmt.Sprintf("member-%d", i),
+			Cluster: &embeddednats.ClusterOptions{Name: "test", Listen: strings.TrimPrefix(route, "nats://"), Routes: routes},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Shutdown()
+		if srv.ClusterURL() != route || srv.Name() != fmt.Sprintf("member-%d", i) {
+			t.Fatalf("server %d: cluster URL %q, name %q", i, srv.ClusterURL(), srv.Name())
+		}
+		servers[i] = srv
+	}
+	nc, err := servers[0].Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Until the cluster has elected its metadata leader (in a second or
+	// so) requests go unanswered or fail.
+	deadline := time.Now().Add(30 * time.Second)
+	var info *jetstream.StreamInfo
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "R3", Subjects: []string{"r3"}, Replicas: 3})
+		cancel()
+		if err == nil {
+			info = s.CachedInfo()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("create a replicated stream: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if info.Cluster == nil || info.Cluster.Name != "test" || info.Cluster.Leader == "" || len(info.Cluster.Replicas) != 2 {
+		t.Fatalf("stream cluster info %+v", info.Cluster)
+	}
+}
+
+func TestClusterOptionsAreChecked(t *testing.T) {
+	for name, c := range map[string]embeddednats.ClusterOptions{
+		"no name":   {Listen: "127.0.0.1:0", Routes: []string{"nats://127.0.0.1:1"}},
+		"no listen": {Name: "c", Routes: []string{"nats://127.0.0.1:1"}},
+		"no routes": {Name: "c", Listen: "127.0.0.1:0"},
+		"bad route": {Name: "c", Listen: "127.0.0.1:0", Routes: []string{"127.0.0.1"}},
+	} {
+		if _, err := embeddednats.Start(embeddednats.Options{Dir: t.TempDir(), Cluster: &c}); err == nil {
+			t.Errorf("%s: started", name)
+		}
 	}
 }

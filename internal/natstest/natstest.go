@@ -5,10 +5,12 @@ package natstest
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +25,9 @@ type Server struct {
 	*embeddednats.Server
 	t    testing.TB
 	opts embeddednats.Options
+	// links and member are set on a cluster's members.
+	links  *clusterLinks
+	member int
 }
 
 // Start runs a server listening on a random loopback port, with its store in
@@ -39,53 +44,214 @@ func Start(t testing.TB, adjust ...func(*embeddednats.Options)) *Server {
 		t.Fatalf("start nats-server: %v", err)
 	}
 	t.Cleanup(srv.Shutdown)
+	// A restart comes back on the same addresses, as clients and the other
+	// members of a cluster expect.
 	if opts.Listen != "" {
-		// A restart comes back on the same address, as clients expect.
 		u, err := url.Parse(srv.ClientURL())
 		if err != nil {
 			t.Fatalf("nats-server client URL: %v", err)
 		}
 		opts.Listen = u.Host
 	}
+	if opts.Cluster != nil {
+		u, err := url.Parse(srv.ClusterURL())
+		if err != nil {
+			t.Fatalf("nats-server cluster URL: %v", err)
+		}
+		cluster := *opts.Cluster
+		cluster.Listen = u.Host
+		opts.Cluster = &cluster
+	}
 	return &Server{Server: srv, t: t, opts: opts}
 }
 
-// StartCluster runs n servers as one cluster, each listening for clients
-// and routes on loopback ports and storing in its own temporary directory,
-// named saga-0 … saga-<n-1>. It returns once JetStream answers through
-// every server (the cluster elected its metadata leader). They are shut
-// down when the test ends; adjust may change each server's options.
+// StartCluster runs n servers as one cluster, each listening for clients on
+// a loopback port and storing in its own temporary directory, named saga-0
+// … saga-<n-1>. It returns once JetStream answers through every server (the
+// cluster elected its metadata leader). They are shut down when the test
+// ends; adjust may change each server's options.
+//
+// The members route to each other only through links the test owns, so
+// that Kill can cut a member off as a crash would.
 func StartCluster(t testing.TB, n int, adjust ...func(*embeddednats.Options)) []*Server {
 	t.Helper()
-	// Every member must know every route before it starts (JetStream sizes
-	// its metadata group by them), so the route ports are picked up front.
-	routes := make([]string, n)
-	listeners := make([]net.Listener, n)
+	// Every member is configured with a route to every member, itself
+	// included (JetStream counts them for the cluster's size, and a server
+	// ignores a route to itself), so the links exist before the servers;
+	// a link forwards once its server is up.
+	c := &clusterLinks{links: make([][]*link, n)}
 	for i := range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("pick a route port: %v", err)
+		c.links[i] = make([]*link, n)
+		for j := range n {
+			c.links[i][j] = newLink(t)
 		}
-		listeners[i] = l
-		routes[i] = "nats://" + l.Addr().String()
-	}
-	for _, l := range listeners {
-		_ = l.Close()
 	}
 	servers := make([]*Server, n)
 	for i := range n {
+		var routes []string
+		for _, l := range c.links[i] {
+			routes = append(routes, "nats://"+l.addr())
+		}
 		servers[i] = Start(t, func(o *embeddednats.Options) {
 			o.ServerName = fmt.Sprintf("saga-%d", i)
-			o.Cluster = &embeddednats.ClusterOptions{Name: "saga-test", Listen: routes[i][len("nats://"):], Routes: routes}
+			// Members that learn of each other through a third would route
+			// to the advertised address, around the links: advertise one
+			// where nothing listens (port 1: privileged, unused).
+			o.Cluster = &embeddednats.ClusterOptions{Name: "saga-test", Listen: "127.0.0.1:0", Routes: routes, Advertise: "127.0.0.1:1"}
 			for _, f := range adjust {
 				f(o)
 			}
 		})
+		servers[i].links, servers[i].member = c, i
+		for j := range n {
+			c.links[j][i].setTarget(servers[i].opts.Cluster.Listen)
+		}
 	}
 	for _, s := range servers {
 		s.waitForJetStream()
 	}
 	return servers
+}
+
+// clusterLinks holds the links between the members of a cluster:
+// links[i][j] carries the routes member i opens to member j.
+type clusterLinks struct {
+	links [][]*link
+}
+
+// setCut cuts, or restores, every link to and from a member.
+func (c *clusterLinks) setCut(member int, cut bool) {
+	for i, row := range c.links {
+		for j, l := range row {
+			if i == member || j == member {
+				l.setCut(cut)
+			}
+		}
+	}
+}
+
+// link forwards the TCP connections made to it to its target address, once
+// it has one, until it is cut: then it drops them, and refuses new ones
+// until it is restored.
+type link struct {
+	l  net.Listener
+	wg sync.WaitGroup
+
+	mu     sync.Mutex
+	target string
+	cut    bool
+	conns  map[net.Conn]struct{}
+}
+
+func newLink(t testing.TB) *link {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen for a route link: %v", err)
+	}
+	k := &link{l: l, conns: map[net.Conn]struct{}{}}
+	k.wg.Go(k.accept)
+	t.Cleanup(k.close)
+	return k
+}
+
+func (k *link) addr() string { return k.l.Addr().String() }
+
+func (k *link) accept() {
+	for {
+		c, err := k.l.Accept()
+		if err != nil {
+			return
+		}
+		k.wg.Go(func() { k.forward(c) })
+	}
+}
+
+func (k *link) setTarget(addr string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.target = addr
+}
+
+func (k *link) forward(c net.Conn) {
+	k.mu.Lock()
+	target := k.target
+	k.mu.Unlock()
+	if target == "" {
+		_ = c.Close() // the server routes again a second later
+		return
+	}
+	up, err := net.DialTimeout("tcp", target, time.Second)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	if !k.track(c, up) {
+		_ = c.Close()
+		_ = up.Close()
+		return
+	}
+	defer k.untrack(c, up)
+	var back sync.WaitGroup
+	back.Go(func() {
+		_, _ = io.Copy(c, up)
+		_ = c.Close()
+		_ = up.Close()
+	})
+	_, _ = io.Copy(up, c)
+	_ = c.Close()
+	_ = up.Close()
+	back.Wait()
+}
+
+func (k *link) track(conns ...net.Conn) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.cut {
+		return false
+	}
+	for _, c := range conns {
+		k.conns[c] = struct{}{}
+	}
+	return true
+}
+
+func (k *link) untrack(conns ...net.Conn) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, c := range conns {
+		delete(k.conns, c)
+	}
+}
+
+func (k *link) setCut(cut bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.cut = cut
+	if cut {
+		for c := range k.conns {
+			_ = c.Close()
+		}
+	}
+}
+
+func (k *link) close() {
+	_ = k.l.Close()
+	k.setCut(true)
+	k.wg.Wait()
+}
+
+// Kill makes a cluster member vanish as a crashed process would: its routes
+// drop first, so the other members learn nothing from it (not even that
+// it hands over its leaderships, which Shutdown does), then it stops.
+// StartAgain brings it back.
+func (s *Server) Kill() {
+	s.t.Helper()
+	if s.links == nil {
+		s.t.Fatal("Kill: not a cluster member")
+	}
+	s.links.setCut(s.member, true)
+	s.Shutdown()
 }
 
 // clusterReadyTimeout bounds the wait for a cluster's JetStream: electing
@@ -124,18 +290,82 @@ func (s *Server) waitForJetStream() {
 // StartAgain starts the server again, after a Shutdown, on the same address
 // and with the same store, as an operator restarting nats-server would.
 // Clients connected before reconnect to it. A cluster member rejoins its
-// cluster on the same route address, and StartAgain returns once JetStream
-// answers through it.
+// cluster, and StartAgain returns once its replicas of every stream have
+// caught up, as an operator would wait for it to be healthy: until then
+// requests through it may go unanswered, and reads may be answered by any
+// replica.
 func (s *Server) StartAgain() {
 	s.t.Helper()
+	if s.links != nil {
+		s.links.setCut(s.member, false)
+	}
 	srv, err := embeddednats.Start(s.opts)
 	if err != nil {
 		s.t.Fatalf("restart nats-server: %v", err)
 	}
 	s.t.Cleanup(srv.Shutdown)
 	s.Server = srv
-	if s.opts.Cluster != nil {
-		s.waitForJetStream()
+	if s.links != nil {
+		s.waitForReplicas()
+	}
+}
+
+// waitForReplicas waits until every stream has a leader and all its
+// replicas are current, as seen through this server.
+func (s *Server) waitForReplicas() {
+	s.t.Helper()
+	nc, err := s.Connect()
+	if err != nil {
+		s.t.Fatalf("connect to nats-server: %v", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		s.t.Fatalf("jetstream: %v", err)
+	}
+	current := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		// Names come from the cluster's metadata; a stream whose leader
+		// does not answer is then an error, not a stream left out.
+		lister := js.StreamNames(ctx)
+		var names []string
+		for name := range lister.Name() {
+			names = append(names, name)
+		}
+		if err := lister.Err(); err != nil {
+			return err
+		}
+		for _, name := range names {
+			st, err := js.Stream(ctx, name)
+			if err != nil {
+				return fmt.Errorf("stream %s: %w", name, err)
+			}
+			c := st.CachedInfo().Cluster
+			if c == nil || c.Leader == "" {
+				return fmt.Errorf("stream %s has no leader", name)
+			}
+			if len(c.Replicas) != st.CachedInfo().Config.Replicas-1 {
+				return fmt.Errorf("stream %s: %d of %d replicas known", name, len(c.Replicas)+1, st.CachedInfo().Config.Replicas)
+			}
+			for _, r := range c.Replicas {
+				if !r.Current || r.Offline {
+					return fmt.Errorf("stream %s: replica %s is behind", name, r.Name)
+				}
+			}
+		}
+		return nil
+	}
+	deadline := time.Now().Add(clusterReadyTimeout)
+	for {
+		err := current()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%s did not catch up after %s: %v", s.Name(), clusterReadyTimeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
