@@ -25,6 +25,9 @@ var (
 	// ErrNoStream means no stream captures the subject: the streams were
 	// not created (no node has started with this prefix) or were deleted.
 	ErrNoStream = errors.New("no stream for subject (has a node set up the streams for this prefix?)")
+	// ErrUnavailable means the stream did not answer in time: its leader
+	// is being elected or its server is restarting. Retrying can succeed.
+	ErrUnavailable = errors.New("history stream unavailable (no leader answered)")
 )
 
 // JetStream API error codes the log reacts to.
@@ -55,8 +58,11 @@ func mapError(err error) error {
 			return fmt.Errorf("%w: %w", ErrNoStream, err)
 		}
 	}
-	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("%w: %w", ErrNoStream, err)
+	}
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("%w: %w", ErrNotFound, err)

@@ -56,7 +56,11 @@ func (s *Store) EnsureStreams(ctx context.Context) error {
 	}
 	for _, sc := range cfgs {
 		if err := retryUntil(ctx, func() error {
-			_, err := s.js.CreateOrUpdateStream(ctx, sc)
+			// One attempt may go unanswered (a server that just joined
+			// its cluster); the next is sent well within ctx.
+			attemptCtx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
+			defer cancel()
+			_, err := s.js.CreateOrUpdateStream(attemptCtx, sc)
 			return err
 		}); err != nil {
 			return fmt.Errorf("create stream %s: %w", sc.Name, err)
@@ -64,6 +68,9 @@ func (s *Store) EnsureStreams(ctx context.Context) error {
 	}
 	return nil
 }
+
+// setupAttemptTimeout bounds one stream create or update request.
+const setupAttemptTimeout = 3 * time.Second
 
 // retryUntil retries f with a short backoff while it fails with an error
 // that a server still starting up gives, until ctx is done.
@@ -149,19 +156,40 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 	}
 	msgID := commitMsgID(c.SagaID, c.FirstEventID(), data)
 	subject := s.cfg.HistorySubject(c.SagaID)
+	streamName := s.cfg.HistoryStream(s.cfg.Shard(c.SagaID))
 	var ack *jetstream.PubAck
-	for attempt := 1; ; attempt++ {
-		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-		ack, err = s.js.PublishMsg(ctx, msg,
+	began := time.Now()
+	wait := 50 * time.Millisecond
+	for {
+		// Each attempt has its own deadline, so that a request the server
+		// never answers is sent again within the caller's deadline.
+		attemptCtx, cancel := context.WithTimeout(ctx, appendAttemptTimeout)
+		ack, err = s.js.PublishMsg(attemptCtx, &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}},
 			jetstream.WithMsgID(msgID),
 			jetstream.WithExpectLastSequencePerSubject(expectedSeq),
-			jetstream.WithExpectStream(s.cfg.HistoryStream(s.cfg.Shard(c.SagaID))))
-		// A publish whose reply was lost may have landed: send the very same
-		// bytes again, which the checks below recognise as ours.
-		if err == nil || attempt == publishAttempts || ctx.Err() != nil ||
-			!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+			jetstream.WithExpectStream(streamName))
+		cancel()
+		if err == nil || ctx.Err() != nil || time.Since(began) > appendRetryWindow {
 			break
 		}
+		// A publish whose reply was lost may have landed: the very same
+		// bytes are sent again, which the checks below recognise as ours.
+		lostReply := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		// No answer at all: the stream's leader is being elected, or its
+		// server is restarting; or the stream does not exist, which
+		// retrying cannot mend.
+		noAnswer := errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+		if !lostReply && !noAnswer {
+			break
+		}
+		if noAnswer && s.streamMissing(ctx, streamName) {
+			return 0, fmt.Errorf("append to %s: %w: %w", subject, ErrNoStream, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, time.Second)
 	}
 	if err != nil {
 		err = mapError(err)
@@ -177,8 +205,23 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 	return ack.Sequence, nil
 }
 
-// publishAttempts bounds the sends of one append whose replies time out.
-const publishAttempts = 3
+// appendAttemptTimeout bounds one publish of an append; appendRetryWindow
+// bounds the resends of an append that gets no answer, which covers a
+// leader election (a few seconds) and lets the caller's own retries take
+// over after that.
+const (
+	appendAttemptTimeout = 5 * time.Second
+	appendRetryWindow    = 10 * time.Second
+)
+
+// streamMissing reports whether the server says the stream does not
+// exist; an error getting that answer is not proof of it.
+func (s *Store) streamMissing(ctx context.Context, name string) bool {
+	ctx, cancel := context.WithTimeout(ctx, appendAttemptTimeout)
+	defer cancel()
+	_, err := s.js.Stream(ctx, name)
+	return errors.Is(err, jetstream.ErrStreamNotFound)
+}
 
 // headerRoom is what a message's headers may take of the server's
 // max_payload.
