@@ -133,7 +133,7 @@ func (c *Client) StartPayload(ctx context.Context, workflowType string, version 
 
 // startedBy reports whether the saga's start event carries requestID.
 func (c *Client) startedBy(ctx context.Context, id, requestID string) bool {
-	commits, err := c.store.Read(ctx, id, 0)
+	commits, err := c.store.ReadLatest(ctx, id)
 	if err != nil || len(commits) == 0 {
 		return false
 	}
@@ -231,7 +231,7 @@ func (c *Client) read(ctx context.Context, id string) ([]stream.StoredCommit, er
 	if err := stream.ValidateID("saga id", id); err != nil {
 		return nil, wrapStreamError("read", err)
 	}
-	commits, err := c.store.Read(ctx, id, 0)
+	commits, err := c.store.ReadLatest(ctx, id)
 	if err != nil {
 		return nil, wrapStreamError("read "+id, err)
 	}
@@ -264,7 +264,7 @@ func (c *Client) describe(ctx context.Context, id string) (*Description, error) 
 	if err := stream.ValidateID("saga id", id); err != nil {
 		return nil, wrapStreamError("describe", err)
 	}
-	commits, readErr := c.store.Read(ctx, id, 0)
+	commits, readErr := c.store.ReadLatest(ctx, id)
 	var ce *stream.CodecError
 	if readErr != nil && !errors.As(readErr, &ce) {
 		return nil, wrapStreamError("describe "+id, readErr)

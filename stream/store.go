@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -333,3 +334,72 @@ func decodeFor(sagaID string, data []byte) (*Commit, error) {
 	}
 	return c, nil
 }
+
+// ReadLatest reads the saga's whole history as Read does, and makes sure it
+// reaches the last commit the stream's leader holds. A direct get may be
+// answered by a replica that lags behind (one that just rejoined its
+// cluster), and a client that has seen a saga end must not then read an
+// older history. Nodes do not need it: they check what they read against
+// the commit they were given, and their appends against the leader.
+//
+// If the leader does not answer (an election), the read is as good as a
+// replica's.
+func (s *Store) ReadLatest(ctx context.Context, sagaID string) ([]StoredCommit, error) {
+	if err := ValidateID("saga id", sagaID); err != nil {
+		return nil, err
+	}
+	last, leaderErr := s.leaderLastSeq(ctx, sagaID)
+	wait := 5 * time.Millisecond
+	for {
+		commits, err := s.Read(ctx, sagaID, 0)
+		if err != nil || leaderErr != nil || len(commits) > 0 && commits[len(commits)-1].Seq >= last || len(commits) == 0 && last == 0 {
+			return commits, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: the replica answering reads of %s is behind the leader (sequence %d): %w", ErrUnavailable, sagaID, last, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 250*time.Millisecond)
+	}
+}
+
+// leaderLastSeq asks the stream's leader (not a direct get, which any
+// replica answers) for the sequence of the saga's last commit; 0 if it
+// has none.
+func (s *Store) leaderLastSeq(ctx context.Context, sagaID string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, leaderReadTimeout)
+	defer cancel()
+	req, err := json.Marshal(struct {
+		LastBySubject string `json:"last_by_subj"`
+		NoHeaders     bool   `json:"no_hdr"`
+	}{s.cfg.HistorySubject(sagaID), true})
+	if err != nil {
+		return 0, err
+	}
+	reply, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.cfg.HistoryStream(s.cfg.Shard(sagaID)), req)
+	if err != nil {
+		return 0, mapError(err)
+	}
+	var resp struct {
+		Message *struct {
+			Seq uint64 `json:"seq"`
+		} `json:"message"`
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return 0, fmt.Errorf("%w: stream message get reply: %w", ErrCodec, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == codeNoMessageFound:
+		return 0, nil
+	case resp.Error != nil:
+		return 0, mapError(resp.Error)
+	case resp.Message == nil:
+		return 0, fmt.Errorf("%w: stream message get reply without a message", ErrCodec)
+	}
+	return resp.Message.Seq, nil
+}
+
+// leaderReadTimeout bounds the leader's answer to leaderLastSeq.
+const leaderReadTimeout = 2 * time.Second

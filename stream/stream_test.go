@@ -373,3 +373,32 @@ func TestWorkflowTaskDropsACommitTooLargeToCarry(t *testing.T) {
 		}
 	}
 }
+
+// ReadLatest reads what Read reads, once the leader's last commit for the
+// saga is in it; a saga with no history reads as empty.
+func TestReadLatestReachesTheLeadersLastCommit(t *testing.T) {
+	st, _ := newStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if commits, err := st.ReadLatest(ctx, "absent"); err != nil || len(commits) != 0 {
+		t.Fatalf("absent saga: %d commits, %v", len(commits), err)
+	}
+	seq, err := st.Append(ctx, started("latest", "r"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Append(ctx, started("between", "r"), 0); err != nil {
+		t.Fatal(err)
+	}
+	last, err := st.Append(ctx, scheduled("latest", 1, "a"), seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commits, err := st.ReadLatest(ctx, "latest")
+	if err != nil || len(commits) != 2 || commits[1].Seq != last {
+		t.Fatalf("read %d commits (%v), want 2 ending at %d", len(commits), err, last)
+	}
+	if _, err := st.ReadLatest(ctx, "bad.id"); !errors.Is(err, stream.ErrInvalidID) {
+		t.Fatalf("invalid id: %v", err)
+	}
+}
