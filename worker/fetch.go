@@ -77,9 +77,12 @@ func (l *fetchLoop) run() {
 			failures = 0
 			continue
 		}
-		// NATS unreachable or the consumer gone: keep trying, gently.
+		// NATS unreachable, the consumer gone, or its stream without a
+		// leader: keep trying, gently, but at least every 2 s, so that work
+		// resumes soon after an election (one failed request per consumer
+		// every 2 s costs nothing).
 		failures++
-		delay := min(100*time.Millisecond<<min(failures, 7), 10*time.Second)
+		delay := min(100*time.Millisecond<<min(failures, 7), 2*time.Second)
 		if failures == 1 || failures%20 == 0 {
 			l.node.log.Warn("fetching messages failed; retrying", "consumer", l.name, "err", err, "retry_in", delay)
 		}
