@@ -54,6 +54,10 @@ var (
 	ErrUnknownWorkflowType = errors.New("unknown workflow type")
 	// ErrBlocked: the engine stopped driving the saga (see Description.Blocked).
 	ErrBlocked = errors.New("saga is blocked")
+	// ErrUnavailable: JetStream did not answer in time (a leader election,
+	// a server restarting); the operation may succeed when retried. A start
+	// that failed this way is safe to retry with the same RequestID.
+	ErrUnavailable = stream.ErrUnavailable
 )
 
 // Error is the engine's error: a kind, a message, key/value context and an

@@ -96,7 +96,7 @@ func (r *directReader) get(ctx context.Context, stream string, req directGetRequ
 		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 	}
-	subject := "$JS.API.DIRECT.GET." + stream
+	subject := jsAPIPrefix + "DIRECT.GET." + stream
 	if err := r.nc.PublishRequest(subject, r.inboxPrefix+"."+token, body); err != nil {
 		return nil, 0, fmt.Errorf("direct get %s: %w", stream, err)
 	}

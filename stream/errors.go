@@ -37,7 +37,21 @@ const (
 	codeMessageTooLarge           jetstream.ErrorCode = 10054
 	codeNoMessageFound            jetstream.ErrorCode = 10037
 	codeStreamNotFound            jetstream.ErrorCode = 10059
+	codeDuplicateInProcess        jetstream.ErrorCode = 10158
 )
+
+// jsAPIPrefix is where the JetStream API answers: the default, as the
+// store's jetstream.New(nc) uses (no domain).
+const jsAPIPrefix = "$JS.API."
+
+// apiErrorCode is the JetStream error code in err's chain, 0 if none.
+func apiErrorCode(err error) jetstream.ErrorCode {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode
+	}
+	return 0
+}
 
 // mapError is the one place that turns JetStream server errors into the
 // log's errors. The original error stays in the chain.
@@ -56,6 +70,8 @@ func mapError(err error) error {
 			return fmt.Errorf("%w: %w", ErrNotFound, err)
 		case codeStreamNotFound:
 			return fmt.Errorf("%w: %w", ErrNoStream, err)
+		case codeDuplicateInProcess:
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 	}
 	if errors.Is(err, jetstream.ErrStreamNotFound) {

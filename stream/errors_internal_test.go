@@ -20,6 +20,7 @@ func TestMapError(t *testing.T) {
 		{&jetstream.APIError{ErrorCode: 10164}, ErrConcurrency},
 		{&jetstream.APIError{ErrorCode: 10054}, ErrTooLarge},
 		{&jetstream.APIError{ErrorCode: 10059}, ErrNoStream},
+		{&jetstream.APIError{ErrorCode: 10158}, ErrUnavailable},
 		{jetstream.ErrStreamNotFound, ErrNoStream},
 		{fmt.Errorf("publish: %w", jetstream.ErrNoStreamResponse), ErrUnavailable},
 		{nats.ErrNoResponders, ErrUnavailable},

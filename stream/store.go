@@ -161,16 +161,22 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 	var ack *jetstream.PubAck
 	began := time.Now()
 	wait := 50 * time.Millisecond
-	for {
+	for attempt := 1; ; attempt++ {
 		// Each attempt has its own deadline, so that a request the server
 		// never answers is sent again within the caller's deadline.
 		attemptCtx, cancel := context.WithTimeout(ctx, appendAttemptTimeout)
-		ack, err = s.js.PublishMsg(attemptCtx, &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}},
+		var sendErr error
+		ack, sendErr = s.js.PublishMsg(attemptCtx, &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}},
 			jetstream.WithMsgID(msgID),
 			jetstream.WithExpectLastSequencePerSubject(expectedSeq),
 			jetstream.WithExpectStream(streamName))
 		cancel()
-		if err == nil || ctx.Err() != nil || time.Since(began) > appendRetryWindow {
+		if sendErr == nil || err == nil || ctx.Err() == nil {
+			// A send the caller's deadline stopped says nothing new: keep
+			// what the previous attempt learned.
+			err = sendErr
+		}
+		if sendErr == nil || ctx.Err() != nil {
 			break
 		}
 		// A publish whose reply was lost may have landed: the very same
@@ -180,7 +186,18 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 		// server is restarting; or the stream does not exist, which
 		// retrying cannot mend.
 		noAnswer := errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
-		if !lostReply && !noAnswer {
+		// A resend met the first send still being stored: wait for it.
+		code := apiErrorCode(err)
+		inProcess := attempt > 1 && (code == codeDuplicateInProcess || code == codeWrongLastSequenceInFlight)
+		if !lostReply && !noAnswer && !inProcess {
+			break
+		}
+		if time.Since(began) > appendRetryWindow {
+			if lostReply || noAnswer {
+				// Unanswered for the whole window: the outcome is unknown,
+				// and the caller may resend within the duplicate window.
+				err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
 			break
 		}
 		if noAnswer && s.streamMissing(ctx, streamName) {
@@ -350,6 +367,8 @@ func (s *Store) ReadLatest(ctx context.Context, sagaID string) ([]StoredCommit, 
 	}
 	last, leaderErr := s.leaderLastSeq(ctx, sagaID)
 	wait := 5 * time.Millisecond
+	// Bounded: the saga's subject may also have been purged in between.
+	giveUp := time.After(catchUpTimeout)
 	for {
 		commits, err := s.Read(ctx, sagaID, 0)
 		if err != nil || leaderErr != nil || len(commits) > 0 && commits[len(commits)-1].Seq >= last || len(commits) == 0 && last == 0 {
@@ -358,11 +377,16 @@ func (s *Store) ReadLatest(ctx context.Context, sagaID string) ([]StoredCommit, 
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: the replica answering reads of %s is behind the leader (sequence %d): %w", ErrUnavailable, sagaID, last, ctx.Err())
+		case <-giveUp:
+			return nil, fmt.Errorf("%w: the replica answering reads of %s stayed behind the leader (sequence %d) for %s", ErrUnavailable, sagaID, last, catchUpTimeout)
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 250*time.Millisecond)
 	}
 }
+
+// catchUpTimeout bounds how long ReadLatest waits for a lagging replica.
+const catchUpTimeout = 5 * time.Second
 
 // leaderLastSeq asks the stream's leader (not a direct get, which any
 // replica answers) for the sequence of the saga's last commit; 0 if it
@@ -377,7 +401,7 @@ func (s *Store) leaderLastSeq(ctx context.Context, sagaID string) (uint64, error
 	if err != nil {
 		return 0, err
 	}
-	reply, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.cfg.HistoryStream(s.cfg.Shard(sagaID)), req)
+	reply, err := s.nc.RequestWithContext(ctx, jsAPIPrefix+"STREAM.MSG.GET."+s.cfg.HistoryStream(s.cfg.Shard(sagaID)), req)
 	if err != nil {
 		return 0, mapError(err)
 	}

@@ -153,8 +153,9 @@ func (n *Node) Start(ctx context.Context) error {
 			return err
 		}
 		// Subscriptions are sent without waiting for the server; a round
-		// trip makes the API answer requests as soon as Start returns, so
-		// a start sent next by another connection finds a responder.
+		// trip makes the API answer, through this node's server, requests
+		// sent once Start returns (other servers of a cluster learn of the
+		// interest a moment later).
 		flushCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := n.nc.FlushWithContext(flushCtx)
 		cancel()
