@@ -257,6 +257,10 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	}
 	if n.api != nil {
 		_ = n.api.Stop()
+		// The unsubscriptions are on their way; once the server has them,
+		// a request finds no responder at once rather than timing out on
+		// a node that has stopped answering.
+		_ = n.nc.FlushTimeout(time.Second)
 	}
 	// No new messages: the loops stop fetching and return unused slots.
 	for _, l := range n.loops {
