@@ -158,18 +158,6 @@ func requireKeys(t *testing.T, m map[string]any, keys ...string) {
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestHelp(t *testing.T) {
 	for _, arg := range []string{"help", "-h", "--help"} {
 		r := runCLI(t, noEnv, arg)
@@ -559,7 +547,7 @@ func TestRunningSaga(t *testing.T) {
 	if !strings.Contains(r.stderr, "hold-1") || !strings.Contains(r.stderr, "deadline exceeded") {
 		t.Errorf("stderr should say the wait for hold-1 timed out:\n%s", r)
 	}
-	waitFor(t, 10*time.Second, "the held activity", func() bool { return svc.Calls(order.StepReserveInventory) > 0 })
+	natstest.WaitFor(t, 10*time.Second, "the held activity", func() bool { return svc.Calls(order.StepReserveInventory) > 0 })
 
 	r = withURL(t, url, "describe", "hold-1")
 	expectCode(t, r, ExitOK)
@@ -746,7 +734,7 @@ func TestRunLogLevel(t *testing.T) {
 	n := startRun(t, noEnv, "--nats-url", srv.ClientURL(), "--log-level", "warn")
 	// At warn level there is no "node started"; wait for the API instead.
 	var id string
-	waitFor(t, 10*time.Second, "the run node's API", func() bool {
+	natstest.WaitFor(t, 10*time.Second, "the run node's API", func() bool {
 		r := runCLI(t, envWith(srv.ClientURL()), "start", "order", "--input", okInput)
 		id = strings.TrimSpace(r.stdout)
 		return r.code == ExitOK

@@ -210,7 +210,7 @@ func TestClusterOfThreeServers(t *testing.T) {
 		t.Fatal("payments never all started")
 	}
 	var leader string
-	waitFor(t, 10*time.Second, "the history stream's leader", func() bool {
+	natstest.WaitFor(t, 10*time.Second, "the history stream's leader", func() bool {
 		leader = historyLeader(ctx, clients[0])
 		return leader != ""
 	})
@@ -242,7 +242,7 @@ func TestClusterOfThreeServers(t *testing.T) {
 	// The results are recorded while the survivors elect a new leader.
 	close(gate.release)
 	survivor := clients[(killed+1)%3]
-	waitFor(t, 30*time.Second, "a new history stream leader", func() bool {
+	natstest.WaitFor(t, 30*time.Second, "a new history stream leader", func() bool {
 		l := historyLeader(ctx, survivor)
 		return l != "" && l != leader
 	})

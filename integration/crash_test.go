@@ -9,6 +9,7 @@ import (
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
@@ -182,7 +183,7 @@ func TestNodeKilledBeforeAckingActivityTask(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the task queue to empty", func() bool {
+	natstest.WaitFor(t, 20*time.Second, "the task queue to empty", func() bool {
 		info, err := tasks.Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	})

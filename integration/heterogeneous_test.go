@@ -90,7 +90,7 @@ func TestUnpublishableActivityTaskFailsTheActivity(t *testing.T) {
 		t.Fatal(err)
 	}
 	var events []stream.Event
-	waitFor(t, 10*time.Second, "the activity to be failed", func() bool {
+	natstest.WaitFor(t, 10*time.Second, "the activity to be failed", func() bool {
 		events, err = cl.History(ctx, "forged")
 		return err == nil && len(events) >= 3
 	})

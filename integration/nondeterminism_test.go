@@ -7,6 +7,7 @@ import (
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
@@ -40,7 +41,7 @@ func TestChangedCodeBlocksSagaOnReplay(t *testing.T) {
 	if _, err := cl.Start(ctx, "order", orderInput("o-8"), saga.StartOptions{ID: "nd-1"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "reserve-inventory to be scheduled", func() bool {
+	natstest.WaitFor(t, 10*time.Second, "reserve-inventory to be scheduled", func() bool {
 		d, err := cl.Describe(ctx, "nd-1")
 		return err == nil && len(d.PendingActivities) == 1
 	})

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
@@ -84,7 +85,7 @@ func TestOrderSagaCompletes(t *testing.T) {
 	}
 	// Acknowledged tasks leave the work queue; the last ack may trail the
 	// saga's end by a moment.
-	waitFor(t, 5*time.Second, "three tasks published and acknowledged", func() bool {
+	natstest.WaitFor(t, 5*time.Second, "three tasks published and acknowledged", func() bool {
 		info, err := tasks.Info(ctx)
 		return err == nil && info.State.LastSeq == 3 && info.State.Msgs == 0
 	})

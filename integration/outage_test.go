@@ -11,6 +11,7 @@ import (
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/worker"
 )
 
@@ -59,7 +60,7 @@ func TestServerRestartMidSaga(t *testing.T) {
 	}
 
 	c.srv.Shutdown()
-	waitFor(t, 10*time.Second, "the node to lose its connection", func() bool {
+	natstest.WaitFor(t, 10*time.Second, "the node to lose its connection", func() bool {
 		return node.nc.Status() != nats.CONNECTED
 	})
 	// The payments finish while the server is down: their results must

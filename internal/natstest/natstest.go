@@ -4,6 +4,7 @@ package natstest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -263,6 +264,16 @@ const clusterReadyTimeout = 60 * time.Second
 // member once the cluster has a metadata leader and the member sees it.
 func (s *Server) waitForJetStream() {
 	s.t.Helper()
+	s.pollJetStream("JetStream", func(ctx context.Context, js jetstream.JetStream) error {
+		_, err := js.AccountInfo(ctx)
+		return err
+	})
+}
+
+// pollJetStream runs check through this server, with a second for each
+// try, until it succeeds or clusterReadyTimeout passes.
+func (s *Server) pollJetStream(what string, check func(context.Context, jetstream.JetStream) error) {
+	s.t.Helper()
 	nc, err := s.Connect()
 	if err != nil {
 		s.t.Fatalf("connect to nats-server: %v", err)
@@ -272,18 +283,13 @@ func (s *Server) waitForJetStream() {
 	if err != nil {
 		s.t.Fatalf("jetstream: %v", err)
 	}
-	deadline := time.Now().Add(clusterReadyTimeout)
-	for {
+	err = poll(clusterReadyTimeout, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := js.AccountInfo(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("JetStream not available through %s after %s: %v", s.Name(), clusterReadyTimeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		defer cancel()
+		return check(ctx, js)
+	})
+	if err != nil {
+		s.t.Fatalf("no %s through %s after %s: %v", what, s.Name(), clusterReadyTimeout, err)
 	}
 }
 
@@ -314,18 +320,7 @@ func (s *Server) StartAgain() {
 // replicas are current, as seen through this server.
 func (s *Server) waitForReplicas() {
 	s.t.Helper()
-	nc, err := s.Connect()
-	if err != nil {
-		s.t.Fatalf("connect to nats-server: %v", err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		s.t.Fatalf("jetstream: %v", err)
-	}
-	current := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
+	s.pollJetStream("current replicas of every stream", func(ctx context.Context, js jetstream.JetStream) error {
 		// Names come from the cluster's metadata; a stream whose leader
 		// does not answer is then an error, not a stream left out.
 		lister := js.StreamNames(ctx)
@@ -355,18 +350,7 @@ func (s *Server) waitForReplicas() {
 			}
 		}
 		return nil
-	}
-	deadline := time.Now().Add(clusterReadyTimeout)
-	for {
-		err := current()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("%s did not catch up after %s: %v", s.Name(), clusterReadyTimeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	})
 }
 
 // Conn opens a client connection over TCP that is closed when the test
@@ -389,4 +373,32 @@ func Logger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
+}
+
+// WaitFor polls cond until it holds, and fails the test if d passes first.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if poll(d, func() error {
+		if cond() {
+			return nil
+		}
+		return errNotYet
+	}) != nil {
+		t.Fatalf("timed out after %s waiting for %s", d, what)
+	}
+}
+
+var errNotYet = errors.New("not yet")
+
+// poll calls try every 10 ms until it returns nil or d passes, and returns
+// its last error.
+func poll(d time.Duration, try func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := try()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
