@@ -161,6 +161,7 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 	var ack *jetstream.PubAck
 	began := time.Now()
 	wait := 50 * time.Millisecond
+	checkedStream := false
 	for attempt := 1; ; attempt++ {
 		// Each attempt has its own deadline, so that a request the server
 		// never answers is sent again within the caller's deadline.
@@ -171,14 +172,19 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 			jetstream.WithExpectLastSequencePerSubject(expectedSeq),
 			jetstream.WithExpectStream(streamName))
 		cancel()
-		if sendErr == nil || err == nil || ctx.Err() == nil {
-			// A send the caller's deadline stopped says nothing new: keep
-			// what the previous attempt learned.
-			err = sendErr
-		}
-		if sendErr == nil || ctx.Err() != nil {
+		if sendErr == nil {
+			err = nil
 			break
 		}
+		if ctx.Err() != nil {
+			// A resend the caller's deadline stopped says nothing new:
+			// keep what the previous attempt learned.
+			if attempt == 1 {
+				err = sendErr
+			}
+			break
+		}
+		err = sendErr
 		// A publish whose reply was lost may have landed: the very same
 		// bytes are sent again, which the checks below recognise as ours.
 		lostReply := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
@@ -200,8 +206,11 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 			}
 			break
 		}
-		if noAnswer && s.streamMissing(ctx, streamName) {
-			return 0, fmt.Errorf("append to %s: %w: %w", subject, ErrNoStream, err)
+		if noAnswer && !checkedStream {
+			checkedStream = true // once: the answer is the same on every resend
+			if s.streamMissing(ctx, streamName) {
+				return 0, fmt.Errorf("append to %s: %w: %w", subject, ErrNoStream, err)
+			}
 		}
 		select {
 		case <-ctx.Done():
