@@ -51,6 +51,7 @@ Usage:
   saga-node describe <saga-id> [--json]
   saga-node history  <saga-id> [--json]
   saga-node wake     <saga-id>
+  saga-node dead-letters [--json] [--limit N]
   saga-node bench    [--sagas N] [--in-flight N] [--sync interval|always] [--nats-url URL]
 
 Admin commands reach the engine at --nats-url, else $SAGA_NATS_URL, else
@@ -80,6 +81,8 @@ func Run(ctx context.Context, args []string, env Env) int {
 		"history":  runHistory,
 		"wake":     runWake,
 		"bench":    runBench,
+
+		"dead-letters": runDeadLetters,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
