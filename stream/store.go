@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,6 +19,9 @@ type Store struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	reader *directReader
+
+	inForceMu sync.Mutex
+	inForce   map[string]jetstream.StreamConfig // by stream name
 }
 
 // Open returns a Store over nc. It does not create streams: nodes do that
@@ -47,62 +51,40 @@ func (s *Store) Config() Config { return s.cfg }
 // JetStream returns the JetStream handle the store uses.
 func (s *Store) JetStream() jetstream.JetStream { return s.js }
 
-// EnsureStreams creates or updates the history streams of every shard and
-// the task stream. JetStream may not be ready right after a server starts
-// (in a cluster, seconds after), so it retries until ctx is done.
+// EnsureStreams creates the history streams of every shard and the task
+// stream where they are missing, and checks the existing ones without
+// changing them (see EnsureStream). JetStream may not be ready right after
+// a server starts (in a cluster, seconds after), so it retries until ctx is
+// done. The configurations in force are then given by StreamConfigInForce.
 func (s *Store) EnsureStreams(ctx context.Context) error {
 	cfgs := []jetstream.StreamConfig{s.cfg.taskStreamConfig()}
 	for shard := range s.cfg.HistoryShards {
 		cfgs = append(cfgs, s.cfg.historyStreamConfig(shard))
 	}
 	for _, sc := range cfgs {
-		if err := retryUntil(ctx, func() error {
-			// One attempt may go unanswered (a server that just joined
-			// its cluster); the next is sent well within ctx.
-			attemptCtx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
-			defer cancel()
-			_, err := s.js.CreateOrUpdateStream(attemptCtx, sc)
+		inForce, err := EnsureStream(ctx, s.js, sc, nil)
+		if err != nil {
 			return err
-		}); err != nil {
-			return fmt.Errorf("create stream %s: %w", sc.Name, err)
 		}
+		s.inForceMu.Lock()
+		if s.inForce == nil {
+			s.inForce = map[string]jetstream.StreamConfig{}
+		}
+		s.inForce[sc.Name] = inForce
+		s.inForceMu.Unlock()
 	}
 	return nil
 }
 
-// setupAttemptTimeout bounds one stream create or update request.
-const setupAttemptTimeout = 3 * time.Second
-
-// retryUntil retries f with a short backoff while it fails with an error
-// that a server still starting up gives, until ctx is done.
-func retryUntil(ctx context.Context, f func() error) error {
-	wait := 50 * time.Millisecond
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if !transientSetupError(err) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-time.After(wait):
-		}
-		wait = min(wait*2, time.Second)
-	}
-}
-
-func transientSetupError(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		// 10008: JetStream is not ready / cluster has no leader yet;
-		// 10023: insufficient resources while peers come up.
-		return apiErr.ErrorCode == 10008 || apiErr.ErrorCode == 10023 || apiErr.Code == 503
-	}
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
-		errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrNoResponders)
+// StreamConfigInForce returns the configuration of the named stream as
+// EnsureStreams found or created it: the stream's, which may differ from
+// the store's Config (replicas above all). false if EnsureStreams has not
+// set it up.
+func (s *Store) StreamConfigInForce(name string) (jetstream.StreamConfig, bool) {
+	s.inForceMu.Lock()
+	defer s.inForceMu.Unlock()
+	sc, ok := s.inForce[name]
+	return sc, ok
 }
 
 // HasWorkflowConsumer reports whether any node ever registered the
