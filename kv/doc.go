@@ -1,5 +1,12 @@
-// Package kv will own the engine's state in JetStream key-value buckets:
-// durable timers (entries with a TTL, fired from the bucket's delete
-// markers) and workflow snapshots. Nothing is built here yet; the engine
-// core does not use timers or snapshots.
+// Package kv owns the engine's state kept in JetStream key-value buckets:
+// durable timers (entries with a TTL, fired from their expiry markers) and,
+// later, snapshots.
+//
+// A timer is one entry of the timers bucket, created with a TTL that ends
+// at its due time. When the TTL removes the entry the server writes a
+// delete marker (header Nats-Marker-Reason: MaxAge) on the key's subject;
+// a durable consumer on the bucket's stream reads the markers, and Fired
+// turns each into the timer it announces. Because the marker is stored in
+// the stream, a timer that falls due while no consumer runs still fires
+// when one starts, as long as the marker is kept (TimersConfig.MarkerTTL).
 package kv
