@@ -3,6 +3,7 @@ package stream
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -50,15 +51,24 @@ func decodeChecked(data []byte, v any) error {
 }
 
 // maxMsgpackDepth bounds nesting so that validation and decoding cannot
-// exhaust the stack.
+// exhaust the stack. Every reader applies it to every message.
 const maxMsgpackDepth = 64
+
+// MaxPayloadDepth bounds the nesting of a user value (an input, a result).
+// A commit carries a value 4 levels below its root and a task 1 level, so a
+// value within this bound keeps every message that carries it within what
+// every reader decodes. Writers check it, so that nothing is appended that
+// no node can read back.
+const MaxPayloadDepth = 56
 
 // CheckMsgpack reports whether data holds exactly one well-formed msgpack
 // value. Every array and map must declare no more elements than there are
 // bytes left (each element takes at least one byte), every string, binary
 // and extension must fit, and nesting is at most 64 levels deep.
-func CheckMsgpack(data []byte) error {
-	n, err := checkValue(data, 0, 0)
+func CheckMsgpack(data []byte) error { return checkMsgpack(data, maxMsgpackDepth) }
+
+func checkMsgpack(data []byte, maxDepth int) error {
+	n, err := checkValue(data, 0, 0, maxDepth)
 	if err != nil {
 		return err
 	}
@@ -68,13 +78,35 @@ func CheckMsgpack(data []byte) error {
 	return nil
 }
 
-var errTruncated = fmt.Errorf("%w: truncated msgpack", ErrCodec)
+// CheckValue checks a user value against the limits every reader applies:
+// at most maxSize bytes (0: no size limit) of well-formed msgpack nested at
+// most MaxPayloadDepth levels. what names the value in the error. A value
+// over a limit is ErrTooLarge, one that is not msgpack ErrCodec.
+func CheckValue(what string, p Payload, maxSize int) error {
+	if maxSize > 0 && len(p) > maxSize {
+		return fmt.Errorf("%w: %s is %d bytes, the payload limit is %d", ErrTooLarge, what, len(p), maxSize)
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	if err := checkMsgpack(p, MaxPayloadDepth); errors.Is(err, errTooDeep) {
+		return fmt.Errorf("%w: %s is nested deeper than %d levels", ErrTooLarge, what, MaxPayloadDepth)
+	} else if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+var (
+	errTruncated = fmt.Errorf("%w: truncated msgpack", ErrCodec)
+	errTooDeep   = fmt.Errorf("%w: msgpack nested too deep", ErrCodec)
+)
 
 // checkValue validates the value starting at data[off] and returns the
 // offset just past it.
-func checkValue(data []byte, off, depth int) (int, error) {
-	if depth > maxMsgpackDepth {
-		return 0, fmt.Errorf("%w: msgpack nested deeper than %d levels", ErrCodec, maxMsgpackDepth)
+func checkValue(data []byte, off, depth, maxDepth int) (int, error) {
+	if depth > maxDepth {
+		return 0, fmt.Errorf("%w: more than %d levels", errTooDeep, maxDepth)
 	}
 	if off >= len(data) {
 		return 0, errTruncated
@@ -85,9 +117,9 @@ func checkValue(data []byte, off, depth int) (int, error) {
 	case c <= 0x7f, c >= 0xe0, c == 0xc0, c == 0xc2, c == 0xc3:
 		return off, nil
 	case c >= 0x80 && c <= 0x8f:
-		return checkElems(data, off, 2*int(c&0x0f), depth)
+		return checkElems(data, off, 2*int(c&0x0f), depth, maxDepth)
 	case c >= 0x90 && c <= 0x9f:
-		return checkElems(data, off, int(c&0x0f), depth)
+		return checkElems(data, off, int(c&0x0f), depth, maxDepth)
 	case c >= 0xa0 && c <= 0xbf:
 		return skip(data, off, int(c&0x1f))
 	}
@@ -136,7 +168,7 @@ func checkValue(data []byte, off, depth int) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		return checkElems(data, off, n, depth)
+		return checkElems(data, off, n, depth, maxDepth)
 	case 0xde, 0xdf: // map16, map32
 		width := 2
 		if c == 0xdf {
@@ -146,18 +178,18 @@ func checkValue(data []byte, off, depth int) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		return checkElems(data, off, 2*n, depth)
+		return checkElems(data, off, 2*n, depth, maxDepth)
 	}
 	return 0, fmt.Errorf("%w: invalid msgpack type byte 0x%02x", ErrCodec, c)
 }
 
-func checkElems(data []byte, off, n, depth int) (int, error) {
+func checkElems(data []byte, off, n, depth, maxDepth int) (int, error) {
 	if n > len(data)-off {
 		return 0, fmt.Errorf("%w: msgpack container declares %d elements in %d bytes", ErrCodec, n, len(data)-off)
 	}
 	var err error
 	for range n {
-		if off, err = checkValue(data, off, depth+1); err != nil {
+		if off, err = checkValue(data, off, depth+1, maxDepth); err != nil {
 			return 0, err
 		}
 	}

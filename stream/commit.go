@@ -3,6 +3,7 @@ package stream
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -92,7 +93,19 @@ func (c *Commit) Encode() ([]byte, error) {
 		}
 		w.Events[i] = wireEvent{ID: e.ID, Type: e.Type, Category: spec.category, Time: e.Time.UTC(), Attrs: attrs}
 	}
-	return Marshal(&w)
+	data, err := Marshal(&w)
+	if err != nil {
+		return nil, err
+	}
+	// The writer applies the reader's checks: a commit that no node could
+	// decode is never appended. Values were checked where they were made;
+	// this catches whatever else could nest too deep.
+	if err := CheckMsgpack(data); errors.Is(err, errTooDeep) {
+		return nil, fmt.Errorf("%w: commit of saga %s nests deeper than a reader accepts", ErrTooLarge, c.SagaID)
+	} else if err != nil {
+		return nil, err
+	}
+	return data, nil
 }
 
 // DecodeCommit decodes an untrusted history message. Every event must be
@@ -103,8 +116,12 @@ func DecodeCommit(data []byte) (*Commit, error) {
 	if err := Unmarshal(data, &w); err != nil {
 		return nil, err
 	}
-	if w.Format != commitFormat {
-		return nil, fmt.Errorf("%w: commit format %d is not supported", ErrCodec, w.Format)
+	switch {
+	case w.Format > commitFormat:
+		// Written by a newer engine: a node that knows the format can read it.
+		return nil, fmt.Errorf("%w: commit format %d (this node reads format %d)", ErrUnsupported, w.Format, commitFormat)
+	case w.Format != commitFormat:
+		return nil, fmt.Errorf("%w: commit format %d is not valid", ErrCodec, w.Format)
 	}
 	if err := ValidateID("saga id", w.SagaID); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCodec, err)
@@ -119,7 +136,11 @@ func DecodeCommit(data []byte) (*Commit, error) {
 	for i, we := range w.Events {
 		spec, ok := eventSpecs[we.Type]
 		if !ok {
-			return nil, fmt.Errorf("%w: event %d has unsupported type %q", ErrCodec, we.ID, we.Type)
+			if ValidateID("event type", string(we.Type)) != nil {
+				return nil, fmt.Errorf("%w: event %d has type %q", ErrCodec, we.ID, we.Type)
+			}
+			// A well-formed name this node does not know: a newer engine's.
+			return nil, fmt.Errorf("%w: event %d has type %s, which this node does not know", ErrUnsupported, we.ID, we.Type)
 		}
 		if i > 0 && we.ID != w.Events[i-1].ID+1 {
 			return nil, fmt.Errorf("%w: event ids not contiguous: %d after %d", ErrCodec, we.ID, w.Events[i-1].ID)

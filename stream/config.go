@@ -105,13 +105,11 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// CheckPayload refuses a user value larger than MaxPayloadSize; what names
-// it in the error.
+// CheckPayload refuses a user value that a reader could not take back:
+// larger than MaxPayloadSize, nested deeper than MaxPayloadDepth, or not
+// msgpack; what names it in the error.
 func (c Config) CheckPayload(what string, p Payload) error {
-	if len(p) > c.MaxPayloadSize {
-		return fmt.Errorf("%w: %s is %d bytes, the payload limit is %d", ErrTooLarge, what, len(p), c.MaxPayloadSize)
-	}
-	return nil
+	return CheckValue(what, p, c.MaxPayloadSize)
 }
 
 // Shard returns the history shard of a saga: FNV-1a of its id modulo the
@@ -159,11 +157,25 @@ func (c Config) SagaIDFromSubject(subject string) (string, error) {
 // TaskStream names the work queue of activity and workflow tasks.
 func (c Config) TaskStream() string { return strings.ToUpper(c.Prefix) + "_TASKS" }
 
-// TaskSubject is the subject the tasks of one activity type are published
-// on.
-func (c Config) TaskSubject(activityType string) string {
-	return c.Prefix + ".task.activity." + activityType
+// TaskSubject is the subject of one scheduled activity's task:
+// <prefix>.task.activity.<type>.<sagaID>.<scheduled event id>. One subject
+// per task lets a publication require that no task of that activity is
+// queued (expected last subject sequence 0), which makes it idempotent for
+// as long as the task exists, not only for the duplicate window.
+func (c Config) TaskSubject(activityType, sagaID string, scheduledEventID uint64) string {
+	return c.Prefix + ".task.activity." + activityType + "." + sagaID + "." + strconv.FormatUint(scheduledEventID, 10)
 }
+
+// ActivityTaskFilter matches the tasks of one activity type.
+func (c Config) ActivityTaskFilter(activityType string) string {
+	return c.Prefix + ".task.activity." + activityType + ".*.*"
+}
+
+// TimersBucket names the key-value bucket of the engine's durable timers.
+func (c Config) TimersBucket() string { return strings.ToUpper(c.Prefix) + "_TIMERS" }
+
+// ActivitiesBucket names the key-value bucket of activity attempt records.
+func (c Config) ActivitiesBucket() string { return strings.ToUpper(c.Prefix) + "_ACTIVITIES" }
 
 // WorkflowTaskConsumer names the durable consumer of a workflow type's
 // tasks, shared by the nodes that register the type. The reference
@@ -220,7 +232,7 @@ func (c Config) taskStreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        c.TaskStream(),
 		Description: "activity and workflow tasks derived from saga histories",
-		Subjects:    []string{c.Prefix + ".task.activity.*", c.Prefix + ".task.workflow.*"},
+		Subjects:    []string{c.Prefix + ".task.activity.*.*.*", c.Prefix + ".task.workflow.*"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     c.Storage,
 		Replicas:    c.Replicas,

@@ -54,6 +54,10 @@ func (r *directReader) route(m *nats.Msg) {
 	}
 }
 
+// lastSequenceHeader names, on each reply of a batch, the sequence of the
+// reply before it.
+const lastSequenceHeader = "Nats-Last-Sequence"
+
 type directGetRequest struct {
 	Seq        uint64 `json:"seq,omitempty"`
 	NextBySubj string `json:"next_by_subj,omitempty"`
@@ -100,6 +104,21 @@ func (r *directReader) get(ctx context.Context, stream string, req directGetRequ
 	if err := r.nc.PublishRequest(subject, r.inboxPrefix+"."+token, body); err != nil {
 		return nil, 0, fmt.Errorf("direct get %s: %w", stream, err)
 	}
+	// A batch arrives as separate messages on the shared subscription, which
+	// may drop some (a slow consumer). The server chains them: each names
+	// the sequence of the one before it (0 for the first) and the end of
+	// batch names the last, so a gap shows.
+	var last uint64
+	chained := func(m *nats.Msg) error {
+		if req.Batch == 0 {
+			return nil
+		}
+		prev, err := strconv.ParseUint(m.Header.Get(lastSequenceHeader), 10, 64)
+		if err != nil || prev != last {
+			return fmt.Errorf("%w: direct get %s: a reply follows sequence %s, the last one received was %d", ErrTornRead, stream, m.Header.Get(lastSequenceHeader), last)
+		}
+		return nil
+	}
 	for {
 		var m *nats.Msg
 		select {
@@ -112,6 +131,9 @@ func (r *directReader) get(ctx context.Context, stream string, req directGetRequ
 			case "404":
 				return msgs, 0, nil
 			case "204": // end of batch
+				if err := chained(m); err != nil {
+					return nil, 0, err
+				}
 				np, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
 				return msgs, np, nil
 			case "503":
@@ -124,6 +146,10 @@ func (r *directReader) get(ctx context.Context, stream string, req directGetRequ
 		if err != nil {
 			return nil, 0, fmt.Errorf("direct get %s: bad sequence header %q", stream, m.Header.Get(jetstream.SequenceHeader))
 		}
+		if err := chained(m); err != nil {
+			return nil, 0, err
+		}
+		last = seq
 		msgs = append(msgs, storedMsg{Subject: m.Header.Get(jetstream.SubjectHeader), Seq: seq, Header: m.Header, Data: m.Data})
 		if req.Batch == 0 {
 			return msgs, 0, nil

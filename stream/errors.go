@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -20,6 +21,10 @@ var (
 	ErrInvalidID = errors.New("invalid identifier")
 	// ErrCodec means bytes that do not decode as what they claim to be.
 	ErrCodec = errors.New("undecodable message")
+	// ErrUnsupported means a well-formed message this node cannot handle:
+	// a newer envelope format or event type, or a size above this node's
+	// limit. Another node (a newer one, or one with larger limits) may.
+	ErrUnsupported = errors.New("message not supported by this node")
 	// ErrTooLarge means a message exceeds the configured maximum size.
 	ErrTooLarge = errors.New("message too large")
 	// ErrNoStream means no stream captures the subject: the streams were
@@ -28,7 +33,43 @@ var (
 	// ErrUnavailable means the stream did not answer in time: its leader
 	// is being elected or its server is restarting. Retrying can succeed.
 	ErrUnavailable = errors.New("history stream unavailable (no leader answered)")
+	// ErrTornRead means a batched read lost messages on the way (a slow
+	// consumer drop on the reply subscription): the reply chain has a gap.
+	// Reading again can succeed.
+	ErrTornRead = errors.New("read lost messages in transit")
 )
+
+// Transient reports whether err may pass if the operation is retried: the
+// server or a stream leader did not answer, a read was torn, a request
+// timed out, or another writer got there first. Everything else (a value
+// too large, a malformed message, an invalid id, a missing stream) fails
+// the same way every time. This is the one classification the engine's
+// retries ask.
+func Transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	switch {
+	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrCodec), errors.Is(err, ErrInvalidID),
+		errors.Is(err, ErrUnsupported), errors.Is(err, ErrNoStream), errors.Is(err, context.Canceled),
+		errors.Is(err, nats.ErrConnectionClosed):
+		return false
+	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrTornRead), errors.Is(err, ErrConcurrency),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrConnectionDraining),
+		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrDisconnected):
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		// 5xx: the server could not serve the request now (no leader,
+		// JetStream starting); 4xx: the request itself is wrong.
+		return apiErr.Code >= 500
+	}
+	// Errors of unknown origin (a network error, say) are retried: the
+	// callers bound their retries.
+	return true
+}
 
 // JetStream API error codes the log reacts to.
 const (
@@ -52,6 +93,11 @@ func apiErrorCode(err error) jetstream.ErrorCode {
 	}
 	return 0
 }
+
+// MapError turns JetStream server errors into the log's errors (for
+// example a wrong-last-sequence reply into ErrConcurrency); other packages
+// that talk to JetStream directly use it too.
+func MapError(err error) error { return mapError(err) }
 
 // mapError is the one place that turns JetStream server errors into the
 // log's errors. The original error stays in the chain.

@@ -201,7 +201,11 @@ type RetryPolicy struct {
 // the defaults does not change a recorded saga.
 type ActivityOptions struct {
 	StartToCloseTimeout time.Duration `msgpack:"start_to_close_timeout" json:"start_to_close_timeout"`
-	RetryPolicy         RetryPolicy   `msgpack:"retry_policy" json:"retry_policy"`
+	// ScheduleToStartTimeout bounds the wait from scheduling to the first
+	// attempt's start (no node runs the type, a backlog, a lost task); 0:
+	// no bound. Whole seconds, rounded up: it runs on a durable timer.
+	ScheduleToStartTimeout time.Duration `msgpack:"schedule_to_start_timeout,omitempty" json:"schedule_to_start_timeout,omitempty"`
+	RetryPolicy            RetryPolicy   `msgpack:"retry_policy" json:"retry_policy"`
 }
 
 // WorkflowExecutionStartedAttrs opens every history.

@@ -101,11 +101,11 @@ func TestEnsureStreamsKeepsTheReplicasOfExistingStreams(t *testing.T) {
 	ctx := setupContext(t, 60*time.Second)
 
 	first := openStore(t, servers[0].Conn(), Config{Replicas: 3})
-	if err := first.EnsureStreams(ctx); err != nil {
+	if err := first.EnsureStreams(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	second := openStore(t, servers[1].Conn(), Config{}) // the default: 1 replica
-	if err := second.EnsureStreams(ctx); err != nil {
+	if err := second.EnsureStreams(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	cfg := second.Config()
@@ -120,11 +120,11 @@ func TestEnsureStreamsKeepsTheReplicasOfExistingStreams(t *testing.T) {
 	}
 
 	single := openStore(t, servers[2].Conn(), Config{Prefix: "single"})
-	if err := single.EnsureStreams(ctx); err != nil {
+	if err := single.EnsureStreams(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	replicated := openStore(t, servers[0].Conn(), Config{Prefix: "single", Replicas: 3})
-	if err := replicated.EnsureStreams(ctx); err != nil {
+	if err := replicated.EnsureStreams(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	name := replicated.Config().HistoryStream(0)
@@ -184,7 +184,7 @@ func TestEnsureRefusesIncompatibleSetups(t *testing.T) {
 		if _, err := js.CreateStream(ctx, operator); err != nil {
 			t.Fatal(err)
 		}
-		err := openStore(t, nc, Config{}).EnsureStreams(ctx)
+		err := openStore(t, nc, Config{}).EnsureStreams(ctx, nil)
 		wantRefusal(t, err, "stream SAGA_HISTORY_0: max_age is 1h0m0s, the engine needs unlimited")
 		if got := streamInfo(t, ctx, js, operator.Name).MaxAge; got != time.Hour {
 			t.Errorf("the refused stream's max age became %s, want it left at 1h", got)
@@ -199,7 +199,7 @@ func TestEnsureRefusesIncompatibleSetups(t *testing.T) {
 		if _, err := js.CreateStream(ctx, operator); err != nil {
 			t.Fatal(err)
 		}
-		err := openStore(t, nc, Config{}).EnsureStreams(ctx)
+		err := openStore(t, nc, Config{}).EnsureStreams(ctx, nil)
 		wantRefusal(t, err, "stream SAGA_TASKS: retention is limits, the engine needs workqueue")
 	})
 
@@ -374,7 +374,7 @@ func TestEnsureConsumerConcurrentCreatesAllSucceed(t *testing.T) {
 		for i, ackWait := range ackWaits {
 			wg.Go(func() {
 				<-start
-				cons, err := EnsureConsumer(ctx, js, cfg.TaskStream(), engineConsumer(name, cfg.TaskSubject(activity), ackWait), nil)
+				cons, err := EnsureConsumer(ctx, js, cfg.TaskStream(), engineConsumer(name, cfg.ActivityTaskFilter(activity), ackWait), nil)
 				if err != nil {
 					errs[i] = err
 					return

@@ -49,7 +49,19 @@ type State struct {
 	LastSeq uint64
 	// OpenActivities are the scheduled activities without a result yet,
 	// by scheduled event id.
-	OpenActivities map[uint64]*ActivityTaskScheduledAttrs
+	OpenActivities map[uint64]OpenActivity
+}
+
+// OpenActivity is a scheduled activity without a result yet.
+type OpenActivity struct {
+	*ActivityTaskScheduledAttrs
+	ScheduledAt time.Time
+}
+
+// Task is the task that runs the activity's given attempt.
+func (a OpenActivity) Task(sagaID string, scheduledEventID uint64, attempt int) ActivityTask {
+	return ActivityTask{SagaID: sagaID, ScheduledEventID: scheduledEventID, ActivityType: a.ActivityType,
+		Input: a.Input, Options: a.Options, ScheduledAt: a.ScheduledAt, Attempt: attempt}
 }
 
 // Exists reports whether the saga has any history.
@@ -87,7 +99,7 @@ func (s *State) applyEvent(e Event) {
 	case *WorkflowExecutionStartedAttrs:
 		s.WorkflowType, s.Version, s.Input, s.RequestID = a.WorkflowType, a.Version, a.Input, a.RequestID
 		s.Status, s.StartedAt = StatusRunning, e.Time
-		s.OpenActivities = map[uint64]*ActivityTaskScheduledAttrs{}
+		s.OpenActivities = map[uint64]OpenActivity{}
 	case *WorkflowExecutionCompletedAttrs:
 		s.Status, s.Output, s.ClosedAt = StatusCompleted, a.Output, e.Time
 	case *WorkflowExecutionFailedAttrs:
@@ -101,7 +113,7 @@ func (s *State) applyEvent(e Event) {
 			s.Status, s.Blocked = StatusRunning, nil
 		}
 	case *ActivityTaskScheduledAttrs:
-		s.OpenActivities[e.ID] = a
+		s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a, ScheduledAt: e.Time}
 	case *ActivityTaskCompletedAttrs:
 		delete(s.OpenActivities, a.ScheduledEventID)
 	case *ActivityTaskFailedAttrs:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -31,6 +32,11 @@ func Open(nc *nats.Conn, cfg Config) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// No value may be larger than a message the server accepts: a limit
+	// above that would let a value through that no append can store.
+	if mp := nc.MaxPayload(); mp > 0 {
+		cfg.MaxPayloadSize = min(cfg.MaxPayloadSize, int(min(int64(cfg.MaxMsgSize), mp)-headerRoom))
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -51,18 +57,19 @@ func (s *Store) Config() Config { return s.cfg }
 // JetStream returns the JetStream handle the store uses.
 func (s *Store) JetStream() jetstream.JetStream { return s.js }
 
-// EnsureStreams creates the history streams of every shard and the task
-// stream where they are missing, and checks the existing ones without
-// changing them (see EnsureStream). JetStream may not be ready right after
-// a server starts (in a cluster, seconds after), so it retries until ctx is
+// EnsureStreams creates the history streams of every shard, the task
+// stream and the dead-letter stream where they are missing, and checks the
+// existing ones without changing them (see EnsureStream); log hears what
+// it kept of an existing stream. JetStream may not be ready right after a
+// server starts (in a cluster, seconds after), so it retries until ctx is
 // done. The configurations in force are then given by StreamConfigInForce.
-func (s *Store) EnsureStreams(ctx context.Context) error {
-	cfgs := []jetstream.StreamConfig{s.cfg.taskStreamConfig()}
+func (s *Store) EnsureStreams(ctx context.Context, log *slog.Logger) error {
+	cfgs := []jetstream.StreamConfig{s.cfg.taskStreamConfig(), s.cfg.DeadLetterStreamConfig()}
 	for shard := range s.cfg.HistoryShards {
 		cfgs = append(cfgs, s.cfg.historyStreamConfig(shard))
 	}
 	for _, sc := range cfgs {
-		inForce, err := EnsureStream(ctx, s.js, sc, nil)
+		inForce, err := EnsureStream(ctx, s.js, sc, log)
 		if err != nil {
 			return err
 		}
@@ -240,7 +247,16 @@ const headerRoom = 4096
 // maximum (or the server's, if lower), less room for the headers, which
 // both limits count.
 func (s *Store) maxMsgSize() int {
-	return min(int(s.cfg.MaxMsgSize), int(s.nc.MaxPayload())) - headerRoom
+	limit := min(int(s.cfg.MaxMsgSize), int(s.nc.MaxPayload()))
+	// An existing stream keeps its own limit (see EnsureStream).
+	s.inForceMu.Lock()
+	for _, sc := range s.inForce {
+		if sc.MaxMsgSize > 0 {
+			limit = min(limit, int(sc.MaxMsgSize))
+		}
+	}
+	s.inForceMu.Unlock()
+	return limit - headerRoom
 }
 
 // landedAfter reports whether the commit right after expectedSeq on the
@@ -321,7 +337,7 @@ func decodeStored(m storedMsg, sagaID string) (StoredCommit, error) {
 // subject, after checking its size against the configured maximum.
 func (s *Store) DecodeDelivered(sagaID, subject string, seq uint64, data []byte) (*Commit, error) {
 	if len(data) > int(s.cfg.MaxMsgSize) {
-		return nil, &CodecError{Subject: subject, Seq: seq, Err: fmt.Errorf("%w: %d bytes", ErrTooLarge, len(data))}
+		return nil, &CodecError{Subject: subject, Seq: seq, Err: fmt.Errorf("%w: commit of %d bytes, this node's limit is %d", ErrUnsupported, len(data), s.cfg.MaxMsgSize)}
 	}
 	c, err := decodeFor(sagaID, data)
 	if err != nil {
@@ -356,7 +372,7 @@ func (s *Store) ReadLatest(ctx context.Context, sagaID string) ([]StoredCommit, 
 	if err := ValidateID("saga id", sagaID); err != nil {
 		return nil, err
 	}
-	last, leaderErr := s.leaderLastSeq(ctx, sagaID)
+	last, leaderErr := s.LastSeqOnLeader(ctx, sagaID)
 	wait := 5 * time.Millisecond
 	// Bounded: the saga's subject may also have been purged in between.
 	giveUp := time.After(catchUpTimeout)
@@ -379,10 +395,13 @@ func (s *Store) ReadLatest(ctx context.Context, sagaID string) ([]StoredCommit, 
 // catchUpTimeout bounds how long ReadLatest waits for a lagging replica.
 const catchUpTimeout = 5 * time.Second
 
-// leaderLastSeq asks the stream's leader (not a direct get, which any
+// LastSeqOnLeader asks the stream's leader (not a direct get, which any
 // replica answers) for the sequence of the saga's last commit; 0 if it
-// has none.
-func (s *Store) leaderLastSeq(ctx context.Context, sagaID string) (uint64, error) {
+// has none. Without a leader (an election) it fails with ErrUnavailable.
+func (s *Store) LastSeqOnLeader(ctx context.Context, sagaID string) (uint64, error) {
+	if err := ValidateID("saga id", sagaID); err != nil {
+		return 0, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, leaderReadTimeout)
 	defer cancel()
 	req, err := json.Marshal(struct {
@@ -416,5 +435,5 @@ func (s *Store) leaderLastSeq(ctx context.Context, sagaID string) (uint64, error
 	return resp.Message.Seq, nil
 }
 
-// leaderReadTimeout bounds the leader's answer to leaderLastSeq.
+// leaderReadTimeout bounds the leader's answer to LastSeqOnLeader.
 const leaderReadTimeout = 2 * time.Second

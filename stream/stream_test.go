@@ -30,7 +30,7 @@ func newStore(t *testing.T) (*stream.Store, *nats.Conn) {
 	t.Cleanup(st.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := st.EnsureStreams(ctx); err != nil {
+	if err := st.EnsureStreams(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	return st, nc
@@ -285,7 +285,7 @@ func BenchmarkAppend(b *testing.B) {
 			}
 			defer st.Close()
 			ctx := context.Background()
-			if err := st.EnsureStreams(ctx); err != nil {
+			if err := st.EnsureStreams(ctx, nil); err != nil {
 				b.Fatal(err)
 			}
 			seq, err := st.Append(ctx, started("bench", "r"), 0)
@@ -312,7 +312,7 @@ func BenchmarkReadHistory(b *testing.B) {
 	}
 	defer st.Close()
 	ctx := context.Background()
-	if err := st.EnsureStreams(ctx); err != nil {
+	if err := st.EnsureStreams(ctx, nil); err != nil {
 		b.Fatal(err)
 	}
 	const sagas, commits = 2000, 10

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -20,30 +21,35 @@ type ActivityTask struct {
 	Input            Payload         `msgpack:"input"`
 	Options          ActivityOptions `msgpack:"options"`
 	ScheduledAt      time.Time       `msgpack:"scheduled_at"`
+	// Attempt is the attempt this task is for, from 1: a task derived from
+	// the history is attempt 1; a retry after a backoff timer carries the
+	// next attempt. How many attempts started is recorded by the worker.
+	Attempt int `msgpack:"attempt"`
 }
 
-// TaskFor derives the task of a scheduled activity.
+// TaskFor derives the first attempt's task of a scheduled activity.
 func TaskFor(e Event) (ActivityTask, bool) {
 	a, ok := e.Attrs.(*ActivityTaskScheduledAttrs)
 	if !ok {
 		return ActivityTask{}, false
 	}
-	return ActivityTask{
-		SagaID:           e.SagaID,
-		ScheduledEventID: e.ID,
-		ActivityType:     a.ActivityType,
-		Input:            a.Input,
-		Options:          a.Options,
-		ScheduledAt:      e.Time,
-	}, true
+	return OpenActivity{ActivityTaskScheduledAttrs: a, ScheduledAt: e.Time}.Task(e.SagaID, e.ID, 1), true
 }
 
-// PublishTask puts an activity task on the task stream. Its Nats-Msg-Id
-// names the scheduled event, which never changes once committed, so
-// publishing the same task again within the duplicate window is a no-op.
+// PublishTask puts an activity task on the task stream, unless a task of
+// the same activity is queued already (then it does nothing): the
+// publication expects its subject, one per activity, to be empty. A task
+// is removed only once its outcome is in the history or its retry is
+// handed to a timer, so a scheduling commit dispatched again, however
+// late, never queues a second task for an activity that still runs. The
+// Nats-Msg-Id (saga, scheduled event, attempt) makes a retried publish a
+// duplicate within the window.
 func (s *Store) PublishTask(ctx context.Context, t ActivityTask) error {
 	if err := ValidateID("activity type", t.ActivityType); err != nil {
 		return err
+	}
+	if t.Attempt < 1 {
+		t.Attempt = 1
 	}
 	data, err := Marshal(&t)
 	if err != nil {
@@ -52,10 +58,15 @@ func (s *Store) PublishTask(ctx context.Context, t ActivityTask) error {
 	if limit := s.maxMsgSize(); len(data) > limit {
 		return fmt.Errorf("%w: task of %d bytes, the limit is %d", ErrTooLarge, len(data), limit)
 	}
-	msg := &nats.Msg{Subject: s.cfg.TaskSubject(t.ActivityType), Data: data}
-	msgID := t.SagaID + ":act:" + strconv.FormatUint(t.ScheduledEventID, 10)
-	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.TaskStream())); err != nil {
-		return fmt.Errorf("publish task %s: %w", msgID, mapError(err))
+	msg := &nats.Msg{Subject: s.cfg.TaskSubject(t.ActivityType, t.SagaID, t.ScheduledEventID), Data: data}
+	msgID := t.SagaID + ":act:" + strconv.FormatUint(t.ScheduledEventID, 10) + ":" + strconv.Itoa(t.Attempt)
+	_, err = s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.TaskStream()),
+		jetstream.WithExpectLastSequencePerSubject(0))
+	if err = mapError(err); errors.Is(err, ErrConcurrency) {
+		return nil // queued already
+	}
+	if err != nil {
+		return fmt.Errorf("publish task %s: %w", msgID, err)
 	}
 	return nil
 }
@@ -117,7 +128,7 @@ func (s *Store) PublishWorkflowTask(ctx context.Context, c *Commit, seq uint64, 
 func (s *Store) DecodeWorkflowTask(data []byte) (WorkflowTask, *Commit, error) {
 	var t WorkflowTask
 	if len(data) > int(s.cfg.MaxMsgSize) {
-		return t, nil, fmt.Errorf("%w: workflow task of %d bytes", ErrTooLarge, len(data))
+		return t, nil, fmt.Errorf("%w: workflow task of %d bytes, this node's limit is %d", ErrUnsupported, len(data), s.cfg.MaxMsgSize)
 	}
 	if err := Unmarshal(data, &t); err != nil {
 		return t, nil, err
@@ -142,7 +153,7 @@ func (s *Store) DecodeWorkflowTask(data []byte) (WorkflowTask, *Commit, error) {
 func (s *Store) DecodeTask(data []byte) (ActivityTask, error) {
 	var t ActivityTask
 	if len(data) > int(s.cfg.MaxMsgSize) {
-		return t, fmt.Errorf("%w: task of %d bytes", ErrTooLarge, len(data))
+		return t, fmt.Errorf("%w: task of %d bytes, this node's limit is %d", ErrUnsupported, len(data), s.cfg.MaxMsgSize)
 	}
 	if err := Unmarshal(data, &t); err != nil {
 		return t, err
@@ -152,6 +163,12 @@ func (s *Store) DecodeTask(data []byte) (ActivityTask, error) {
 	}
 	if err := ValidateID("activity type", t.ActivityType); err != nil {
 		return t, fmt.Errorf("%w: %v", ErrCodec, err)
+	}
+	switch {
+	case t.Attempt < 0:
+		return t, fmt.Errorf("%w: task attempt %d", ErrCodec, t.Attempt)
+	case t.Attempt == 0:
+		t.Attempt = 1 // written before tasks carried their attempt
 	}
 	return t, nil
 }
