@@ -48,9 +48,6 @@ func NewClient(nc *nats.Conn, opts ClientOptions) (*Client, error) {
 // Close releases the client's subscription; the connection stays open.
 func (c *Client) Close() { c.store.Close() }
 
-// Store returns the history log the client reads and writes.
-func (c *Client) Store() *stream.Store { return c.store }
-
 // IfExists says what Start does when the saga id is taken.
 type IfExists int
 

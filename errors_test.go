@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/api"
 	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
@@ -578,7 +579,12 @@ func TestClientErrorsCarrySentinels(t *testing.T) {
 	t.Cleanup(cl.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := cl.Store().EnsureStreams(ctx); err != nil {
+	st, err := stream.Open(srv.Conn(), stream.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	if err := st.EnsureStreams(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -646,7 +652,7 @@ func TestClientErrorsCarrySentinels(t *testing.T) {
 		}
 		defer func() { _ = n.Stop(ctx) }() // never started: releases its resources
 
-		_, err = n.StartJSON(ctx, "shout", worker.StartRequest{Input: json.RawMessage(`"ann"`)})
+		_, err = n.StartJSON(ctx, "shout", api.StartRequest{Input: json.RawMessage(`"ann"`)})
 		if !errors.Is(err, saga.ErrUnknownWorkflowType) || !errors.Is(err, saga.KindValidation) {
 			t.Fatalf("got %v, want ErrUnknownWorkflowType", err)
 		}
@@ -654,7 +660,7 @@ func TestClientErrorsCarrySentinels(t *testing.T) {
 		if !errors.As(err, &e) || e.Context["registered"] != "greet" {
 			t.Fatalf("context %#v", e)
 		}
-		_, err = n.StartJSON(ctx, "greet", worker.StartRequest{Input: json.RawMessage(`{"name":"ann"}`)})
+		_, err = n.StartJSON(ctx, "greet", api.StartRequest{Input: json.RawMessage(`{"name":"ann"}`)})
 		if !errors.Is(err, saga.KindValidation) || !errors.Is(err, stream.ErrCodec) {
 			t.Fatalf("input not fitting: got %v", err)
 		}

@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/api"
 	"github.com/jetsaga/saga/stream"
-	"github.com/jetsaga/saga/worker"
 )
 
 // errSagaNotCompleted: start --wait saw the saga end other than completed.
@@ -42,7 +42,7 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	if err := stream.ValidateID("workflow type", pos[0]); err != nil {
 		return err
 	}
-	req := worker.StartRequest{ID: *id, IfExists: *ifExists, RequestID: *requestID}
+	req := api.StartRequest{ID: *id, IfExists: *ifExists, RequestID: *requestID}
 	if *input != "" {
 		if !json.Valid([]byte(*input)) {
 			return fmt.Errorf("%w: --input is not valid JSON", errUsage)
@@ -54,7 +54,7 @@ func runStart(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	defer nc.Close()
-	var res worker.StartResponse
+	var res api.StartResponse
 	subject := stream.Config{Prefix: conn.prefix}.StartSubject(pos[0])
 	if err := apiRequest(ctx, nc, subject, req, &res); errors.Is(err, errNoNode) {
 		return fmt.Errorf("no node answered on %s: unknown workflow type %q for every running node (or no node runs)", subject, pos[0])
@@ -189,8 +189,8 @@ func runWake(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	defer nc.Close()
-	var res worker.SagaRequest
-	if err := apiRequest(ctx, nc, stream.Config{Prefix: conn.prefix}.APISubject("wake"), worker.SagaRequest{ID: pos[0]}, &res); err != nil {
+	var res api.SagaRequest
+	if err := apiRequest(ctx, nc, stream.Config{Prefix: conn.prefix}.APISubject("wake"), api.SagaRequest{ID: pos[0]}, &res); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "woke %s\n", res.ID)

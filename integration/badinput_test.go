@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +13,10 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/api"
+	"github.com/jetsaga/saga/cli"
 	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
@@ -103,15 +108,25 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 		}
 	})
 
+	st := c.store()
+	cfg := st.Config()
+	js := st.JetStream()
+	// Every malformed message ends in the dead-letter stream, with the
+	// reason, under its subject there.
+	wantDead := map[string]string{}
+	publish := func(t *testing.T, subject string, data []byte, reason string) {
+		t.Helper()
+		ack, err := js.Publish(ctx, subject, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantDead[ack.Stream+":"+strconv.FormatUint(ack.Sequence, 10)] = reason
+	}
+
 	t.Run("non-msgpack history message", func(t *testing.T) {
-		subject := cl.Store().Config().HistorySubject("garbage")
-		if _, err := cl.Store().JetStream().Publish(ctx, subject, []byte("{\"json\": \"not msgpack\"}")); err != nil {
-			t.Fatal(err)
-		}
+		publish(t, cfg.HistorySubject("garbage"), []byte("{\"json\": \"not msgpack\"}"), "undecodable history message")
 		// A crafted header that claims four billion elements.
-		if _, err := cl.Store().JetStream().Publish(ctx, cl.Store().Config().HistorySubject("bomb"), []byte{0xdd, 0xff, 0xff, 0xff, 0xff}); err != nil {
-			t.Fatal(err)
-		}
+		publish(t, cfg.HistorySubject("bomb"), []byte{0xdd, 0xff, 0xff, 0xff, 0xff}, "undecodable history message")
 		_, err := cl.Describe(ctx, "garbage")
 		var ce *stream.CodecError
 		if !errors.Is(err, saga.KindCodec) || !errors.As(err, &ce) || !strings.Contains(err.Error(), "stream sequence") {
@@ -119,13 +134,17 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 		}
 	})
 
-	t.Run("non-msgpack activity task", func(t *testing.T) {
-		subject := cl.Store().Config().TaskSubject(order.StepReserveInventory)
-		for _, data := range [][]byte{[]byte("hello"), {0xdf, 0xff, 0xff, 0xff, 0xff}, {}} {
-			if _, err := cl.Store().JetStream().Publish(ctx, subject, data); err != nil {
-				t.Fatal(err)
-			}
+	t.Run("malformed tasks", func(t *testing.T) {
+		for i, data := range [][]byte{[]byte("hello"), {0xdf, 0xff, 0xff, 0xff, 0xff}, {}} {
+			publish(t, cfg.TaskSubject(order.StepReserveInventory, "bad-task", uint64(i)), data, "undecodable activity task")
 		}
+		// A well-formed task on the subject of another activity.
+		task, err := stream.Marshal(&stream.ActivityTask{SagaID: "elsewhere", ScheduledEventID: 1, ActivityType: order.StepShipOrder, Attempt: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		publish(t, cfg.TaskSubject(order.StepReserveInventory, "bad-task", 9), task, "activity task does not match its subject")
+		publish(t, cfg.WorkflowTaskSubject(order.Workflow.Name()), []byte("not a workflow task"), "undecodable workflow task")
 	})
 
 	t.Run("oversized payloads", func(t *testing.T) {
@@ -134,7 +153,7 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 		if !errors.Is(err, stream.ErrTooLarge) || !errors.Is(err, saga.KindValidation) {
 			t.Errorf("2 MiB start: got %v, want ErrTooLarge", err)
 		}
-		body, _ := json.Marshal(worker.StartRequest{Input: json.RawMessage(`{"order_id":"` + strings.Repeat("y", 900_000) + `"}`)})
+		body, _ := json.Marshal(api.StartRequest{Input: json.RawMessage(`{"order_id":"` + strings.Repeat("y", 900_000) + `"}`)})
 		_, code, desc := apiCall(t, nc, "start.order", body)
 		if code != "400" || !strings.Contains(desc, "too large") {
 			t.Errorf("API start near max payload: %s %.200s", code, desc)
@@ -164,9 +183,7 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 	// A foreign message in an existing history: the saga describes as
 	// blocked (history unreadable) up to the bad message, and Wait says so
 	// instead of waiting forever.
-	if _, err := cl.Store().JetStream().Publish(ctx, cl.Store().Config().HistorySubject("after-bad-input"), []byte("garbage")); err != nil {
-		t.Fatal(err)
-	}
+	publish(t, cfg.HistorySubject("after-bad-input"), []byte("garbage"), "undecodable history message")
 	d2, err := cl.Wait(ctx, "after-bad-input")
 	if err != nil {
 		t.Fatal(err)
@@ -174,5 +191,44 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 	if d2.Status != saga.StatusBlocked || d2.Blocked.Reason != "history_unreadable" || d2.Blocked.AtEventID != 11 ||
 		!strings.Contains(d2.Blocked.Message, "stream sequence") {
 		t.Fatalf("describe after a foreign message: %s %+v", d2.Status, d2.Blocked)
+	}
+
+	// Each malformed message is in the dead-letter stream with its reason,
+	// once, and the command line lists them.
+	var dead []stream.DeadLetter
+	natstest.WaitFor(t, 20*time.Second, "every malformed message in the dead-letter stream", func() bool {
+		dead, err = st.DeadLetters(ctx, 0)
+		return err == nil && len(dead) >= len(wantDead)
+	})
+	if len(dead) != len(wantDead) {
+		t.Fatalf("%d dead letters, want %d: %+v", len(dead), len(wantDead), dead)
+	}
+	for _, dl := range dead {
+		reason, ok := wantDead[dl.Stream+":"+strconv.FormatUint(dl.Sequence, 10)]
+		if !ok || !strings.HasPrefix(dl.Reason, reason) || dl.Node == "" || dl.Size != len(dl.Data) {
+			t.Errorf("dead letter %s:%d %q (want %q)", dl.Stream, dl.Sequence, dl.Reason, reason)
+		}
+	}
+	var out, errOut bytes.Buffer
+	exit := cli.Run(ctx, []string{"dead-letters", "--json", "--nats-url", c.srv.ClientURL()}, cli.Env{Stdout: &out, Stderr: &errOut})
+	var listed []map[string]any
+	if err := json.Unmarshal(out.Bytes(), &listed); exit != cli.ExitOK || err != nil || len(listed) != len(wantDead) {
+		t.Fatalf("saga-node dead-letters --json: exit %d, %v: %s %s", exit, err, out.String(), errOut.String())
+	}
+	for _, l := range listed {
+		for _, key := range []string{"subject", "stream", "sequence", "reason", "time", "size"} {
+			if _, ok := l[key]; !ok {
+				t.Errorf("listed dead letter lacks %q: %v", key, l)
+			}
+		}
+	}
+
+	// And the node still completes sagas.
+	run, err = saga.StartWorkflow(ctx, cl, order.Workflow, orderInput("last"), saga.StartOptions{ID: "after-dead-letters"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run.Get(ctx); err != nil {
+		t.Fatalf("saga after dead letters: %v", err)
 	}
 }

@@ -75,7 +75,7 @@ func benchOrderSagas(b *testing.B, syncAlways bool, inFlight int) {
 	// those as they are published instead of waiting on each saga.
 	done := make(chan struct{}, b.N)
 	var failed atomic.Int64
-	sub, err := clientConn.Subscribe(cl.Store().Config().HistoryFilter(0), func(m *nats.Msg) {
+	sub, err := clientConn.Subscribe(stream.Config{}.Defaults().HistoryFilter(0), func(m *nats.Msg) {
 		c, err := stream.DecodeCommit(m.Data)
 		if err != nil {
 			return

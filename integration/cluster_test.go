@@ -70,11 +70,10 @@ func startCommit(t *testing.T, id, requestID string) *stream.Commit {
 
 // historyLeader names the server leading the history stream, "" while it
 // has none (or the request fails, as it may during an election).
-func historyLeader(ctx context.Context, cl *saga.Client) string {
+func historyLeader(ctx context.Context, st *stream.Store) string {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	cfg := cl.Store().Config()
-	s, err := cl.Store().JetStream().Stream(ctx, cfg.HistoryStream(0))
+	s, err := st.JetStream().Stream(ctx, st.Config().HistoryStream(0))
 	if err != nil || s.CachedInfo().Cluster == nil {
 		return ""
 	}
@@ -118,15 +117,18 @@ func TestClusterOfThreeServers(t *testing.T) {
 
 	nodes := make([]*testNode, len(servers))
 	clients := make([]*saga.Client, len(servers))
+	stores := make([]*stream.Store, len(servers))
 	for i, srv := range servers {
 		c := &cluster{t: t, srv: srv}
 		nodes[i] = c.node(worker.Options{Stream: cfg, NodeName: fmt.Sprintf("node-%d", i)}, svc.Definitions()...)
-		cl, err := saga.NewClient(srv.Conn(), saga.ClientOptions{Stream: cfg, Logger: testLogger()})
+		nc := srv.Conn()
+		cl, err := saga.NewClient(nc, saga.ClientOptions{Stream: cfg, Logger: testLogger()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(cl.Close)
 		clients[i] = cl
+		stores[i] = rawStore(t, nc)
 	}
 	ctx := ctxTimeout(t, 2*time.Minute)
 	total := 0
@@ -168,7 +170,7 @@ func TestClusterOfThreeServers(t *testing.T) {
 			commit := startCommit(t, id, fmt.Sprintf("request-%d", i))
 			wg.Go(func() {
 				if errs[i] = b.wait(ctx); errs[i] == nil {
-					_, errs[i] = clients[i%3].Store().Append(ctx, commit, 0)
+					_, errs[i] = stores[i%3].Append(ctx, commit, 0)
 				}
 			})
 		}
@@ -211,7 +213,7 @@ func TestClusterOfThreeServers(t *testing.T) {
 	}
 	var leader string
 	natstest.WaitFor(t, 10*time.Second, "the history stream's leader", func() bool {
-		leader = historyLeader(ctx, clients[0])
+		leader = historyLeader(ctx, stores[0])
 		return leader != ""
 	})
 	killed := -1
@@ -241,7 +243,7 @@ func TestClusterOfThreeServers(t *testing.T) {
 	t.Logf("killed %s, the history stream's leader", leader)
 	// The results are recorded while the survivors elect a new leader.
 	close(gate.release)
-	survivor := clients[(killed+1)%3]
+	survivor := stores[(killed+1)%3]
 	natstest.WaitFor(t, 30*time.Second, "a new history stream leader", func() bool {
 		l := historyLeader(ctx, survivor)
 		return l != "" && l != leader

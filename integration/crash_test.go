@@ -179,7 +179,8 @@ func TestNodeKilledBeforeAckingActivityTask(t *testing.T) {
 	assertCompletedOnce(t, ctx, cl, "crash-2", svc)
 	// The unacknowledged reserve-inventory task comes back after AckWait
 	// and is acknowledged without running the activity again.
-	tasks, err := cl.Store().JetStream().Stream(ctx, cl.Store().Config().TaskStream())
+	st := c.store()
+	tasks, err := st.JetStream().Stream(ctx, st.Config().TaskStream())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,6 +97,21 @@ func (c *cluster) client() *saga.Client {
 	return cl
 }
 
+// rawStore opens the history log on nc, for tests that read or write
+// below the client (a foreign writer, a forged history).
+func rawStore(t *testing.T, nc *nats.Conn) *stream.Store {
+	t.Helper()
+	st, err := stream.Open(nc, stream.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return st
+}
+
+// store opens the history log on a connection of its own.
+func (c *cluster) store() *stream.Store { return rawStore(c.t, c.srv.Conn()) }
+
 func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)

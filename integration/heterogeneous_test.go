@@ -81,7 +81,7 @@ func TestUnpublishableActivityTaskFailsTheActivity(t *testing.T) {
 	})
 	c.node(worker.Options{}, wf)
 	now := time.Now()
-	st := cl.Store()
+	st := c.store()
 	seq, err := st.Append(ctx, &stream.Commit{SagaID: "forged", WorkflowType: "lenient", Decided: true, Events: []stream.Event{
 		{ID: 0, Type: stream.WorkflowExecutionStarted, Time: now, Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: "lenient", Version: 1}},
 		{ID: 1, Type: stream.ActivityTaskScheduled, Time: now, Attrs: &stream.ActivityTaskScheduledAttrs{ActivityType: "not.a.token"}},

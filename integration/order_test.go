@@ -72,14 +72,15 @@ func TestOrderSagaCompletes(t *testing.T) {
 	// with the decision that follows it) and three activity tasks. The
 	// node that dispatches the start runs the workflow, so it decides at
 	// once rather than through a workflow task.
-	commits, err := cl.Store().Read(ctx, "order-1", 0)
+	st := c.store()
+	commits, err := st.Read(ctx, "order-1", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(commits) != 5 {
 		t.Fatalf("%d commits, want 5", len(commits))
 	}
-	tasks, err := cl.Store().JetStream().Stream(ctx, cl.Store().Config().TaskStream())
+	tasks, err := st.JetStream().Stream(ctx, st.Config().TaskStream())
 	if err != nil {
 		t.Fatal(err)
 	}
