@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/api"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -21,36 +22,6 @@ import (
 // registers, so a start reaches a node that can check its input, and no
 // responders means no node runs the type. See docs/api.md for the wire
 // format.
-
-// StartRequest is the body of <prefix>.api.start.<workflow type>.
-type StartRequest struct {
-	ID    string          `json:"id,omitempty"`
-	Input json.RawMessage `json:"input,omitempty"`
-	// IfExists is "fail" (the default) or "use_existing".
-	IfExists string `json:"if_exists,omitempty"`
-	// RequestID makes a retried start of the same id succeed when the
-	// first attempt created the saga (see saga.StartOptions.RequestID).
-	RequestID string `json:"request_id,omitempty"`
-}
-
-// StartResponse answers a start.
-type StartResponse struct {
-	ID       string `json:"id"`
-	Existing bool   `json:"existing,omitempty"`
-}
-
-// SagaRequest is the body of describe, history and wake.
-type SagaRequest struct {
-	ID string `json:"id"`
-}
-
-// API error codes, in the Nats-Service-Error-Code header.
-const (
-	codeBadRequest = "400"
-	codeNotFound   = "404"
-	codeConflict   = "409"
-	codeInternal   = "500"
-)
 
 // apiTimeout bounds the work behind one request.
 const apiTimeout = 30 * time.Second
@@ -96,7 +67,7 @@ func (n *Node) startAPI() error {
 func (n *Node) async(h func(context.Context, *apiRequest)) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
 		if !n.track() {
-			_ = req.Error("503", "node stopping", nil)
+			_ = req.Error(api.CodeUnavailable, "node stopping", nil)
 			return
 		}
 		detached := &apiRequest{nc: n.nc, reply: req.Reply(), data: req.Data()}
@@ -120,7 +91,7 @@ type apiRequest struct {
 func (r *apiRequest) respondJSON(v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
-		r.error(codeInternal, "encode response: "+err.Error(), nil)
+		r.error(api.CodeInternal, "encode response: "+err.Error(), nil)
 		return
 	}
 	r.respond(&nats.Msg{Data: body})
@@ -153,7 +124,7 @@ func decodeRequest(req *apiRequest, v any) error {
 }
 
 func (n *Node) apiStart(ctx context.Context, req *apiRequest, workflowType string) {
-	var r StartRequest
+	var r api.StartRequest
 	if err := decodeRequest(req, &r); err != nil {
 		respondError(req, err)
 		return
@@ -163,13 +134,13 @@ func (n *Node) apiStart(ctx context.Context, req *apiRequest, workflowType strin
 		respondError(req, err)
 		return
 	}
-	req.respondJSON(StartResponse{ID: res.ID, Existing: res.Existing})
+	req.respondJSON(api.StartResponse{ID: res.ID, Existing: res.Existing})
 }
 
 // StartJSON starts a saga from a JSON input, checking first that the
 // workflow type is registered on this node and that the input decodes into
 // its input type. The API and the CLI start sagas this way.
-func (n *Node) StartJSON(ctx context.Context, workflowType string, r StartRequest) (saga.StartResult, error) {
+func (n *Node) StartJSON(ctx context.Context, workflowType string, r api.StartRequest) (saga.StartResult, error) {
 	if err := stream.ValidateID("workflow type", workflowType); err != nil {
 		return saga.StartResult{}, &saga.Error{Kind: saga.KindValidation, Message: "start", Cause: err}
 	}
@@ -201,7 +172,7 @@ func (n *Node) StartJSON(ctx context.Context, workflowType string, r StartReques
 // with what do returns as JSON.
 func sagaEndpoint(do func(ctx context.Context, id string) (any, error)) func(context.Context, *apiRequest) {
 	return func(ctx context.Context, req *apiRequest) {
-		var r SagaRequest
+		var r api.SagaRequest
 		if err := decodeRequest(req, &r); err != nil {
 			respondError(req, err)
 			return
@@ -224,7 +195,7 @@ func (n *Node) apiHistory(ctx context.Context, id string) (any, error) {
 }
 
 func (n *Node) apiWake(ctx context.Context, id string) (any, error) {
-	return SagaRequest{ID: id}, n.Wake(ctx, id)
+	return api.SagaRequest{ID: id}, n.Wake(ctx, id)
 }
 
 // respondError answers with an error code, the error's text and its
@@ -234,14 +205,14 @@ func respondError(req *apiRequest, err error) {
 	if !errors.As(err, &e) {
 		e = &saga.Error{Kind: saga.KindUnknown, Message: err.Error()}
 	}
-	code := codeInternal
+	code := api.CodeInternal
 	switch {
 	case errors.Is(err, saga.ErrAlreadyStarted):
-		code = codeConflict
+		code = api.CodeConflict
 	case errors.Is(err, saga.ErrNotFound), errors.Is(err, saga.ErrUnknownWorkflowType):
-		code = codeNotFound
+		code = api.CodeNotFound
 	case errors.Is(err, saga.KindValidation), errors.Is(err, saga.KindCodec):
-		code = codeBadRequest
+		code = api.CodeBadRequest
 	}
 	body, _ := json.Marshal(e.Structured())
 	// The description travels in a header: one line.

@@ -3,26 +3,17 @@ package worker
 import (
 	"container/list"
 	"sync"
-
-	"github.com/jetsaga/saga/replay"
-	"github.com/jetsaga/saga/stream"
 )
 
-// sagaEntry is what a node knows of one saga. Its mutex serialises all
-// work on the saga within the node; other nodes are kept out by the
-// optimistic concurrency of appends.
+// sagaEntry is a saga in the node's cache. Its mutex serialises all work
+// on the saga within the node; other nodes are kept out by the optimistic
+// concurrency of appends.
 type sagaEntry struct {
-	id string
-	mu sync.Mutex
-
-	// state is the saga folded up to state.LastSeq; nil when unknown.
-	state *stream.State
-	// machine runs the workflow code, fed the same events as state; nil
-	// when the workflow is not registered here or cannot be replayed.
-	machine *replay.Machine
-	// noMachine is set when replay failed on this node: rebuilding would
-	// fail the same way until the saga is woken.
-	noMachine bool
+	mu   sync.Mutex
+	view sagaView
+	// deadlocks counts the deadlock verdicts this node reached on the saga;
+	// it outlives resets of the view (each verdict resets it).
+	deadlocks int
 
 	// guarded by the cache's mutex
 	refs    int
@@ -30,13 +21,7 @@ type sagaEntry struct {
 	evicted bool
 }
 
-// reset forgets everything but the id.
-func (e *sagaEntry) reset() {
-	if e.machine != nil {
-		e.machine.Close()
-	}
-	e.state, e.machine, e.noMachine = nil, nil, false
-}
+func (e *sagaEntry) id() string { return e.view.id }
 
 // sagaCache keeps recently used sagas, bounded in number, so that the next
 // step of a saga usually needs neither a read nor a replay.
@@ -56,7 +41,7 @@ func (c *sagaCache) acquire(id string) *sagaEntry {
 	c.mu.Lock()
 	e := c.entries[id]
 	if e == nil {
-		e = &sagaEntry{id: id}
+		e = &sagaEntry{view: sagaView{id: id}}
 		e.elem = c.lru.PushFront(e)
 		c.entries[id] = e
 	} else {
@@ -73,7 +58,7 @@ func (c *sagaCache) acquire(id string) *sagaEntry {
 func (c *sagaCache) release(e *sagaEntry, done bool) {
 	var closing []*sagaEntry
 	if done {
-		e.reset()
+		e.view.reset()
 	}
 	e.mu.Unlock()
 	c.mu.Lock()
@@ -92,14 +77,14 @@ func (c *sagaCache) release(e *sagaEntry, done bool) {
 	c.mu.Unlock()
 	// Nobody holds these entries any more: closing needs no lock.
 	for _, old := range closing {
-		old.reset()
+		old.view.reset()
 	}
 }
 
 func (c *sagaCache) remove(e *sagaEntry) {
 	e.evicted = true
 	c.lru.Remove(e.elem)
-	delete(c.entries, e.id)
+	delete(c.entries, e.id())
 }
 
 // close drops every entry; the node has stopped using them.
@@ -107,7 +92,7 @@ func (c *sagaCache) close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, e := range c.entries {
-		e.reset()
+		e.view.reset()
 	}
 	c.entries = map[string]*sagaEntry{}
 	c.lru.Init()

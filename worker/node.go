@@ -2,17 +2,21 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"log/slog"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/internal/clock"
+	"github.com/jetsaga/saga/kv"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -20,21 +24,25 @@ import (
 // streams. Nodes are stateless: any number of them share the work, and any
 // of them can take over a saga from one that died.
 type Node struct {
-	opts   Options
-	reg    *saga.Registry
-	nc     *nats.Conn
-	store  *stream.Store
-	client *saga.Client
-	log    *slog.Logger
-	hooks  *Hooks
-	cache  *sagaCache
-	stats  nodeStats
+	opts      Options
+	reg       *saga.Registry
+	nc        *nats.Conn
+	store     *stream.Store
+	client    *saga.Client
+	log       *slog.Logger
+	hooks     *Hooks
+	clock     clock.Clock
+	cache     *sagaCache
+	stats     nodeStats
+	timersCfg kv.TimersConfig
+	timers    *kv.Timers
+	attempts  *attemptStore
 
-	mu     sync.Mutex
-	state  nodeState
-	runCtx context.Context // canceled by StopAndCancel: aborts in-flight work
-	cancel context.CancelFunc
-	loops  []*fetchLoop
+	mu        sync.Mutex
+	state     nodeState
+	runCtx    context.Context // canceled by StopAndCancel: aborts in-flight work
+	cancel    context.CancelFunc
+	consumers []*consumer
 
 	// handlers counts in-flight message handlers, API requests and wakes;
 	// once closing is set no more are admitted (see track).
@@ -55,7 +63,7 @@ const (
 
 // nodeStats counts what a node did; see Stats.
 type nodeStats struct {
-	commits, conflicts, replays, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activityRetries atomic.Int64
+	commits, conflicts, replays, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activityRetries, deadLetters atomic.Int64
 }
 
 // Stats is a snapshot of a node's counters since it started.
@@ -64,8 +72,7 @@ type Stats struct {
 	Commits int64
 	// Conflicts: appends that lost to another writer and were retried.
 	Conflicts int64
-	// Replays: workflow states this node rebuilt by replaying history
-	// (sagas new to its cache).
+	// Replays: workflow states this node rebuilt by replaying history.
 	Replays int64
 	// HistoryReads: direct-get reads of saga histories (the whole history,
 	// or its last commit to check that the cache is current).
@@ -79,6 +86,8 @@ type Stats struct {
 	ActivitiesRun int64
 	// ActivityRetries: attempts that failed and were scheduled again.
 	ActivityRetries int64
+	// DeadLetters: messages this node set aside in the dead-letter stream.
+	DeadLetters int64
 }
 
 // New returns a node for the definitions in reg, using nc, which stays
@@ -97,15 +106,21 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 		store.Close()
 		return nil, err
 	}
+	cfg := store.Config()
+	timersCfg := kv.TimersConfig{Bucket: cfg.TimersBucket(), Replicas: cfg.Replicas, Storage: cfg.Storage, MarkerTTL: opts.TimerMarkerTTL}
 	return &Node{
-		opts:   opts,
-		reg:    reg,
-		nc:     nc,
-		store:  store,
-		client: client,
-		log:    opts.Logger.With("node", opts.NodeName),
-		hooks:  opts.Hooks,
-		cache:  newSagaCache(opts.CacheSize),
+		opts:      opts,
+		reg:       reg,
+		nc:        nc,
+		store:     store,
+		client:    client,
+		log:       opts.Logger.With("node", opts.NodeName),
+		hooks:     opts.Hooks,
+		clock:     opts.Clock,
+		cache:     newSagaCache(opts.CacheSize),
+		timersCfg: timersCfg,
+		timers:    kv.NewTimers(store.JetStream(), timersCfg, opts.Clock),
+		attempts:  &attemptStore{js: store.JetStream(), bucket: cfg.ActivitiesBucket(), purgeTTL: time.Minute},
 	}, nil
 }
 
@@ -126,20 +141,24 @@ func (n *Node) Stats() Stats {
 		WorkflowTasksPublished: n.stats.workflowTasksPublished.Load(),
 		ActivitiesRun:          n.stats.activitiesRun.Load(),
 		ActivityRetries:        n.stats.activityRetries.Load(),
+		DeadLetters:            n.stats.deadLetters.Load(),
 	}
 }
 
-// Start creates or updates the streams and consumers and starts consuming:
-// every node dispatches history commits; a node consumes the workflow and
-// activity tasks of the types it registers. Start can be called once.
+// Start creates what is missing of the engine's streams, buckets and
+// consumers (it never changes what exists: see stream.EnsureStream), then
+// starts its services in order: the consumers (every node dispatches
+// history commits and fires timers; a node consumes the workflow and
+// activity tasks of the types it registers), then the API. Start can be
+// called once.
 func (n *Node) Start(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.state != nodeNew {
 		return saga.NewError(saga.KindConfiguration, "node already started")
 	}
-	if err := n.store.EnsureStreams(ctx); err != nil {
-		return &saga.Error{Kind: saga.KindEventStore, Message: "set up streams", Cause: err}
+	if err := n.setUp(ctx); err != nil {
+		return err
 	}
 	n.runCtx, n.cancel = context.WithCancel(context.Background())
 	n.state = nodeRunning
@@ -169,58 +188,119 @@ func (n *Node) Start(ctx context.Context) error {
 	return nil
 }
 
-// dispatcherName is the durable consumer of every history stream that
-// derives tasks from commits. All nodes share it.
-const dispatcherName = "saga-dispatch"
-
-// startConsumers starts the dispatcher on every history shard, and a
-// consumer of workflow tasks per registered workflow type and of activity
-// tasks per registered activity type.
-func (n *Node) startConsumers(ctx context.Context) error {
-	js := n.store.JetStream()
-	cfg := n.opts.Stream
-	consumer := func(stream, durable, description, filter string) (jetstream.Consumer, error) {
-		return js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
-			Durable:       durable,
-			Description:   description,
-			FilterSubject: filter,
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       n.opts.AckWait,
-			MaxDeliver:    -1,
-			MaxAckPending: 10_000,
-		})
+// setUp creates what is missing of the streams and buckets.
+func (n *Node) setUp(ctx context.Context) error {
+	if err := n.store.EnsureStreams(ctx, n.log); err != nil {
+		kind := saga.KindEventStore
+		if errors.Is(err, stream.ErrIncompatibleSetup) {
+			kind = saga.KindConfiguration
+		}
+		return &saga.Error{Kind: kind, Message: "set up streams", Cause: err}
 	}
+	js := n.store.JetStream()
+	if _, err := stream.EnsureKeyValue(ctx, js, n.timersCfg.KeyValueConfig(), n.log); err != nil {
+		return &saga.Error{Kind: saga.KindTimerStore, Message: "set up timers bucket", Cause: err}
+	}
+	cfg := n.store.Config()
+	_, err := stream.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      cfg.ActivitiesBucket(),
+		Description: "attempts started of open activities",
+		History:     1,
+		Replicas:    cfg.Replicas,
+		Storage:     cfg.Storage,
+		// Removed records leave a marker this long (see attemptStore.remove).
+		LimitMarkerTTL: time.Hour,
+	}, n.log)
+	if err != nil {
+		return &saga.Error{Kind: saga.KindTaskQueue, Message: "set up activities bucket", Cause: err}
+	}
+	return nil
+}
+
+// Durable consumer names. All nodes share them.
+const (
+	// dispatcherName is the durable consumer of every history stream that
+	// derives effects from commits.
+	dispatcherName = "saga-dispatch"
+	// timersName is the durable consumer of fired timers.
+	timersName = "saga-timers"
+)
+
+// startConsumers starts the dispatcher on every history shard, the timers
+// consumer, and a consumer of workflow tasks per registered workflow type
+// and of activity tasks per registered activity type.
+func (n *Node) startConsumers(ctx context.Context) error {
+	cfg := n.store.Config()
+	// One pool of slots per kind of work, shared by its consumers, so that
+	// the concurrency settings bound the node as a whole.
 	dispatchSlots := make(chan struct{}, n.opts.WorkflowConcurrency)
 	for shard := range cfg.HistoryShards {
-		cons, err := consumer(cfg.HistoryStream(shard), dispatcherName, "commits to derive activity and workflow tasks from", cfg.HistoryFilter(shard))
-		if err := n.addLoop(cons, err, "dispatch", dispatchSlots, n.handleCommit); err != nil {
+		if err := n.addConsumer(ctx, cfg.HistoryStream(shard), dispatcherName, "commits to derive effects from", cfg.HistoryFilter(shard), dispatchSlots, dispatcher{n}); err != nil {
 			return err
 		}
 	}
-	// One pool of slots per kind of task, shared by the types, so that the
-	// concurrency settings bound the node as a whole.
+	if err := n.addConsumer(ctx, n.timersCfg.StreamName(), timersName, "fired timers", n.timersCfg.FilterSubject(), dispatchSlots, firedTimers{n}); err != nil {
+		return err
+	}
 	workflowSlots := make(chan struct{}, n.opts.WorkflowConcurrency)
 	for _, name := range n.reg.WorkflowNames() {
-		cons, err := consumer(cfg.TaskStream(), stream.WorkflowTaskConsumer(name), "workflow tasks of "+name, cfg.WorkflowTaskSubject(name))
-		if err := n.addLoop(cons, err, "workflow "+name, workflowSlots, n.handleWorkflowTask); err != nil {
+		if err := n.addConsumer(ctx, cfg.TaskStream(), stream.WorkflowTaskConsumer(name), "workflow tasks of "+name, cfg.WorkflowTaskSubject(name), workflowSlots, workflowTasks{n}); err != nil {
 			return err
 		}
 	}
 	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
 	for _, name := range n.reg.ActivityNames() {
-		cons, err := consumer(cfg.TaskStream(), stream.ActivityTaskConsumer(name), "tasks of activity "+name, cfg.TaskSubject(name))
-		if err := n.addLoop(cons, err, "activity "+name, activitySlots, n.handleTask); err != nil {
+		if err := n.addConsumer(ctx, cfg.TaskStream(), stream.ActivityTaskConsumer(name), "tasks of activity "+name, cfg.ActivityTaskFilter(name), activitySlots, activityTasks{n}); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// Stop drains the node: it stops taking messages and requests, waits for
-// the ones in progress to finish, then releases its resources. If ctx ends
-// first, in-flight work is canceled as by StopAndCancel. Safe to call more
-// than once.
+// addConsumer creates the durable consumer if it is missing (an existing
+// one keeps its settings) and starts a loop on it.
+func (n *Node) addConsumer(ctx context.Context, streamName, durable, description, filter string, slots chan struct{}, h handler) error {
+	cons, err := stream.EnsureConsumer(ctx, n.store.JetStream(), streamName, jetstream.ConsumerConfig{
+		Durable:       durable,
+		Description:   description,
+		FilterSubject: filter,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       n.opts.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 10_000,
+	}, n.log)
+	if err != nil {
+		return &saga.Error{Kind: saga.KindTaskQueue, Message: "set up consumer " + durable + " on " + streamName, Cause: err}
+	}
+	c := newConsumer(n, streamName, cons, slots, h)
+	if err := n.checkAckWait(streamName, c); err != nil {
+		return &saga.Error{Kind: saga.KindConfiguration, Message: "consumer " + durable, Cause: err}
+	}
+	n.consumers = append(n.consumers, c)
+	c.start()
+	return nil
+}
+
+// checkAckWait refuses a consumer whose AckWait reaches half its stream's
+// duplicate window: a message redelivered that late could publish its
+// effects again after the window forgot the first ones.
+func (n *Node) checkAckWait(streamName string, c *consumer) error {
+	sc, ok := n.store.StreamConfigInForce(streamName)
+	if !ok || sc.Duplicates <= 0 {
+		return nil // a bucket's stream: its effects do not rely on the window
+	}
+	if aw := c.currentAckWait(); aw >= sc.Duplicates/2 {
+		return fmt.Errorf("AckWait %s is at least half the duplicate window %s of stream %s: lower it (nats consumer edit) or widen the window", aw, sc.Duplicates, streamName)
+	}
+	return nil
+}
+
+// Stop drains the node: it stops taking messages and requests, gives back
+// the messages it holds but has not started, waits for the ones in
+// progress to finish, then releases its resources. If ctx ends first,
+// in-flight work is canceled as by StopAndCancel. Safe to call more than
+// once.
 func (n *Node) Stop(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -262,9 +342,10 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 		// a node that has stopped answering.
 		_ = n.nc.FlushTimeout(time.Second)
 	}
-	// No new messages: the loops stop fetching and return unused slots.
-	for _, l := range n.loops {
-		l.stop()
+	// No new messages: the consumers stop fetching and give back what they
+	// hold for a slot.
+	for _, c := range n.consumers {
+		c.stopFetching()
 	}
 	n.trackMu.Lock()
 	n.closing = true
@@ -292,17 +373,25 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 				<-waited
 				n.cache.close()
 			}()
+			n.closeConsumers()
 			n.client.Close()
 			n.store.Close()
 			return err
 		}
 	}
 	n.cancel()
+	n.closeConsumers()
 	n.cache.close()
 	n.client.Close()
 	n.store.Close()
 	n.log.Info("node stopped", "drained", !cancelNow && err == nil)
 	return err
+}
+
+func (n *Node) closeConsumers() {
+	for _, c := range n.consumers {
+		c.close()
+	}
 }
 
 // stopGrace is how long a stop whose context ended still waits for
@@ -329,8 +418,10 @@ func (n *Node) untrack() {
 
 // Wake re-evaluates a saga now: a node that runs the saga's workflow drops
 // what it cached, replays the history and appends the decision the code
-// makes, if any. Use it after deploying code that fixes a blocked saga. A
-// node without the workflow passes the wake on to one with it.
+// makes, if any, then queues again the tasks of its open activities that
+// are missing. Use it after deploying code that fixes a blocked saga, or
+// when a saga waits on work that was lost. A node without the workflow
+// passes the wake on to one with it.
 func (n *Node) Wake(ctx context.Context, sagaID string) error {
 	if err := stream.ValidateID("saga id", sagaID); err != nil {
 		return &saga.Error{Kind: saga.KindValidation, Message: "wake", Cause: err}
@@ -356,26 +447,22 @@ func (n *Node) Wake(ctx context.Context, sagaID string) error {
 	return nil
 }
 
-// wakeHere drops what the node cached of the saga and decides on it from
-// its whole history, blocking it at once if it cannot be replayed.
+// wakeHere drops what the node cached of the saga, decides on it from its
+// whole history (blocking it at once if it cannot be replayed), and queues
+// again whatever its open activities miss.
 func (n *Node) wakeHere(ctx context.Context, sagaID string) error {
 	e := n.cache.acquire(sagaID)
-	e.reset()
+	e.view.reset()
+	e.deadlocks = 0
 	n.cache.release(e, false)
-	return n.advance(ctx, advanceRequest{sagaID: sagaID, decide: true, lastChance: true})
-}
-
-// nakDelay is the redelivery delay after the n-th failed delivery of a
-// message because of a transient error (NATS unavailable, say).
-func nakDelay(delivered uint64) time.Duration {
-	d := 100 * time.Millisecond << min(delivered, 7)
-	return min(d, 10*time.Second)
-}
-
-func metadata(msg jetstream.Msg) (*jetstream.MsgMetadata, error) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		return nil, fmt.Errorf("message metadata: %w", err)
+	if err := n.advance(ctx, advanceRequest{sagaID: sagaID, decide: true, wake: true}); err != nil {
+		return err
 	}
-	return meta, nil
+	e = n.cache.acquire(sagaID)
+	defer n.cache.release(e, false)
+	if err := n.catchUp(ctx, &e.view, nil, readLatest); err != nil {
+		e.view.reset()
+		return err
+	}
+	return n.rederive(ctx, e.view.state)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nuid"
 
+	"github.com/jetsaga/saga/internal/clock"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -37,8 +38,10 @@ type Options struct {
 	CacheSize int
 	// AckWait is how long JetStream waits for a node to acknowledge a
 	// message before giving it to another node: the time to take over from
-	// a node that died. Long activities extend it while they run.
-	// Defaults to 30s.
+	// a node that died. Nodes heartbeat what they hold at a third of it.
+	// It applies when a node creates a shared consumer; a consumer that
+	// exists keeps its own, and every node follows that one. It must stay
+	// under half the streams' duplicate window. Defaults to 30s.
 	AckWait time.Duration
 	// DefaultActivityTimeout bounds one activity attempt when neither the
 	// activity nor the call sets a timeout (the manual's
@@ -47,10 +50,19 @@ type Options struct {
 	// DeadlockTimeout bounds how long workflow code may run between two
 	// engine calls before the saga is blocked as deadlocked. Defaults to 1s.
 	DeadlockTimeout time.Duration
+	// TimerMarkerTTL is how long the server keeps the marker of a durable
+	// timer that fell due: the longest outage of every node after which
+	// due timers (retry backoffs, timeouts) still fire. Used when the
+	// timers bucket is created; an existing bucket keeps its own. Defaults
+	// to 24h.
+	TimerMarkerTTL time.Duration
 	// DisableAPI turns off the request/reply API service.
 	DisableAPI bool
 	// Hooks are test seams; nil in production.
 	Hooks *Hooks
+	// Clock tells the node the time; tests may move it by hand. Defaults
+	// to the system clock.
+	Clock clock.Clock
 }
 
 // Hooks let tests stop a node at precise points.
@@ -93,6 +105,12 @@ func (o Options) withDefaults() Options {
 	if o.DeadlockTimeout == 0 {
 		o.DeadlockTimeout = time.Second
 	}
+	if o.TimerMarkerTTL == 0 {
+		o.TimerMarkerTTL = 24 * time.Hour
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real
+	}
 	return o
 }
 
@@ -109,6 +127,12 @@ func (o Options) validate() error {
 		return fmt.Errorf("worker options: CacheSize must be positive, got %d", o.CacheSize)
 	case o.AckWait < time.Second:
 		return fmt.Errorf("worker options: AckWait must be at least 1s, got %s", o.AckWait)
+	case o.AckWait >= o.Stream.DuplicateWindow/2:
+		// A message redelivered after the window could publish its
+		// effects again after the window forgot the first ones.
+		return fmt.Errorf("worker options: AckWait %s must be under half the duplicate window (%s)", o.AckWait, o.Stream.DuplicateWindow)
+	case o.TimerMarkerTTL < time.Second:
+		return fmt.Errorf("worker options: TimerMarkerTTL must be at least 1s, got %s", o.TimerMarkerTTL)
 	}
 	return nil
 }

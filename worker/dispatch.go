@@ -1,0 +1,81 @@
+package worker
+
+import (
+	"context"
+	"errors"
+
+	"github.com/jetsaga/saga/stream"
+)
+
+// dispatcher handles every history commit, on the durable consumer all
+// nodes share: it carries out each event's effects (see effects) and, if the
+// commit holds inputs the workflow has not decided on, decides on them when
+// this node runs the workflow, or else publishes a workflow task for the
+// nodes that do. The commit is acked only when all that is done; effects
+// are idempotent and deciding is idempotent, so a redelivery is safe.
+type dispatcher struct{ n *Node }
+
+func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
+	n := h.n
+	sagaID, err := n.store.Config().SagaIDFromSubject(d.msg.Subject())
+	if err != nil {
+		return deadLetter("history message on an invalid subject", err)
+	}
+	d.log = d.log.With("saga_id", sagaID)
+	commit, err := n.store.DecodeDelivered(sagaID, d.msg.Subject(), d.meta.Sequence.Stream, d.msg.Data())
+	switch {
+	case errors.Is(err, stream.ErrUnsupported):
+		// Written by a newer engine, or larger than this node's limit: the
+		// shared dispatcher must leave it to a node that can read it.
+		return nakAfter(unsupportedDelay(d), "decode commit (leaving it to a node that can)", err)
+	case err != nil:
+		// Not written by the engine. The saga's history shows the bad
+		// message to anyone who reads it (describe: blocked,
+		// history_unreadable); the message itself is set aside.
+		return deadLetter("undecodable history message", err)
+	}
+	for _, e := range commit.Events {
+		if effect := effects[e.Type]; effect != nil {
+			if err := effect(ctx, n, e); err != nil {
+				return n.commitFailed(ctx, d, "carry out "+string(e.Type), err)
+			}
+		}
+	}
+	if !commit.NeedsDecision() {
+		return ack()
+	}
+	if _, ok := n.reg.Workflow(commit.WorkflowType); ok {
+		// Saves a workflow task's round trip.
+		delivered := &stream.StoredCommit{Seq: d.meta.Sequence.Stream, Commit: commit}
+		err := n.advance(ctx, advanceRequest{sagaID: sagaID, delivered: delivered, decide: true})
+		if err == nil {
+			return ack()
+		}
+		if !isNewerCode(err) {
+			return n.commitFailed(ctx, d, "decide", err)
+		}
+		// Newer code wrote this history: a workflow task reaches the
+		// nodes that run the workflow, newer ones among them.
+		d.log.Info("leaving the decision to a node with newer workflow code", "err", err)
+	}
+	if err := n.store.PublishWorkflowTask(ctx, commit, d.meta.Sequence.Stream, d.msg.Data()); err != nil {
+		return n.commitFailed(ctx, d, "publish workflow task", err)
+	}
+	n.stats.workflowTasksPublished.Add(1)
+	return ack()
+}
+
+// commitFailed is the outcome of a commit (or workflow task) whose handling
+// failed: set aside when the saga's history cannot be read, left alone when
+// the node stops, retried later otherwise.
+func (n *Node) commitFailed(ctx context.Context, d *delivery, what string, err error) outcome {
+	switch {
+	case ctx.Err() != nil || errors.Is(err, context.Canceled):
+		return leave()
+	case isHistoryProblem(err):
+		return deadLetter(what+": the saga's history is unreadable", err)
+	case errors.Is(err, stream.ErrInvalidID), errors.Is(err, stream.ErrCodec):
+		return deadLetter(what, err)
+	}
+	return retryLater(d, what, err)
+}

@@ -1,0 +1,117 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/kv"
+	"github.com/jetsaga/saga/stream"
+)
+
+// effects is the one table of what the dispatcher derives from a committed
+// event: the work outside the history that the event asks for. Every
+// effect is idempotent, since a commit may be dispatched more than once.
+// A new kind of command (a timer, a cancellation) adds its entry here, and,
+// if its effect must exist for as long as the command is open, a case in
+// rederive.
+var effects = map[stream.EventType]func(ctx context.Context, n *Node, e stream.Event) error{
+	stream.ActivityTaskScheduled: dispatchActivity,
+}
+
+// Kinds of the engine's durable timers (see package kv).
+const (
+	// timerRetry queues the task of an activity's next attempt once its
+	// retry backoff has passed.
+	timerRetry = "retry"
+	// timerScheduleToStart times out an activity whose first attempt did
+	// not start in time.
+	timerScheduleToStart = "s2s"
+)
+
+// dispatchActivity queues the first attempt's task of a scheduled activity
+// and arms its schedule-to-start timeout, if it has one.
+func dispatchActivity(ctx context.Context, n *Node, e stream.Event) error {
+	task, _ := stream.TaskFor(e)
+	return n.queueActivity(ctx, task)
+}
+
+// queueActivity puts an activity's task on the task stream (a no-op when
+// one is queued already) and, for its first attempt, arms the
+// schedule-to-start timeout.
+func (n *Node) queueActivity(ctx context.Context, task stream.ActivityTask) error {
+	err := n.store.PublishTask(ctx, task)
+	if errors.Is(err, stream.ErrInvalidID) || errors.Is(err, stream.ErrCodec) || errors.Is(err, stream.ErrTooLarge) {
+		// A task that can never be published (an activity type that is not
+		// a subject token, say, from a foreign writer): the workflow gets
+		// the error as the activity's failure instead of a saga that waits
+		// forever.
+		n.log.Error("activity task cannot be published; failing the activity", "saga_id", task.SagaID, "err", err)
+		return n.failUnpublishable(ctx, task, err)
+	}
+	if err != nil {
+		return err
+	}
+	n.stats.tasksPublished.Add(1)
+	if d := task.Options.ScheduleToStartTimeout; d > 0 && task.Attempt == 1 {
+		t := kv.Timer{Kind: timerScheduleToStart, SagaID: task.SagaID, EventID: task.ScheduledEventID, Due: task.ScheduledAt.Add(d)}
+		if err := n.timers.Schedule(ctx, t); err != nil {
+			return fmt.Errorf("arm schedule-to-start timeout: %w", err)
+		}
+	}
+	return nil
+}
+
+// rederive carries out again the effects of whatever is still open in a
+// saga: the task of each open activity, for the attempt after those that
+// started. A task lost for any reason (set aside, a stream purged by hand)
+// is queued again; one still queued is left as it is. An operator's wake
+// does this.
+func (n *Node) rederive(ctx context.Context, st *stream.State) error {
+	if !st.Exists() || st.Status.Terminal() {
+		return nil
+	}
+	ids := make([]uint64, 0, len(st.OpenActivities))
+	for id := range st.OpenActivities {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		rec, _, found, err := n.attempts.get(ctx, st.SagaID, id)
+		if err != nil {
+			return err
+		}
+		if found && rec.TimedOut {
+			continue
+		}
+		attempt := 1
+		if found {
+			attempt = rec.Started + 1
+		}
+		if err := n.queueActivity(ctx, st.OpenActivities[id].Task(st.SagaID, id, attempt)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// failUnpublishable records a non-retryable failure for an activity whose
+// task cannot be published.
+func (n *Node) failUnpublishable(ctx context.Context, task stream.ActivityTask, cause error) error {
+	failure := activityFailure(task, 0, &stream.Failure{Kind: string(saga.KindValidation), Message: cause.Error(), NonRetryable: true})
+	return n.closeActivity(ctx, task.SagaID, task.ScheduledEventID, stream.Event{Type: stream.ActivityTaskFailed,
+		Attrs: &stream.ActivityTaskFailedAttrs{ScheduledEventID: task.ScheduledEventID, Failure: failure}})
+}
+
+// closeActivity appends an event that closes an activity that never
+// started, if it is still open.
+func (n *Node) closeActivity(ctx context.Context, sagaID string, scheduledEventID uint64, closing stream.Event) error {
+	return n.advance(ctx, advanceRequest{sagaID: sagaID, needEvent: &scheduledEventID, inputs: func(st *stream.State) []stream.Event {
+		if _, open := st.OpenActivities[scheduledEventID]; !open {
+			return nil
+		}
+		return []stream.Event{closing}
+	}})
+}

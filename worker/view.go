@@ -1,0 +1,256 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/stream"
+)
+
+// sagaView is what a node knows of one saga: its history folded into a
+// state, the events themselves, and the workflow code replayed over them.
+// The three move together, through its methods only, so that they cannot
+// drift apart:
+//
+//   - len(events) == state.NextEventID: the view holds the whole history it
+//     folded, from event 0, so a machine can be rebuilt without a read;
+//   - a machine, when there is one, has been fed exactly those events, plus,
+//     while a decision is being made, the inputs of that decision
+//     (speculative) until the append says whether they landed.
+//
+// check verifies the invariant; the tests call it after every step.
+type sagaView struct {
+	id string
+
+	state   *stream.State // nil: nothing known
+	events  []stream.Event
+	machine *replay.Machine
+	// speculative counts the events fed to the machine beyond the state:
+	// the inputs of a decision whose append is not settled.
+	speculative int
+	// noMachine is set when the code could not be replayed here: building
+	// again would fail the same way until the saga is woken, or another
+	// node decides.
+	noMachine bool
+}
+
+// known reports whether the view holds the saga's history.
+func (v *sagaView) known() bool { return v.state != nil }
+
+// reset forgets the history; the next use reads it again.
+func (v *sagaView) reset() {
+	v.dropMachine()
+	v.state, v.events, v.noMachine = nil, nil, false
+}
+
+func (v *sagaView) dropMachine() {
+	if v.machine != nil {
+		v.machine.Close()
+	}
+	v.machine, v.speculative = nil, 0
+}
+
+// load replaces what the view holds by a history read from its start.
+func (v *sagaView) load(commits []stream.StoredCommit) error {
+	v.reset()
+	v.state = &stream.State{}
+	return v.apply(commits)
+}
+
+// apply folds commits that continue the history into the state and feeds
+// them to the machine. A commit that does not continue it is an error
+// wrapping stream.ErrCodec: only a writer outside the engine makes one.
+func (v *sagaView) apply(commits []stream.StoredCommit) error {
+	if v.speculative > 0 {
+		// The machine saw inputs that are not in this history.
+		v.dropMachine()
+	}
+	start := len(v.events)
+	for _, sc := range commits {
+		if err := v.state.Apply(sc); err != nil {
+			v.events = v.events[:start]
+			return &stream.CodecError{Subject: v.id, Seq: sc.Seq, Err: err}
+		}
+		v.events = append(v.events, sc.Commit.Events...)
+	}
+	if v.machine != nil && len(v.events) > start {
+		if err := v.machine.Feed(v.events[start:]...); err != nil {
+			// The next decision rebuilds the machine and meets the error
+			// again if it was not a stale cache.
+			v.dropMachine()
+		}
+	}
+	return nil
+}
+
+// buildMachine replays the view's history into a new machine.
+func (v *sagaView) buildMachine(cfg replay.Config) error {
+	v.dropMachine()
+	m := replay.New(cfg)
+	if err := m.Feed(v.events...); err != nil {
+		m.Close()
+		return err
+	}
+	v.machine = m
+	return nil
+}
+
+// feedSpeculative feeds the inputs of a decision to the machine before the
+// append that records them.
+func (v *sagaView) feedSpeculative(inputs []stream.Event) error {
+	v.speculative += len(inputs)
+	return v.machine.Feed(inputs...)
+}
+
+// committed folds the commit the node just appended at seq. The machine
+// already saw its first fed events (the decision's inputs); it is fed the
+// rest (what the code proposed, as the history now records it).
+func (v *sagaView) committed(c *stream.Commit, seq uint64, fed int) error {
+	if err := v.state.Apply(stream.StoredCommit{Seq: seq, Commit: c}); err != nil {
+		return err
+	}
+	v.events = append(v.events, c.Events...)
+	v.speculative = 0
+	if v.machine != nil {
+		if err := v.machine.Feed(c.Events[fed:]...); err != nil {
+			v.dropMachine()
+		}
+	}
+	return nil
+}
+
+// abandon undoes the speculation of a decision whose append failed: a
+// machine that saw inputs that did not land saw events in an order the
+// history may never have; it is dropped (and rebuilt from the events in
+// memory when needed). A machine that only proposed commands stays: it
+// catches up with whatever the other writer appended.
+func (v *sagaView) abandon() {
+	if v.speculative > 0 {
+		v.dropMachine()
+	}
+}
+
+// check reports a broken invariant.
+func (v *sagaView) check() error {
+	if v.state == nil {
+		if len(v.events) > 0 || v.machine != nil {
+			return errors.New("view without state holds events or a machine")
+		}
+		return nil
+	}
+	if uint64(len(v.events)) != v.state.NextEventID {
+		return fmt.Errorf("view holds %d events, state is at event %d", len(v.events), v.state.NextEventID)
+	}
+	for i, e := range v.events {
+		if e.ID != uint64(i) {
+			return fmt.Errorf("view event %d has id %d", i, e.ID)
+		}
+	}
+	if v.machine != nil && v.machine.Err() == nil && v.machine.NextEventID() != v.state.NextEventID+uint64(v.speculative) {
+		return fmt.Errorf("machine fed %d events, state at %d with %d speculative", v.machine.NextEventID(), v.state.NextEventID, v.speculative)
+	}
+	return nil
+}
+
+// How catchUp treats a saga the node already knows.
+type freshness int
+
+const (
+	// trustCache appends on what the cache knows; a stale cache shows up as
+	// a concurrency conflict, after which the saga is read again.
+	trustCache freshness = iota
+	// readLatest checks the saga's last commit first (one cheap direct get)
+	// and reads what the view lacks.
+	readLatest
+)
+
+// catchUp makes the view current enough to append on.
+//
+// A delivered commit that continues what the view holds is applied without
+// a read; so is the first commit of a saga the node does not know.
+// Otherwise a saga the node does not know is read in full.
+func (n *Node) catchUp(ctx context.Context, v *sagaView, delivered *stream.StoredCommit, fresh freshness) error {
+	if delivered != nil {
+		switch {
+		case v.known() && delivered.Seq <= v.state.LastSeq:
+			return nil // seen already (often: our own append)
+		case v.known() && delivered.Commit.FirstEventID() == v.state.NextEventID:
+			return v.apply([]stream.StoredCommit{*delivered})
+		case !v.known() && delivered.Commit.FirstEventID() == 0:
+			return v.load([]stream.StoredCommit{*delivered})
+		}
+	}
+	if !v.known() {
+		n.stats.historyReads.Add(1)
+		commits, err := n.store.Read(ctx, v.id, 0)
+		if err != nil {
+			return err
+		}
+		return v.load(commits)
+	}
+	if delivered == nil && fresh == trustCache {
+		return nil
+	}
+	n.stats.historyReads.Add(1)
+	last, err := n.store.Last(ctx, v.id)
+	if errors.Is(err, stream.ErrNotFound) {
+		return nil // purged under our feet; nothing to catch up on
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case last.Seq <= v.state.LastSeq:
+		return nil
+	case last.Commit.FirstEventID() == v.state.NextEventID:
+		return v.apply([]stream.StoredCommit{last})
+	}
+	commits, err := n.store.Read(ctx, v.id, v.state.LastSeq)
+	if err != nil {
+		return err
+	}
+	return v.apply(commits)
+}
+
+// machineFor returns the view's machine, replaying the history it holds
+// (no read) when it has none.
+func (n *Node) machineFor(v *sagaView, decide bool) (*replay.Machine, error) {
+	if v.machine != nil {
+		return v.machine, nil
+	}
+	if v.noMachine {
+		if v.state.Status == stream.StatusBlocked {
+			return nil, errAlreadyBlocked
+		}
+		// Another node decided since this one blocked the saga: try again.
+		v.noMachine = false
+	}
+	wf, err := n.workflowFor(v.state, decide)
+	if err != nil {
+		return nil, err
+	}
+	if v.state.Version > wf.Version {
+		return nil, fmt.Errorf("%w: the saga runs version %d of workflow %s, this node's code is version %d",
+			errNewerCode, v.state.Version, wf.Name, wf.Version)
+	}
+	if err := v.buildMachine(n.machineConfig(v.id, wf)); err != nil {
+		return nil, err
+	}
+	n.stats.replays.Add(1)
+	return v.machine, nil
+}
+
+func (n *Node) machineConfig(sagaID string, wf *saga.RegisteredWorkflow) replay.Config {
+	return replay.Config{
+		SagaID:           sagaID,
+		WorkflowType:     wf.Name,
+		Workflow:         wf.Func,
+		Logger:           n.log,
+		DeadlockTimeout:  n.opts.DeadlockTimeout,
+		ActivityDefaults: stream.ActivityOptions{StartToCloseTimeout: n.opts.DefaultActivityTimeout},
+		MaxPayloadSize:   n.store.Config().MaxPayloadSize,
+	}
+}
