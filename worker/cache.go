@@ -4,7 +4,7 @@ import (
 	"container/list"
 	"sync"
 
-	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/internal/replay"
 	"github.com/jetsaga/saga/stream"
 )
 

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/jetsaga/saga"
-	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/internal/replay"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -175,7 +175,7 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceReques
 	}
 	if err == nil {
 		d.fedInputs = len(inputs) > 0
-		if err = m.Feed(inputs...); err == nil {
+		if err = m.Feed(ctx, inputs...); err == nil {
 			next := st.NextEventID + uint64(len(inputs))
 			if st.Status == stream.StatusBlocked {
 				// The code replays now (new code, or a woken saga): say so,
@@ -330,7 +330,7 @@ func (n *Node) newMachine(e *sagaEntry, wf *saga.RegisteredWorkflow, commits []s
 	})
 	// One Feed for the whole history, so that code replaying an early input
 	// already sees the markers recorded after it.
-	if err := m.Feed(eventsUpTo(commits, e.state.LastSeq)...); err != nil {
+	if err := m.Feed(context.TODO(), eventsUpTo(commits, e.state.LastSeq)...); err != nil {
 		m.Close()
 		return nil, err
 	}
@@ -424,7 +424,7 @@ func (n *Node) applyCommits(e *sagaEntry, commits []stream.StoredCommit) error {
 		}
 	}
 	if e.machine != nil {
-		if err := e.machine.Feed(eventsUpTo(commits, e.state.LastSeq)...); err != nil {
+		if err := e.machine.Feed(context.TODO(), eventsUpTo(commits, e.state.LastSeq)...); err != nil {
 			// The next decision rebuilds the machine from the history, and
 			// reports the error again if it was not a stale cache.
 			n.log.Debug("cached machine rejected history", "saga_id", e.id, "err", err)
@@ -456,7 +456,7 @@ func (n *Node) committed(e *sagaEntry, c *stream.Commit, seq uint64, inputs int)
 		return false
 	}
 	if e.machine != nil {
-		if err := e.machine.Feed(c.Events[inputs:]...); err != nil {
+		if err := e.machine.Feed(context.TODO(), c.Events[inputs:]...); err != nil {
 			e.machine.Close()
 			e.machine = nil
 		}
