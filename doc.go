@@ -21,6 +21,10 @@
 // ctx.GetVersion; otherwise replay detects the difference and blocks the
 // saga instead of corrupting it.
 //
+// A Context carries a cancellation scope: WithCancel stops waiting for
+// work that is no longer needed, and NewDisconnectedContext gives cleanup,
+// such as compensation, a context that cancellation does not reach.
+//
 // A Registry holds the definitions a node runs (package worker); a Client
 // starts sagas, waits for them and reads their state and history.
 package saga

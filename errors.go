@@ -54,6 +54,9 @@ var (
 	ErrUnknownWorkflowType = errors.New("unknown workflow type")
 	// ErrBlocked: the engine stopped driving the saga (see Description.Blocked).
 	ErrBlocked = errors.New("saga is blocked")
+	// ErrCanceled: a workflow context was canceled (see WithCancel). It is
+	// matched by Context.Err and by Future.Get in a canceled context.
+	ErrCanceled = errors.New("canceled")
 	// ErrUnavailable: JetStream did not answer in time (a leader election,
 	// a server restarting); the operation may succeed when retried. A start
 	// that failed this way is safe to retry with the same RequestID.

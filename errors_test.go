@@ -542,6 +542,7 @@ func TestSentinelsMatchAfterWrapping(t *testing.T) {
 		"ErrInvalidID":           saga.ErrInvalidID,
 		"ErrUnknownWorkflowType": saga.ErrUnknownWorkflowType,
 		"ErrBlocked":             saga.ErrBlocked,
+		"ErrCanceled":            saga.ErrCanceled,
 	}
 	for name, s := range sentinels {
 		wraps := map[string]error{

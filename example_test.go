@@ -375,6 +375,50 @@ func ExampleNewWorkflow() {
 	// "" name is required true
 }
 
+// WithCancel stops waiting for work that is no longer needed: the first
+// quote to arrive wins, and canceling the other's context means nothing
+// waits for it (the activity itself still runs to its end).
+func ExampleWithCancel() {
+	quoteA := saga.NewActivity[string, int]("quote-a", nil) // implemented by the suppliers' adapters
+	quoteB := saga.NewActivity[string, int]("quote-b", nil)
+	_ = saga.NewWorkflow("first-quote", 1, func(ctx saga.Context, sku string) (int, error) {
+		quotes, cancel := saga.WithCancel(ctx)
+		defer cancel()
+		a := saga.ExecuteActivity(quotes, quoteA, sku)
+		b := saga.ExecuteActivity(quotes, quoteB, sku)
+		ctx.Await(func() bool { return a.Ready() || b.Ready() })
+		first := a
+		if !a.Ready() {
+			first = b
+		}
+		cancel()
+		return first.Get(ctx) // its result is in: the cancellation came after it
+	})
+}
+
+// Compensation runs in a disconnected context, so that it still runs when
+// the context of the steps it undoes was canceled.
+func ExampleNewDisconnectedContext() {
+	book := saga.NewActivity[string, string]("book-room", nil)
+	unbook := saga.NewActivity[string, bool]("unbook-room", nil)
+	pay := saga.NewActivity[string, string]("pay", nil)
+	_ = saga.NewWorkflow("trip", 1, func(ctx saga.Context, trip string) (string, error) {
+		booking, err := saga.ExecuteActivity(ctx, book, trip).Get(ctx)
+		if err != nil {
+			return "", err
+		}
+		receipt, err := saga.ExecuteActivity(ctx, pay, trip).Get(ctx)
+		if err != nil { // failed, or ctx canceled while paying
+			cleanup := saga.NewDisconnectedContext(ctx)
+			if _, cerr := saga.ExecuteActivity(cleanup, unbook, booking).Get(cleanup); cerr != nil {
+				return "", saga.Errorf(saga.KindCompensation, "unbook %s: %w", booking, cerr)
+			}
+			return "", err
+		}
+		return receipt, nil
+	})
+}
+
 // Errors carry a kind, matched with errors.Is anywhere in a chain, and
 // key/value context, read with errors.As.
 func ExampleError() {

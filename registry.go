@@ -6,7 +6,7 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/internal/replay"
 	"github.com/jetsaga/saga/stream"
 )
 

@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"log/slog"
-	"time"
 
-	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/internal/replay"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -57,7 +55,7 @@ func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (strea
 			return nil, ToFailure(Errorf(KindCodec, "workflow %s: decode input: %w", w.name, err), KindCodec)
 		}
 	}
-	out, err := w.run(Context{env: env}, in)
+	out, err := w.run(Context{env: env, scope: env.RootScope()}, in)
 	if err != nil {
 		return nil, ToFailure(err, KindWorkflowExecution).Bounded()
 	}
@@ -88,51 +86,6 @@ func typedPayloadFromJSON[T any](doc []byte) (stream.Payload, error) {
 	return stream.Marshal(v)
 }
 
-// Context is what workflow code gets instead of a context.Context. It
-// answers from history on replay, so its methods are the deterministic
-// replacements of time.Now, go statements and the like.
-type Context struct {
-	env *replay.Env
-}
-
-// SagaID returns the saga's id.
-func (c Context) SagaID() string { return c.env.SagaID() }
-
-// WorkflowType returns the saga's workflow type id.
-func (c Context) WorkflowType() string { return c.env.WorkflowType() }
-
-// Now returns the time of the event the workflow is reacting to; use it
-// instead of time.Now.
-func (c Context) Now() time.Time { return c.env.Now() }
-
-// IsReplaying reports whether the code is re-running recorded decisions.
-func (c Context) IsReplaying() bool { return c.env.IsReplaying() }
-
-// Logger logs from workflow code, once per decision however often the code
-// is replayed.
-func (c Context) Logger() *slog.Logger { return c.env.Logger() }
-
-// GetVersion makes a change to workflow code safe for sagas already
-// running: it returns the version recorded for changeID, DefaultVersion
-// for sagas that reached this point before the change existed, and
-// maxSupported for new ones. Branch on the result; raise minSupported
-// when no saga on an old branch is left.
-func (c Context) GetVersion(changeID string, minSupported, maxSupported int) int {
-	return c.env.GetVersion(changeID, minSupported, maxSupported)
-}
-
-// DefaultVersion is what GetVersion returns for sagas that predate a change.
-const DefaultVersion = replay.DefaultVersion
-
-// Go runs fn as another thread of the workflow, deterministically
-// interleaved with the others. Use it instead of a go statement.
-func (c Context) Go(fn func(Context)) {
-	c.env.Go(func(env *replay.Env) { fn(Context{env: env}) })
-}
-
-// Await blocks until cond returns true. cond may only read workflow state.
-func (c Context) Await(cond func() bool) { c.env.Await(cond) }
-
 // Future is the result of an activity, ready once history holds it.
 type Future[T any] struct {
 	f        *replay.Future
@@ -140,18 +93,26 @@ type Future[T any] struct {
 	activity string
 }
 
-// Ready reports whether Get would return without blocking.
+var _ Awaitable = (*Future[int])(nil)
+
+// Ready reports whether Get would return without blocking (in a context
+// that is not canceled).
 func (f *Future[T]) Ready() bool { return f.err != nil || f.f.Ready() }
 
 // Get waits for the activity's result. A failed activity gives an *Error
 // of kind ActivityExecution (or Timeout) whose cause is the activity's own
-// error as it was recorded.
+// error as it was recorded. When ctx, or the context the activity was
+// started in, is canceled before the result arrives, Get returns at once
+// with an *Error of kind Cancelled that matches ErrCanceled.
 func (f *Future[T]) Get(ctx Context) (T, error) {
 	var out T
 	if f.err != nil {
 		return out, f.err
 	}
-	value, failure := f.f.Get()
+	value, failure, canceled := f.f.Get(ctx.scope)
+	if canceled {
+		return out, canceledError("activity " + f.activity)
+	}
 	if failure != nil {
 		return out, FromFailure(failure)
 	}
@@ -165,7 +126,12 @@ func (f *Future[T]) Get(ctx Context) (T, error) {
 
 // ExecuteActivity schedules an activity and returns the future of its
 // result. It does not block: call Get on the future, or schedule several
-// activities first to run them in parallel.
+// activities first to run them in parallel. In a canceled ctx it
+// schedules nothing and the future fails at once with an error matching
+// ErrCanceled.
+//
+// Canceling ctx later makes the future report the cancellation to its
+// waiters; the activity itself still runs to its end.
 func ExecuteActivity[In, Out any](ctx Context, act *Activity[In, Out], in In, opts ...ActivityOption) *Future[Out] {
 	if err := stream.ValidateID("activity type", act.name); err != nil {
 		// Checked here, deterministically, so that no task for it is ever
@@ -184,7 +150,7 @@ func ExecuteActivity[In, Out any](ctx Context, act *Activity[In, Out], in In, op
 	if err := ctx.env.CheckPayload("input of activity "+act.name, input); err != nil {
 		return &Future[Out]{err: &Error{Kind: KindValidation, Message: "execute activity", Cause: err}, activity: act.name}
 	}
-	return &Future[Out]{f: ctx.env.ScheduleActivity(act.name, input, o), activity: act.name}
+	return &Future[Out]{f: ctx.env.ScheduleActivity(ctx.scope, act.name, input, o), activity: act.name}
 }
 
 // SideEffect runs fn once, records its result in history and returns the

@@ -9,7 +9,7 @@ import (
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/internal/backoff"
-	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/internal/replay"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -142,7 +142,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 		seq, err := n.store.Append(ctx, d.commit, st.LastSeq)
 		if err == nil {
 			n.hooks.afterAppend(ctx, req.sagaID, d.commit)
-			if err := v.committed(d.commit, seq, d.fed); err != nil {
+			if err := v.committed(ctx, d.commit, seq, d.fed); err != nil {
 				v.reset()
 				return nil // appended; the next use reads the history again
 			}
@@ -204,12 +204,12 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceReques
 	st := v.state
 	var d decision
 	events := inputs
-	m, err := n.machineFor(v, req.decide)
+	m, err := n.machineFor(ctx, v, req.decide)
 	if err == nil && forceBlock != nil {
 		err = forceBlock
 	}
 	if err == nil {
-		if err = v.feedSpeculative(inputs); err == nil {
+		if err = v.feedSpeculative(ctx, inputs); err == nil {
 			d.fed = len(inputs)
 			next := st.NextEventID + uint64(len(inputs))
 			if st.Status == stream.StatusBlocked {

@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/jetsaga/saga"
-	"github.com/jetsaga/saga/replay"
+	"github.com/jetsaga/saga/internal/replay"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -54,16 +54,16 @@ func (v *sagaView) dropMachine() {
 }
 
 // load replaces what the view holds by a history read from its start.
-func (v *sagaView) load(commits []stream.StoredCommit) error {
+func (v *sagaView) load(ctx context.Context, commits []stream.StoredCommit) error {
 	v.reset()
 	v.state = &stream.State{}
-	return v.apply(commits)
+	return v.apply(ctx, commits)
 }
 
 // apply folds commits that continue the history into the state and feeds
 // them to the machine. A commit that does not continue it is an error
 // wrapping stream.ErrCodec: only a writer outside the engine makes one.
-func (v *sagaView) apply(commits []stream.StoredCommit) error {
+func (v *sagaView) apply(ctx context.Context, commits []stream.StoredCommit) error {
 	if v.speculative > 0 {
 		// The machine saw inputs that are not in this history.
 		v.dropMachine()
@@ -77,7 +77,7 @@ func (v *sagaView) apply(commits []stream.StoredCommit) error {
 		v.events = append(v.events, sc.Commit.Events...)
 	}
 	if v.machine != nil && len(v.events) > start {
-		if err := v.machine.Feed(v.events[start:]...); err != nil {
+		if err := v.machine.Feed(ctx, v.events[start:]...); err != nil {
 			// The next decision rebuilds the machine and meets the error
 			// again if it was not a stale cache.
 			v.dropMachine()
@@ -87,10 +87,10 @@ func (v *sagaView) apply(commits []stream.StoredCommit) error {
 }
 
 // buildMachine replays the view's history into a new machine.
-func (v *sagaView) buildMachine(cfg replay.Config) error {
+func (v *sagaView) buildMachine(ctx context.Context, cfg replay.Config) error {
 	v.dropMachine()
 	m := replay.New(cfg)
-	if err := m.Feed(v.events...); err != nil {
+	if err := m.Feed(ctx, v.events...); err != nil {
 		m.Close()
 		return err
 	}
@@ -100,22 +100,22 @@ func (v *sagaView) buildMachine(cfg replay.Config) error {
 
 // feedSpeculative feeds the inputs of a decision to the machine before the
 // append that records them.
-func (v *sagaView) feedSpeculative(inputs []stream.Event) error {
+func (v *sagaView) feedSpeculative(ctx context.Context, inputs []stream.Event) error {
 	v.speculative += len(inputs)
-	return v.machine.Feed(inputs...)
+	return v.machine.Feed(ctx, inputs...)
 }
 
 // committed folds the commit the node just appended at seq. The machine
 // already saw its first fed events (the decision's inputs); it is fed the
 // rest (what the code proposed, as the history now records it).
-func (v *sagaView) committed(c *stream.Commit, seq uint64, fed int) error {
+func (v *sagaView) committed(ctx context.Context, c *stream.Commit, seq uint64, fed int) error {
 	if err := v.state.Apply(stream.StoredCommit{Seq: seq, Commit: c}); err != nil {
 		return err
 	}
 	v.events = append(v.events, c.Events...)
 	v.speculative = 0
 	if v.machine != nil {
-		if err := v.machine.Feed(c.Events[fed:]...); err != nil {
+		if err := v.machine.Feed(ctx, c.Events[fed:]...); err != nil {
 			v.dropMachine()
 		}
 	}
@@ -178,9 +178,9 @@ func (n *Node) catchUp(ctx context.Context, v *sagaView, delivered *stream.Store
 		case v.known() && delivered.Seq <= v.state.LastSeq:
 			return nil // seen already (often: our own append)
 		case v.known() && delivered.Commit.FirstEventID() == v.state.NextEventID:
-			return v.apply([]stream.StoredCommit{*delivered})
+			return v.apply(ctx, []stream.StoredCommit{*delivered})
 		case !v.known() && delivered.Commit.FirstEventID() == 0:
-			return v.load([]stream.StoredCommit{*delivered})
+			return v.load(ctx, []stream.StoredCommit{*delivered})
 		}
 	}
 	if !v.known() {
@@ -189,7 +189,7 @@ func (n *Node) catchUp(ctx context.Context, v *sagaView, delivered *stream.Store
 		if err != nil {
 			return err
 		}
-		return v.load(commits)
+		return v.load(ctx, commits)
 	}
 	if delivered == nil && fresh == trustCache {
 		return nil
@@ -206,18 +206,18 @@ func (n *Node) catchUp(ctx context.Context, v *sagaView, delivered *stream.Store
 	case last.Seq <= v.state.LastSeq:
 		return nil
 	case last.Commit.FirstEventID() == v.state.NextEventID:
-		return v.apply([]stream.StoredCommit{last})
+		return v.apply(ctx, []stream.StoredCommit{last})
 	}
 	commits, err := n.store.Read(ctx, v.id, v.state.LastSeq)
 	if err != nil {
 		return err
 	}
-	return v.apply(commits)
+	return v.apply(ctx, commits)
 }
 
 // machineFor returns the view's machine, replaying the history it holds
 // (no read) when it has none.
-func (n *Node) machineFor(v *sagaView, decide bool) (*replay.Machine, error) {
+func (n *Node) machineFor(ctx context.Context, v *sagaView, decide bool) (*replay.Machine, error) {
 	if v.machine != nil {
 		return v.machine, nil
 	}
@@ -236,7 +236,7 @@ func (n *Node) machineFor(v *sagaView, decide bool) (*replay.Machine, error) {
 		return nil, fmt.Errorf("%w: the saga runs version %d of workflow %s, this node's code is version %d",
 			errNewerCode, v.state.Version, wf.Name, wf.Version)
 	}
-	if err := v.buildMachine(n.machineConfig(v.id, wf)); err != nil {
+	if err := v.buildMachine(ctx, n.machineConfig(v.id, wf)); err != nil {
 		return nil, err
 	}
 	n.stats.replays.Add(1)

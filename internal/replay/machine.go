@@ -11,10 +11,15 @@
 // by the time replay reaches it, because the writer of that event had fed
 // the code every input before it. A mismatch is a NonDeterminismError that
 // names the event, what the history holds and what the code asked for.
+//
+// Commands have a lifecycle (command.go) and belong to cancellation
+// scopes (scope.go); each kind of command has its own file. Applying one
+// input is bounded in wall time by Config.DeadlockTimeout, so code that
+// never settles fails the machine instead of holding its driver.
 package replay
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -35,9 +40,11 @@ type Config struct {
 	// Logger is what workflow code logs to; records are dropped while the
 	// code replays already recorded history. Defaults to slog.Default().
 	Logger *slog.Logger
-	// DeadlockTimeout bounds how long workflow code may run without
-	// yielding to the engine (a native channel, a mutex or time.Sleep in
-	// workflow code blocks it forever). Defaults to 1 second.
+	// DeadlockTimeout bounds the wall time the code may take to settle
+	// after one input: to run until every coroutine blocks. Code that does
+	// not yield to the engine (a native channel, a mutex or time.Sleep in
+	// workflow code) or whose coroutines keep waking each other (a
+	// livelock) never settles. Defaults to 1 second.
 	DeadlockTimeout time.Duration
 	// ActivityDefaults fill the options an activity call leaves unset, before
 	// the engine's own defaults do.
@@ -45,52 +52,6 @@ type Config struct {
 	// MaxPayloadSize bounds the values the code records (activity inputs,
 	// side effect results, its output); 0 means no bound.
 	MaxPayloadSize int
-}
-
-// Errors of a Machine. After any of them the machine is unusable.
-var (
-	// ErrStale means the history fed after the code ran differs from what
-	// the code saw live (a side effect value recorded by another writer):
-	// the machine must be rebuilt from the full history.
-	ErrStale = errors.New("replay: machine state is stale, rebuild from history")
-	// ErrCorruptHistory means the history contradicts itself, for example
-	// a result for an activity that was never scheduled.
-	ErrCorruptHistory = errors.New("replay: history is inconsistent")
-	// ErrDeadlock means workflow code ran longer than DeadlockTimeout
-	// without yielding.
-	ErrDeadlock = errors.New("replay: workflow code did not yield (deadlock or blocking call in workflow code)")
-	// ErrClosed means the machine was closed.
-	ErrClosed = errors.New("replay: machine closed")
-)
-
-// NonDeterminismError says that the code, replayed against its history,
-// made a different decision than the one recorded.
-type NonDeterminismError struct {
-	EventID uint64
-	// History describes the recorded event, Code what the code did.
-	History string
-	Code    string
-}
-
-func (e *NonDeterminismError) Error() string {
-	return fmt.Sprintf("event %d: history has %s, code asked for %s", e.EventID, e.History, e.Code)
-}
-
-// PanicError is a panic in workflow code.
-type PanicError struct {
-	Value any
-	Stack string
-}
-
-func (e *PanicError) Error() string { return fmt.Sprintf("workflow code panicked: %v", e.Value) }
-
-// command is a decision of the code, matched or not yet matched with a
-// history event.
-type command struct {
-	eventType stream.EventType
-	attrs     any
-	future    *Future // activity result
-	bound     bool    // paired with a history event
 }
 
 // Machine replays and drives one saga. It is not safe for concurrent use;
@@ -102,16 +63,21 @@ type Machine struct {
 	known    []stream.Event // every event fed, in order
 	cursor   int            // index in known of the next event to apply
 	recorded []stream.Event // the command events of known, in order
-	issued   []*command     // every command the code issued, in order
+	// applied counts the command events the cursor has passed: they are
+	// applied in order, so the next one is recorded[applied].
+	applied int
+	issued  []command // every command the code issued, in order
 
-	activities map[uint64]*Future // by scheduled event id
-	versions   map[string]int     // change id -> version in use
+	root       *Scope
+	activities map[uint64]*activityCommand // by scheduled event id
+	versions   map[string]int              // change id -> version in use
 
 	now        time.Time
 	started    bool
 	finished   bool // the code returned: completion or failure issued
 	coroutines []*coroutine
 	current    *coroutine
+	overrun    *time.Timer // bounds one resume; reused, as there is one at a time
 	stop       chan struct{}
 	err        error // sticky: the machine is unusable once set
 	// abandoned is set, by the driver and read only by it, when a
@@ -131,7 +97,8 @@ func New(cfg Config) *Machine {
 	}
 	m := &Machine{
 		cfg:        cfg,
-		activities: map[uint64]*Future{},
+		root:       &Scope{},
+		activities: map[uint64]*activityCommand{},
 		versions:   map[string]int{},
 		stop:       make(chan struct{}),
 	}
@@ -158,7 +125,11 @@ func (m *Machine) Err() error {
 // Their ids must continue the history. All events are known before the
 // first is applied, so code replaying an input already sees the commands
 // recorded after it (a side effect's recorded value).
-func (m *Machine) Feed(events ...stream.Event) error {
+//
+// ctx bounds the code's decisions: once it ends, the decision in progress
+// stops before the next coroutine runs and Feed fails with ErrInterrupted;
+// the machine must then be rebuilt.
+func (m *Machine) Feed(ctx context.Context, events ...stream.Event) error {
 	if err := m.Err(); err != nil {
 		return err
 	}
@@ -175,7 +146,7 @@ func (m *Machine) Feed(events ...stream.Event) error {
 			if k := len(m.recorded) - 1; k < len(m.issued) {
 				// The code issued this command before the event was known
 				// (it decided live, or on an earlier input of a batch).
-				if err := m.bindFed(m.issued[k], e); err != nil {
+				if err := m.commit(m.issued[k], e); err != nil {
 					return m.fail(err)
 				}
 			}
@@ -184,7 +155,7 @@ func (m *Machine) Feed(events ...stream.Event) error {
 	for m.cursor < len(m.known) {
 		e := m.known[m.cursor]
 		m.cursor++
-		if err := m.apply(e); err != nil {
+		if err := m.apply(ctx, e); err != nil {
 			return m.fail(err)
 		}
 	}
@@ -192,12 +163,15 @@ func (m *Machine) Feed(events ...stream.Event) error {
 }
 
 // apply handles one event at the cursor.
-func (m *Machine) apply(e stream.Event) error {
+func (m *Machine) apply(ctx context.Context, e stream.Event) error {
 	switch stream.RoleOf(e.Type) {
 	case stream.RoleCommand:
-		k := m.recordedIndex(e)
+		// Issued commands were committed when both were known; this only
+		// checks that the code got this far.
+		k := m.applied
+		m.applied++
 		if k >= len(m.issued) {
-			return &NonDeterminismError{EventID: e.ID, History: describeEvent(e), Code: m.idleDescription()}
+			return nonDeterminism(e, m.idleDescription())
 		}
 		return nil
 	case stream.RoleInfo:
@@ -217,46 +191,35 @@ func (m *Machine) apply(e stream.Event) error {
 			m.finish(out, failure)
 		})
 	case *stream.ActivityTaskCompletedAttrs:
-		f, err := m.activity(e, a.ScheduledEventID)
+		c, err := m.activity(e, a.ScheduledEventID)
 		if err != nil {
 			return err
 		}
-		f.resolve(a.Result, nil)
+		c.resolve(a.Result, nil)
 	case *stream.ActivityTaskFailedAttrs:
-		f, err := m.activity(e, a.ScheduledEventID)
+		c, err := m.activity(e, a.ScheduledEventID)
 		if err != nil {
 			return err
 		}
-		f.resolve(nil, a.Failure)
+		c.resolve(nil, a.Failure)
 	case *stream.ActivityTaskTimedOutAttrs:
-		f, err := m.activity(e, a.ScheduledEventID)
+		c, err := m.activity(e, a.ScheduledEventID)
 		if err != nil {
 			return err
 		}
-		f.resolve(nil, a.Failure)
+		c.resolve(nil, a.Failure)
 	default:
 		return fmt.Errorf("%w: input event %d of type %s is not handled", ErrCorruptHistory, e.ID, e.Type)
 	}
-	return m.run()
+	return m.run(ctx)
 }
 
-func (m *Machine) activity(e stream.Event, scheduledID uint64) (*Future, error) {
-	f := m.activities[scheduledID]
-	if f == nil {
+func (m *Machine) activity(e stream.Event, scheduledID uint64) (*activityCommand, error) {
+	c := m.activities[scheduledID]
+	if c == nil {
 		return nil, fmt.Errorf("%w: event %d is a result for event %d, which is not a scheduled activity", ErrCorruptHistory, e.ID, scheduledID)
 	}
-	return f, nil
-}
-
-// recordedIndex finds e's position among the recorded commands; e was
-// appended to recorded when fed, so it is near the end.
-func (m *Machine) recordedIndex(e stream.Event) int {
-	for k := len(m.recorded) - 1; k >= 0; k-- {
-		if m.recorded[k].ID == e.ID {
-			return k
-		}
-	}
-	return -1
+	return c, nil
 }
 
 func (m *Machine) idleDescription() string {
@@ -264,82 +227,6 @@ func (m *Machine) idleDescription() string {
 		return "nothing more (the workflow has returned)"
 	}
 	return "nothing (the workflow is waiting)"
-}
-
-// issue records a command from the code. If the history already holds the
-// command at this position the two must match, and the recorded event is
-// returned so the caller can use recorded values.
-func (m *Machine) issue(c *command) (*stream.Event, error) {
-	k := len(m.issued)
-	m.issued = append(m.issued, c)
-	if k >= len(m.recorded) {
-		return nil, nil
-	}
-	e := m.recorded[k]
-	if err := m.bind(c, e); err != nil {
-		return nil, err
-	}
-	return &e, nil
-}
-
-// bind pairs a command with its history event after checking that they
-// are the same decision.
-func (m *Machine) bind(c *command, e stream.Event) error {
-	if !sameDecision(c, e) {
-		return &NonDeterminismError{EventID: e.ID, History: describeEvent(e), Code: describeCommand(c)}
-	}
-	c.bound = true
-	if c.future != nil {
-		m.activities[e.ID] = c.future
-	}
-	return nil
-}
-
-// bindFed pairs a command issued before its event was known. A marker's
-// value must be the recorded one: if another writer recorded a different
-// value, the code has already used the wrong one.
-func (m *Machine) bindFed(c *command, e stream.Event) error {
-	if err := m.bind(c, e); err != nil {
-		return err
-	}
-	if live, ok := c.attrs.(*stream.MarkerRecordedAttrs); ok {
-		rec := e.Attrs.(*stream.MarkerRecordedAttrs)
-		if string(live.Data) != string(rec.Data) || (live.Failure == nil) != (rec.Failure == nil) {
-			return ErrStale
-		}
-	}
-	return nil
-}
-
-func sameDecision(c *command, e stream.Event) bool {
-	if c.eventType != e.Type {
-		return false
-	}
-	switch a := c.attrs.(type) {
-	case *stream.ActivityTaskScheduledAttrs:
-		return a.ActivityType == e.Attrs.(*stream.ActivityTaskScheduledAttrs).ActivityType
-	case *stream.MarkerRecordedAttrs:
-		r := e.Attrs.(*stream.MarkerRecordedAttrs)
-		return a.Name == r.Name && a.ChangeID == r.ChangeID
-	}
-	return true
-}
-
-func describeEvent(e stream.Event) string { return describe(e.Type, e.Attrs) }
-
-func describeCommand(c *command) string { return describe(c.eventType, c.attrs) }
-
-func describe(t stream.EventType, attrs any) string {
-	switch a := attrs.(type) {
-	case *stream.ActivityTaskScheduledAttrs:
-		return string(t) + " " + a.ActivityType
-	case *stream.MarkerRecordedAttrs:
-		if a.ChangeID != "" {
-			return fmt.Sprintf("%s %s %s", t, a.Name, a.ChangeID)
-		}
-		return string(t) + " " + a.Name
-	}
-	return string(t)
 }
 
 // Propose turns the commands the code issued beyond the history into
@@ -354,10 +241,10 @@ func (m *Machine) Propose(firstID uint64, now time.Time) []stream.Event {
 		out = append(out, stream.Event{
 			ID:       firstID + uint64(len(out)),
 			SagaID:   m.cfg.SagaID,
-			Type:     c.eventType,
-			Category: stream.CategoryOf(c.eventType),
+			Type:     c.eventType(),
+			Category: stream.CategoryOf(c.eventType()),
 			Time:     now,
-			Attrs:    c.attrs,
+			Attrs:    c.attrs(),
 		})
 	}
 	return out
@@ -374,22 +261,7 @@ func (m *Machine) Pending() int {
 // finish issues the closing command when the workflow function returns.
 func (m *Machine) finish(out stream.Payload, failure *stream.Failure) {
 	m.finished = true
-	if failure != nil {
-		m.issueOrAbort(&command{eventType: stream.WorkflowExecutionFailed, attrs: &stream.WorkflowExecutionFailedAttrs{Failure: failure}})
-		return
-	}
-	m.issueOrAbort(&command{eventType: stream.WorkflowExecutionCompleted, attrs: &stream.WorkflowExecutionCompletedAttrs{Output: out}})
-}
-
-// issueOrAbort issues a command from a coroutine; a mismatch stops the
-// coroutine and surfaces from run.
-func (m *Machine) issueOrAbort(c *command) *stream.Event {
-	e, err := m.issue(c)
-	if err != nil {
-		m.err = err
-		panic(errAbort)
-	}
-	return e
+	m.issueOrAbort(newCompleteCommand(out, failure))
 }
 
 func (m *Machine) fail(err error) error {

@@ -39,12 +39,10 @@ func (m *Machine) replaying() bool { return m.cursor < len(m.known) }
 // ActivityDefaults returns the node's defaults for activity options.
 func (e *Env) ActivityDefaults() stream.ActivityOptions { return e.m.cfg.ActivityDefaults }
 
-// CheckPayload refuses a value larger than the node's payload limit.
+// CheckPayload refuses a value no reader could take back: larger than the
+// node's payload limit or nested deeper than stream.MaxPayloadDepth.
 func (e *Env) CheckPayload(what string, p stream.Payload) error {
-	if max := e.m.cfg.MaxPayloadSize; max > 0 && len(p) > max {
-		return fmt.Errorf("%w: %s is %d bytes, the payload limit is %d", stream.ErrTooLarge, what, len(p), max)
-	}
-	return nil
+	return stream.CheckValue(what, p, e.m.cfg.MaxPayloadSize)
 }
 
 // Logger logs from workflow code, once per decision rather than once per
@@ -61,16 +59,20 @@ func (e *Env) checkAlive() {
 	}
 }
 
-// ScheduleActivity issues the command to run an activity and returns the
-// future of its result.
-func (e *Env) ScheduleActivity(activityType string, input stream.Payload, opts stream.ActivityOptions) *Future {
+// ScheduleActivity issues, in scope s, the command to run an activity and
+// returns the future of its result. In a canceled scope it issues nothing
+// and the future is canceled: replay of the same code issues nothing
+// either.
+func (e *Env) ScheduleActivity(s *Scope, activityType string, input stream.Payload, opts stream.ActivityOptions) *Future {
 	e.checkAlive()
 	f := &Future{m: e.m}
-	e.m.issueOrAbort(&command{
-		eventType: stream.ActivityTaskScheduled,
-		attrs:     &stream.ActivityTaskScheduledAttrs{ActivityType: activityType, Input: input, Options: opts},
-		future:    f,
-	})
+	if s.Canceled() {
+		f.cancel()
+		return f
+	}
+	c := &activityCommand{scheduled: &stream.ActivityTaskScheduledAttrs{ActivityType: activityType, Input: input, Options: opts}, future: f}
+	e.m.issueOrAbort(c)
+	s.add(c)
 	return f
 }
 
@@ -78,17 +80,13 @@ func (e *Env) ScheduleActivity(activityType string, input stream.Payload, opts s
 // recorded result without running fn.
 func (e *Env) SideEffect(fn func() (stream.Payload, *stream.Failure)) (stream.Payload, *stream.Failure) {
 	e.checkAlive()
-	c := &command{eventType: stream.MarkerRecorded, attrs: &stream.MarkerRecordedAttrs{Name: stream.MarkerSideEffect}}
-	k := len(e.m.issued)
-	if k < len(e.m.recorded) {
-		rec := e.m.issueOrAbort(c).Attrs.(*stream.MarkerRecordedAttrs)
-		c.attrs = rec
-		return rec.Data, rec.Failure
+	c := newSideEffectCommand()
+	if _, recorded := e.m.recordedAt(len(e.m.issued)); !recorded {
+		c.marker.Data, c.marker.Failure = fn()
+		c.used = true
 	}
-	data, failure := fn()
-	c.attrs = &stream.MarkerRecordedAttrs{Name: stream.MarkerSideEffect, Data: data, Failure: failure}
-	e.m.issueOrAbort(c)
-	return data, failure
+	e.m.issueOrAbort(c) // on replay, commit adopts the recorded value
+	return c.marker.Data, c.marker.Failure
 }
 
 // GetVersion returns the version of a change to use: the recorded one when
@@ -104,8 +102,7 @@ func (e *Env) GetVersion(changeID string, minSupported, maxSupported int) int {
 		return v
 	}
 	version := maxSupported
-	if k := len(m.issued); k < len(m.recorded) {
-		rec := m.recorded[k]
+	if rec, recorded := m.recordedAt(len(m.issued)); recorded {
 		a, ok := rec.Attrs.(*stream.MarkerRecordedAttrs)
 		if !ok || a.Name != stream.MarkerVersion || a.ChangeID != changeID {
 			version = DefaultVersion // the history predates the change
@@ -114,7 +111,7 @@ func (e *Env) GetVersion(changeID string, minSupported, maxSupported int) int {
 				m.err = fmt.Errorf("%w: version marker at event %d: %v", ErrCorruptHistory, rec.ID, err)
 				panic(errAbort)
 			}
-			m.issueOrAbort(&command{eventType: stream.MarkerRecorded, attrs: a})
+			m.issueOrAbort(newVersionCommand(changeID, a.Data))
 		}
 		if version < minSupported || version > maxSupported {
 			m.err = &NonDeterminismError{EventID: rec.ID, History: fmt.Sprintf("version %d of change %s", version, changeID),
@@ -126,7 +123,7 @@ func (e *Env) GetVersion(changeID string, minSupported, maxSupported int) int {
 		if err != nil {
 			panic(err)
 		}
-		m.issueOrAbort(&command{eventType: stream.MarkerRecorded, attrs: &stream.MarkerRecordedAttrs{Name: stream.MarkerVersion, ChangeID: changeID, Data: data}})
+		m.issueOrAbort(newVersionCommand(changeID, data))
 	}
 	m.versions[changeID] = version
 	return version
@@ -144,28 +141,4 @@ func (e *Env) Go(fn func(env *Env)) {
 func (e *Env) Await(cond func() bool) {
 	e.checkAlive()
 	e.m.await(cond, false)
-}
-
-// Future is the pending result of an activity.
-type Future struct {
-	m       *Machine
-	ready   bool
-	value   stream.Payload
-	failure *stream.Failure
-}
-
-func (f *Future) resolve(value stream.Payload, failure *stream.Failure) {
-	if f.ready {
-		return
-	}
-	f.ready, f.value, f.failure = true, value, failure
-}
-
-// Ready reports whether the result is in.
-func (f *Future) Ready() bool { return f.ready }
-
-// Get blocks the calling coroutine until the result is in.
-func (f *Future) Get() (stream.Payload, *stream.Failure) {
-	f.m.await(func() bool { return f.ready }, true)
-	return f.value, f.failure
 }

@@ -59,16 +59,30 @@ func (m *Machine) spawn(fn func(env *Env)) {
 
 // run resumes runnable coroutines, in creation order, until none can make
 // progress. The order is fixed, so the same inputs give the same commands.
-func (m *Machine) run() error {
+//
+// The run has a budget of DeadlockTimeout of wall time. Coroutines that
+// keep making progress past it, by waking each other (a livelock), fail
+// the machine; so does the end of ctx. Both are checked between two
+// resumes, where the driver holds all of the machine's state and the
+// coroutines are parked, so Close can still end them. A single resume
+// that does not yield is bounded by resume itself.
+func (m *Machine) run(ctx context.Context) error {
 	if m.finished {
 		return nil
 	}
+	deadline := time.Now().Add(m.cfg.DeadlockTimeout)
 	for progressed := true; progressed; {
 		progressed = false
 		for i := 0; i < len(m.coroutines); i++ { // coroutines may spawn more
 			co := m.coroutines[i]
 			if co.done || (co.waitFor != nil && !co.waitFor()) {
 				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("%w: %w", ErrInterrupted, err)
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%w: the decision did not settle within %s: its coroutines kept waking each other (livelock)", ErrDeadlock, m.cfg.DeadlockTimeout)
 			}
 			co.waitFor = nil
 			if err := m.resume(co); err != nil {
@@ -94,8 +108,12 @@ func (m *Machine) run() error {
 // from then on the driver leaves all of it to co (see Machine.abandoned).
 func (m *Machine) resume(co *coroutine) error {
 	m.current = co
-	timer := time.NewTimer(m.cfg.DeadlockTimeout)
-	defer timer.Stop()
+	if m.overrun == nil {
+		m.overrun = time.NewTimer(m.cfg.DeadlockTimeout)
+	} else {
+		m.overrun.Reset(m.cfg.DeadlockTimeout)
+	}
+	defer m.overrun.Stop()
 	select {
 	case co.resume <- struct{}{}:
 	case <-m.stop:
@@ -106,7 +124,7 @@ func (m *Machine) resume(co *coroutine) error {
 	case <-co.yield:
 		m.current = nil
 		return nil
-	case <-timer.C:
+	case <-m.overrun.C:
 		m.abandoned = fmt.Errorf("%w after %s", ErrDeadlock, m.cfg.DeadlockTimeout)
 		return m.abandoned
 	case <-m.stop:
