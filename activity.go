@@ -42,6 +42,15 @@ func WithStartToCloseTimeout(d time.Duration) ActivityOption {
 	return func(o *ActivityOptions) { o.StartToCloseTimeout = d }
 }
 
+// WithScheduleToStartTimeout bounds the wait from scheduling the activity
+// to the start of its first attempt (no node runs the type, a backlog, a
+// lost task): past it, the call fails with an error of kind Timeout. It
+// runs on a durable timer, so it is rounded up to whole seconds. By
+// default there is no bound.
+func WithScheduleToStartTimeout(d time.Duration) ActivityOption {
+	return func(o *ActivityOptions) { o.ScheduleToStartTimeout = d }
+}
+
 // WithRetryPolicy sets the retry policy of this call.
 func WithRetryPolicy(p RetryPolicy) ActivityOption {
 	return func(o *ActivityOptions) { o.RetryPolicy = p }

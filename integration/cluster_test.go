@@ -133,6 +133,25 @@ func TestClusterOfThreeServers(t *testing.T) {
 	ctx := ctxTimeout(t, 2*time.Minute)
 	total := 0
 
+	// A node started without --replicas (so asking for 1) keeps every
+	// stream and bucket at 3: before, it turned the replicated streams
+	// into single copies on start.
+	careless := (&cluster{t: t, srv: servers[0]}).node(worker.Options{NodeName: "careless"})
+	if err := careless.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{cfg.Defaults().TaskStream(), cfg.Defaults().HistoryStream(0), cfg.Defaults().DeadLetterStream(),
+		"KV_" + cfg.Defaults().TimersBucket(), "KV_" + cfg.Defaults().ActivitiesBucket()}
+	for _, name := range names {
+		s, err := stores[0].JetStream().Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := s.CachedInfo().Config.Replicas; r != 3 {
+			t.Fatalf("stream %s has %d replicas after a node asked for 1", name, r)
+		}
+	}
+
 	// Concurrent starts through every server. Each saga is then checked
 	// through another server, whose replica may not have it all yet.
 	const concurrent = 30

@@ -26,6 +26,9 @@ type directReader struct {
 	mu      sync.Mutex
 	pending map[string]chan *nats.Msg
 	seq     uint64
+	// dropReply, when set (by tests), drops the replies it returns true
+	// for, as a slow consumer on the reply subscription would.
+	dropReply func(*nats.Msg) bool
 }
 
 func newDirectReader(nc *nats.Conn) (*directReader, error) {
@@ -44,8 +47,9 @@ func (r *directReader) route(m *nats.Msg) {
 	token := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
 	r.mu.Lock()
 	ch := r.pending[token]
+	drop := r.dropReply != nil && r.dropReply(m)
 	r.mu.Unlock()
-	if ch == nil {
+	if ch == nil || drop {
 		return // a late reply to a request that gave up
 	}
 	select {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"github.com/jetsaga/saga/internal/embeddednats"
@@ -400,5 +401,63 @@ func TestReadLatestReachesTheLeadersLastCommit(t *testing.T) {
 	}
 	if _, err := st.ReadLatest(ctx, "bad.id"); !errors.Is(err, stream.ErrInvalidID) {
 		t.Fatalf("invalid id: %v", err)
+	}
+}
+
+// A task is queued at most once while it exists, not only for the
+// duplicate window: before, a scheduling commit dispatched again after the
+// window (a dispatcher that died after publishing, nobody back within the
+// window) queued a second task and the activity ran twice at once. A copy
+// with another Nats-Msg-Id is what the server sees once the window forgot
+// the first.
+func TestTaskIsQueuedOnceWhileItExists(t *testing.T) {
+	st, nc := newStore(t)
+	ctx := context.Background()
+	task := stream.ActivityTask{SagaID: "t1", ScheduledEventID: 3, ActivityType: "charge", Attempt: 1, ScheduledAt: time.Now()}
+	if err := st.PublishTask(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	late := task
+	late.Attempt = 2 // another message id: no de-duplication applies
+	if err := st.PublishTask(ctx, late); err != nil {
+		t.Fatalf("publishing a task that is queued already is a no-op, got %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := js.Stream(ctx, st.Config().TaskStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := st.Config().TaskSubject("charge", "t1", 3)
+	info, err := tasks.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects[subject]; n != 1 {
+		t.Fatalf("%d tasks queued for one activity, want 1", n)
+	}
+	msg, err := tasks.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.DecodeTask(msg.Data)
+	if err != nil || got.Attempt != 1 {
+		t.Fatalf("queued task: %+v %v", got, err)
+	}
+	// Once the task is gone (its outcome recorded), the next attempt's
+	// task can be queued.
+	if err := tasks.DeleteMsg(ctx, msg.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PublishTask(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err = tasks.GetLastMsgForSubject(ctx, subject); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = st.DecodeTask(msg.Data); err != nil || got.Attempt != 2 {
+		t.Fatalf("task after the first went: %+v %v", got, err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
 // ActivityTask asks a node to run one scheduled activity. It is derived
@@ -25,6 +26,10 @@ type ActivityTask struct {
 	// the history is attempt 1; a retry after a backoff timer carries the
 	// next attempt. How many attempts started is recorded by the worker.
 	Attempt int `msgpack:"attempt"`
+	// Rederived marks a task queued again by an operator's wake rather than
+	// derived once from its scheduling event: a node checks the history
+	// before running it, since the activity may have closed meanwhile.
+	Rederived bool `msgpack:"rederived,omitempty"`
 }
 
 // TaskFor derives the first attempt's task of a scheduled activity.
@@ -60,6 +65,13 @@ func (s *Store) PublishTask(ctx context.Context, t ActivityTask) error {
 	}
 	msg := &nats.Msg{Subject: s.cfg.TaskSubject(t.ActivityType, t.SagaID, t.ScheduledEventID), Data: data}
 	msgID := t.SagaID + ":act:" + strconv.FormatUint(t.ScheduledEventID, 10) + ":" + strconv.Itoa(t.Attempt)
+	if t.Rederived {
+		// A task queued again replaces one that went (deleted, set aside)
+		// perhaps within the duplicate window: its own id, so that the
+		// window does not swallow it; the expected sequence still keeps it
+		// from doubling a task that is there.
+		msgID += ":rederived:" + nuid.Next()
+	}
 	_, err = s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.TaskStream()),
 		jetstream.WithExpectLastSequencePerSubject(0))
 	if err = mapError(err); errors.Is(err, ErrConcurrency) {

@@ -118,7 +118,7 @@ func (n *Node) startAttempt(ctx context.Context, d *delivery, task stream.Activi
 	// duplicate window and the one-task-per-subject rule stop before half
 	// the window has passed).
 	age := n.clock.Now().Sub(task.ScheduledAt)
-	if d.meta.NumDelivered == 1 && task.Attempt == 1 && fastEligible(task.Options) && age < n.store.Config().DuplicateWindow/2 {
+	if d.meta.NumDelivered == 1 && task.Attempt == 1 && !task.Rederived && fastEligible(task.Options) && age < n.store.Config().DuplicateWindow/2 {
 		return 1, false, outcome{}, true
 	}
 	open, err := n.activityOpen(ctx, task)

@@ -12,7 +12,7 @@ type sagaEntry struct {
 	mu   sync.Mutex
 	view sagaView
 	// deadlocks counts the deadlock verdicts this node reached on the saga;
-	// it outlives resets of the view (each verdict resets it).
+	// it outlives resets of the view (every verdict drops the machine).
 	deadlocks int
 
 	// guarded by the cache's mutex

@@ -129,6 +129,10 @@ const fetchWait = 5 * time.Second
 // the heartbeats.
 const consumerInfoRefresh = time.Minute
 
+// minHeartbeat bounds how often held messages are kept alive, whatever
+// the consumer's AckWait says.
+const minHeartbeat = 100 * time.Millisecond
+
 // maxPanics is how many deliveries of one message may panic a handler
 // before the message is set aside.
 const maxPanics = 3
@@ -420,7 +424,7 @@ func (c *consumer) unhold(msg jetstream.Msg) {
 func (c *consumer) heartbeatLoop() {
 	lastInfo := c.node.clock.Now()
 	for {
-		if c.node.clock.Sleep(c.beatCtx, c.currentAckWait()/3) != nil {
+		if c.node.clock.Sleep(c.beatCtx, max(c.currentAckWait()/3, minHeartbeat)) != nil {
 			return
 		}
 		c.beat()

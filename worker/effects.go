@@ -90,7 +90,9 @@ func (n *Node) rederive(ctx context.Context, st *stream.State) error {
 		if found {
 			attempt = rec.Started + 1
 		}
-		if err := n.queueActivity(ctx, st.OpenActivities[id].Task(st.SagaID, id, attempt)); err != nil {
+		task := st.OpenActivities[id].Task(st.SagaID, id, attempt)
+		task.Rederived = true
+		if err := n.queueActivity(ctx, task); err != nil {
 			return err
 		}
 	}

@@ -62,7 +62,8 @@ func (v *sagaView) load(ctx context.Context, commits []stream.StoredCommit) erro
 
 // apply folds commits that continue the history into the state and feeds
 // them to the machine. A commit that does not continue it is an error
-// wrapping stream.ErrCodec: only a writer outside the engine makes one.
+// wrapping stream.ErrCodec (only a writer outside the engine makes one),
+// after which the view knows nothing.
 func (v *sagaView) apply(ctx context.Context, commits []stream.StoredCommit) error {
 	if v.speculative > 0 {
 		// The machine saw inputs that are not in this history.
@@ -71,7 +72,7 @@ func (v *sagaView) apply(ctx context.Context, commits []stream.StoredCommit) err
 	start := len(v.events)
 	for _, sc := range commits {
 		if err := v.state.Apply(sc); err != nil {
-			v.events = v.events[:start]
+			v.reset()
 			return &stream.CodecError{Subject: v.id, Seq: sc.Seq, Err: err}
 		}
 		v.events = append(v.events, sc.Commit.Events...)

@@ -1,0 +1,82 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetsaga/saga/internal/natstest"
+)
+
+// A batched read whose replies lose one on the way (a slow consumer drop on
+// the shared reply subscription) must say so, so that it is read again:
+// before, the batch came back short, and a node took the gap for a message
+// no engine wrote (the history "unreadable", its work dropped for good).
+func TestTornBatchReadIsDetected(t *testing.T) {
+	srv := natstest.Start(t)
+	st, err := Open(srv.Conn(), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := st.EnsureStreams(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Ten commits of one saga, interleaved with another saga's, so that the
+	// saga's sequences are not contiguous in the stream.
+	var last, other uint64
+	for i := range 10 {
+		c := &Commit{SagaID: "torn", WorkflowType: "order", Events: []Event{{ID: uint64(i), Type: ActivityTaskScheduled, Time: time.Now(),
+			Attrs: &ActivityTaskScheduledAttrs{ActivityType: "a"}}}}
+		if i == 0 {
+			c.Events[0] = Event{ID: 0, Type: WorkflowExecutionStarted, Time: time.Now(), Attrs: &WorkflowExecutionStartedAttrs{WorkflowType: "order"}}
+		}
+		if last, err = st.Append(ctx, c, last); err != nil {
+			t.Fatal(err)
+		}
+		o := &Commit{SagaID: "noise", WorkflowType: "order", Events: []Event{{ID: uint64(i), Type: ActivityTaskScheduled, Time: time.Now(),
+			Attrs: &ActivityTaskScheduledAttrs{ActivityType: "a"}}}}
+		if i == 0 {
+			o.Events[0] = Event{ID: 0, Type: WorkflowExecutionStarted, Time: time.Now(), Attrs: &WorkflowExecutionStartedAttrs{WorkflowType: "order"}}
+		}
+		if other, err = st.Append(ctx, o, other); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	for _, drop := range []struct {
+		name string
+		nth  int32 // which reply of the batch is lost (1-based); 11 is the end of batch
+	}{{"a message in the middle", 4}, {"the first message", 1}, {"the last message", 10}, {"the end of batch", 11}} {
+		t.Run(drop.name, func(t *testing.T) {
+			var seen atomic.Int32
+			st.reader.mu.Lock()
+			st.reader.dropReply = func(*nats.Msg) bool { return seen.Add(1) == drop.nth }
+			st.reader.mu.Unlock()
+			rctx, rcancel := context.WithTimeout(ctx, time.Second)
+			defer rcancel()
+			commits, err := st.Read(rctx, "torn", 0)
+			// A lost end of batch leaves the read waiting for it: it ends
+			// with its deadline, an error that is retried as well.
+			if !errors.Is(err, ErrTornRead) && !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("read with a lost reply: %d commits, %v", len(commits), err)
+			}
+			if !Transient(err) {
+				t.Fatalf("a torn read is not retried: %v", err)
+			}
+			st.reader.mu.Lock()
+			st.reader.dropReply = nil
+			st.reader.mu.Unlock()
+			commits, err = st.Read(ctx, "torn", 0)
+			if err != nil || len(commits) != 10 {
+				t.Fatalf("read again: %d commits, %v", len(commits), err)
+			}
+		})
+	}
+}

@@ -1,0 +1,224 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/internal/natstest"
+	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/worker"
+)
+
+func jsOf(t *testing.T, e *env) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(e.srv.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// A message redelivered after the duplicate window can publish its effects
+// again once the window forgot the first ones, so a consumer's AckWait
+// must stay under half of it: a node refuses its own option, and refuses
+// to run on a shared consumer an operator set that high.
+func TestAckWaitMustStayUnderHalfTheDuplicateWindow(t *testing.T) {
+	e := newEnv(t)
+	_, err := worker.New(e.srv.Conn(), saga.NewRegistry(), worker.Options{AckWait: 61 * time.Second})
+	if !errors.Is(err, saga.KindConfiguration) || !strings.Contains(err.Error(), "duplicate window") {
+		t.Fatalf("AckWait of 61s against a 2m window: %v", err)
+	}
+
+	step := saga.NewActivity("step", func(context.Context, int) (int, error) { return 1, nil })
+	first := e.node(worker.Options{}, step)
+	if err := first.Stop(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	js := jsOf(t, e)
+	cfg := stream.Config{}.Defaults()
+	cons, err := js.Consumer(e.ctx, cfg.TaskStream(), stream.ActivityTaskConsumer("step"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := cons.CachedInfo().Config
+	edited.AckWait = 70 * time.Second
+	if _, err := js.UpdateConsumer(e.ctx, cfg.TaskStream(), edited); err != nil {
+		t.Fatal(err)
+	}
+	reg := saga.NewRegistry()
+	reg.MustRegister(step)
+	n, err := worker.New(e.srv.Conn(), reg, worker.Options{Logger: logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Stop(context.Background()) })
+	err = n.Start(e.ctx)
+	if !errors.Is(err, saga.KindConfiguration) || !strings.Contains(err.Error(), "AckWait 1m10s") {
+		t.Fatalf("start on a consumer with AckWait 70s: %v", err)
+	}
+}
+
+// A retry backoff of a second or more waits on a durable timer, not on the
+// task consumer: before, the failed task was naked with the delay and
+// stayed pending on the consumer for the whole backoff, so that tasks in
+// backoff filled MaxAckPending and stalled new tasks of their type.
+func TestRetryBackoffWaitsOnATimer(t *testing.T) {
+	e := newEnv(t)
+	failed := make(chan struct{})
+	var calls atomic.Int32
+	flaky := saga.NewActivity("slow-retry", func(ctx context.Context, _ int) (int, error) {
+		info, _ := saga.GetActivityInfo(ctx)
+		if calls.Add(1) == 1 {
+			defer close(failed)
+			return 0, errors.New("try again later")
+		}
+		return info.Attempt, nil
+	}, saga.WithRetryPolicy(saga.RetryPolicy{InitialInterval: 2 * time.Second, MaximumAttempts: 3}))
+	wf := saga.NewWorkflow("slow-retry-wf", 1, func(ctx saga.Context, _ int) (int, error) {
+		return saga.ExecuteActivity(ctx, flaky, 0).Get(ctx)
+	})
+	e.node(worker.Options{}, wf, flaky)
+	r, err := saga.StartWorkflow(e.ctx, e.cl, wf, 0, saga.StartOptions{ID: "slow-retry-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-failed
+	js := jsOf(t, e)
+	cfg := stream.Config{}.Defaults()
+	cons, err := js.Consumer(e.ctx, cfg.TaskStream(), stream.ActivityTaskConsumer("slow-retry"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Well within the 2s backoff: nothing pending or queued on the task
+	// consumer, one entry in the timers bucket.
+	natstest.WaitFor(t, 1500*time.Millisecond, "the failed task to leave the consumer", func() bool {
+		info, err := cons.Info(e.ctx)
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	})
+	timers, err := js.KeyValue(e.ctx, cfg.TimersBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := timers.Keys(e.ctx)
+	if err != nil || len(keys) != 1 || !strings.HasPrefix(keys[0], "retry.slow-retry-1.1.2.") {
+		t.Fatalf("timers during the backoff: %v %v", keys, err)
+	}
+	if out, err := r.Get(e.ctx); err != nil || out != 2 {
+		t.Fatalf("got %d, %v", out, err)
+	}
+	started := findAttrs[*stream.ActivityTaskStartedAttrs](e.history("slow-retry-1"))
+	if len(started) != 1 || started[0].Attempt != 2 || calls.Load() != 2 {
+		t.Fatalf("started %+v after %d calls", started, calls.Load())
+	}
+}
+
+// An activity that no node starts in time fails with a timeout instead of
+// leaving its saga waiting forever, and a node that comes later does not
+// run it.
+func TestScheduleToStartTimeout(t *testing.T) {
+	e := newEnv(t)
+	var calls atomic.Int32
+	lonely := saga.NewActivity("lonely", func(context.Context, int) (int, error) {
+		calls.Add(1)
+		return 1, nil
+	}, saga.WithScheduleToStartTimeout(time.Second))
+	wf := saga.NewWorkflow("waits-for-lonely", 1, func(ctx saga.Context, _ int) (string, error) {
+		_, err := saga.ExecuteActivity(ctx, lonely, 0).Get(ctx)
+		if !errors.Is(err, saga.KindTimeout) {
+			return "", err
+		}
+		return err.Error(), nil
+	})
+	e.node(worker.Options{}, wf) // nobody runs "lonely"
+	out, err := run(e, wf, "lonely-1", 0)
+	if err != nil || !strings.Contains(out, "did not start within its schedule-to-start timeout of 1s") {
+		t.Fatalf("got %q, %v", out, err)
+	}
+	// The task still waits in its queue; a node that now runs the type
+	// finds the activity closed and drops it without running it.
+	late := e.node(worker.Options{NodeName: "late"}, lonely)
+	js := jsOf(t, e)
+	cfg := stream.Config{}.Defaults()
+	natstest.WaitFor(t, 10*time.Second, "the late node to take the task", func() bool {
+		s, err := js.Stream(e.ctx, cfg.TaskStream())
+		return err == nil && s.CachedInfo().State.Msgs == 0
+	})
+	if calls.Load() != 0 || late.Stats().ActivitiesRun != 0 {
+		t.Fatalf("the timed-out activity ran %d times", calls.Load())
+	}
+}
+
+// A saga whose task was lost (here deleted by hand) waits until woken:
+// wake queues the open activities' tasks again. Before, nothing derived a
+// dropped task again.
+func TestWakeQueuesLostTasksAgain(t *testing.T) {
+	e := newEnv(t)
+	var calls atomic.Int32
+	step := saga.NewActivity("lost-step", func(context.Context, int) (int, error) { return int(calls.Add(1)), nil })
+	wf := saga.NewWorkflow("loses-a-task", 1, func(ctx saga.Context, _ int) (int, error) {
+		return saga.ExecuteActivity(ctx, step, 0).Get(ctx)
+	})
+	decider := e.node(worker.Options{NodeName: "decider"}, wf)
+	r, err := saga.StartWorkflow(e.ctx, e.cl, wf, 0, saga.StartOptions{ID: "lost-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := jsOf(t, e)
+	cfg := stream.Config{}.Defaults()
+	tasks, err := js.Stream(e.ctx, cfg.TaskStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := cfg.TaskSubject("lost-step", "lost-1", 1)
+	var queued *jetstream.RawStreamMsg
+	natstest.WaitFor(t, 5*time.Second, "the task to be queued", func() bool {
+		queued, err = tasks.GetLastMsgForSubject(e.ctx, subject)
+		return err == nil
+	})
+	if err := tasks.DeleteMsg(e.ctx, queued.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	e.node(worker.Options{NodeName: "runner"}, step)
+	if err := decider.Wake(e.ctx, "lost-1"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := r.Get(e.ctx); err != nil || out != 1 {
+		t.Fatalf("got %d, %v", out, err)
+	}
+}
+
+// A task that refers to an event its saga's history does not hold (no
+// engine derived it) is set aside at once, with the reason: before, it was
+// redelivered for minutes and then dropped without a trace.
+func TestForeignTaskIsSetAsideAtOnce(t *testing.T) {
+	e := newEnv(t)
+	var calls atomic.Int32
+	step := saga.NewActivity("guarded", func(context.Context, int) (int, error) { calls.Add(1); return 1, nil })
+	e.node(worker.Options{}, step)
+	st, err := stream.Open(e.srv.Conn(), stream.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	if err := st.PublishTask(e.ctx, stream.ActivityTask{SagaID: "ghost", ScheduledEventID: 5, ActivityType: "guarded", Attempt: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var dead []stream.DeadLetter
+	natstest.WaitFor(t, 10*time.Second, "the task in the dead-letter stream", func() bool {
+		dead, err = st.DeadLetters(e.ctx, 0)
+		return err == nil && len(dead) == 1
+	})
+	if dl := dead[0]; !strings.Contains(dl.Reason, "history") || dl.Deliveries != 1 || dl.Subject != st.Config().TaskSubject("guarded", "ghost", 5) {
+		t.Fatalf("dead letter %+v", dl)
+	}
+	if calls.Load() != 0 {
+		t.Fatalf("the foreign task ran %d times", calls.Load())
+	}
+}
