@@ -53,6 +53,9 @@ const maxConflicts = 20
 // so that writers racing on one saga do not race again in step.
 var conflictPolicy = backoff.Policy{Initial: 2 * time.Millisecond, Max: 200 * time.Millisecond}
 
+// contendedFor is how long a saga counts as contended after a lost race.
+const contendedFor = time.Second
+
 // patientDeadlocks is how many deadlock verdicts a node reaches on one saga
 // before it blocks it: a deadlock may be a CPU starved for a moment, so
 // the first ones are retried. It counts verdicts, not deliveries: a
@@ -86,9 +89,12 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 
 	delivered := req.delivered
 	// inputsAlone: append the inputs without a decision and leave the
-	// decision to the dispatcher (after a lost race, or when inputs and
-	// decision do not fit one message together).
-	inputsAlone := false
+	// decision to the dispatcher: while the saga is contended (a race was
+	// lost on it lately: a fan-out's results arriving together), or when
+	// inputs and decision do not fit one message together. A machine is
+	// then never fed inputs that may not land, so it is not rebuilt once per
+	// lost race.
+	inputsAlone := n.clock.Now().Before(e.contendedUntil)
 	var forceBlock error // set when the decision itself cannot be stored
 	for attempt := 0; ; attempt++ {
 		fresh := req.fresh
@@ -172,10 +178,10 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 			v.reset()
 			return err
 		}
-		// Lost a race: record the inputs alone from now on, and leave the
-		// decision to the dispatcher, so that a saga many results race on
-		// (a fan-out) does not replay once per lost race.
+		// Lost a race: record the inputs alone from now on, and for a while
+		// on this saga.
 		inputsAlone = true
+		e.contendedUntil = n.clock.Now().Add(contendedFor)
 		n.stats.conflicts.Add(1)
 		n.log.Debug("append conflict, catching up", "saga_id", req.sagaID, "attempt", attempt+1)
 		if err := n.clock.Sleep(ctx, conflictPolicy.Delay(attempt+1)); err != nil {

@@ -3,6 +3,7 @@ package worker
 import (
 	"container/list"
 	"sync"
+	"time"
 )
 
 // sagaEntry is a saga in the node's cache. Its mutex serialises all work
@@ -14,6 +15,9 @@ type sagaEntry struct {
 	// deadlocks counts the deadlock verdicts this node reached on the saga;
 	// it outlives resets of the view (every verdict drops the machine).
 	deadlocks int
+	// contendedUntil: this node lost an append race on the saga lately;
+	// until then it records results without deciding (see advance).
+	contendedUntil time.Time
 
 	// guarded by the cache's mutex
 	refs    int

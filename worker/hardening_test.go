@@ -222,3 +222,57 @@ func TestForeignTaskIsSetAsideAtOnce(t *testing.T) {
 		t.Fatalf("the foreign task ran %d times", calls.Load())
 	}
 }
+
+// Results of a fan-out racing on one saga from two nodes do not each cost
+// a replay: before, every append lost after feeding a result to the
+// workflow re-read and replayed the whole history, so a fan-out paid a
+// replay per lost race, quadratic in its width.
+func TestFanOutResultsDoNotReplayPerLostRace(t *testing.T) {
+	e := newEnv(t)
+	const width = 80
+	release := make(chan struct{})
+	var arrived atomic.Int32
+	leaf := saga.NewActivity("leaf", func(ctx context.Context, i int) (int, error) {
+		arrived.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		return i, nil
+	})
+	wf := saga.NewWorkflow("fan-out", 1, func(ctx saga.Context, _ int) (int, error) {
+		futures := make([]*saga.Future[int], width)
+		for i := range futures {
+			futures[i] = saga.ExecuteActivity(ctx, leaf, i)
+		}
+		sum := 0
+		for _, f := range futures {
+			v, err := f.Get(ctx)
+			if err != nil {
+				return 0, err
+			}
+			sum += v
+		}
+		return sum, nil
+	})
+	a := e.node(worker.Options{NodeName: "a"}, wf, leaf)
+	b := e.node(worker.Options{NodeName: "b"}, wf, leaf)
+	r, err := saga.StartWorkflow(e.ctx, e.cl, wf, 0, saga.StartOptions{ID: "fan-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 10*time.Second, "every leaf to start", func() bool { return arrived.Load() == width })
+	close(release) // every result at once, from both nodes
+	if out, err := r.Get(e.ctx); err != nil || out != width*(width-1)/2 {
+		t.Fatalf("got %d, %v", out, err)
+	}
+	sa, sb := a.Stats(), b.Stats()
+	t.Logf("conflicts %d, replays %d, history reads %d", sa.Conflicts+sb.Conflicts, sa.Replays+sb.Replays, sa.HistoryReads+sb.HistoryReads)
+	// One machine per node to begin with, and a rebuild per node after
+	// the first race it lost in a burst (allow two bursts): not one per
+	// race.
+	if replays := sa.Replays + sb.Replays; replays > 6 {
+		t.Fatalf("%d replays for %d racing results (%d conflicts)", replays, width, sa.Conflicts+sb.Conflicts)
+	}
+}
