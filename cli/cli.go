@@ -1,6 +1,7 @@
 // Package cli is the saga-node command line: "run" (a node, with an
 // embedded nats-server by default), "demo", and the admin commands that
-// talk to a running engine over NATS (start, describe, history, wake).
+// talk to a running engine over NATS (start, describe, history, wake,
+// dead-letters).
 //
 // cmd/saga-node runs it with the worked examples registered. A program
 // with its own workflows calls Run with its own Registry and gets the same

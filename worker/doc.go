@@ -1,25 +1,29 @@
-// Package worker is the node: it dispatches tasks from saga histories,
-// replays and drives workflow code, runs activities, and serves the
-// request/reply API.
+// Package worker is the node: it carries out the effects of saga
+// histories, replays and drives workflow code, runs activities, fires
+// timers, and serves the request/reply API.
 //
 // Every side effect of an event is derived from committed history and
 // performed idempotently by a durable consumer that acks only after the
-// effect is done, so a node may die between any two instructions:
+// effect is done, so a node may die between any two instructions. All
+// consumers run on one loop (consumer.go: fetching, slots, heartbeats,
+// panics, dead letters), each with its handler:
 //
-//   - The dispatcher (durable "saga-dispatch", shared by all nodes)
-//     receives every commit. It publishes an activity task for each
-//     scheduled activity (de-duplicated by the scheduled event id) and,
-//     when the commit holds inputs the workflow has not decided on,
-//     decides on them if this node runs the workflow, or else publishes a
-//     workflow task for the nodes that do.
-//   - Workflow task consumers (one durable per workflow type) replay the
-//     saga if needed and append the decision as one commit with
-//     optimistic concurrency.
-//   - Activity task consumers (one durable per activity type) run the
-//     activity and append its result together with the workflow's next
-//     decision, again as one commit. A redelivered task whose result is
-//     already in history is acknowledged without running the activity
-//     again.
+//   - the dispatcher (durable "saga-dispatch", shared by all nodes) gets
+//     every commit, carries out each event's effects as the one table of
+//     them says (effects.go: today an activity's task and its
+//     schedule-to-start timer) and, when the commit holds inputs the
+//     workflow has not decided on, decides on them if this node runs the
+//     workflow, or else publishes a workflow task for the nodes that do;
+//   - workflow task consumers (one durable per workflow type) decide;
+//   - activity task consumers (one durable per activity type) run an
+//     attempt, counted as it starts (attempts.go), and append its outcome
+//     together with the workflow's next decision, as one commit;
+//   - the timers consumer acts on fired durable timers: retries after a
+//     backoff, schedule-to-start timeouts.
 //
-// See docs/architecture.md for the message flow and its costs.
+// Deciding goes through a saga's view (view.go: state, events and machine
+// kept in step) and one optimistic-concurrency loop (advance.go).
+//
+// See docs/architecture.md for the message flow and its costs, and
+// docs/failures.md for what goes wrong and what the node does.
 package worker
