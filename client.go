@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
+	"github.com/jetsaga/saga/internal/backoff"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -287,6 +288,12 @@ func (c *Client) describe(ctx context.Context, id string) (*Description, error) 
 	return d, nil
 }
 
+// rereadPolicy spaces Wait's reads of a history that is behind what its
+// notifications promised, for at most maxRereads reads in a row.
+var rereadPolicy = backoff.Policy{Initial: time.Millisecond, Max: 100 * time.Millisecond}
+
+const maxRereads = 8
+
 // Wait blocks until the saga is terminal or blocked and returns its
 // description. It listens for the saga's new commits and also re-reads
 // every few seconds, so a missed notification only delays it.
@@ -317,7 +324,7 @@ func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
 	defer func() { _ = sub.Unsubscribe() }()
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
-	lag := time.Millisecond
+	rereads := 0
 	for {
 		d, err := c.describe(ctx, id)
 		switch {
@@ -338,15 +345,15 @@ func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
 		// Read again soon while the history is behind what a notification
 		// promised, for a while: a commit that lost its concurrency check
 		// was also seen by subscribers, and never lands.
-		behind := have < promised && lag <= 100*time.Millisecond
+		behind := have < promised && rereads < maxRereads
 		mu.Unlock()
 		wake := notify
 		var again <-chan time.Time
 		if behind {
-			again = time.After(lag)
-			lag *= 2
+			rereads++
+			again = time.After(rereadPolicy.Delay(rereads))
 		} else {
-			lag = time.Millisecond
+			rereads = 0
 		}
 		select {
 		case <-ctx.Done():

@@ -14,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsaga/saga/internal/backoff"
 )
 
 // The streams, consumers and buckets of an engine are shared by all its
@@ -638,23 +640,17 @@ const setupAttemptTimeout = 3 * time.Second
 // retryUntil retries f with a short backoff while it fails with an error
 // that a server still starting up gives, until ctx is done.
 func retryUntil(ctx context.Context, f func() error) error {
-	wait := 50 * time.Millisecond
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if !transientSetupError(err) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-time.After(wait):
-		}
-		wait = min(wait*2, time.Second)
+	err := backoff.Retry{Policy: setupPolicy, Retryable: transientSetupError}.
+		Do(ctx, func(context.Context) error { return f() })
+	if err != nil && ctx.Err() != nil && transientSetupError(err) {
+		return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
 	}
+	return err
 }
+
+// setupPolicy spaces the retries of set-up requests while JetStream comes
+// up.
+var setupPolicy = backoff.Policy{Initial: 50 * time.Millisecond, Max: time.Second}
 
 func transientSetupError(err error) bool {
 	var apiErr *jetstream.APIError

@@ -11,6 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetsaga/saga/internal/backoff"
+	"github.com/jetsaga/saga/internal/clock"
 )
 
 // Store is the history log of one engine (one prefix) on one NATS
@@ -149,7 +152,6 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 	streamName := s.cfg.HistoryStream(s.cfg.Shard(c.SagaID))
 	var ack *jetstream.PubAck
 	began := time.Now()
-	wait := 50 * time.Millisecond
 	checkedStream := false
 	for attempt := 1; ; attempt++ {
 		// Each attempt has its own deadline, so that a request the server
@@ -201,11 +203,7 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 				return 0, fmt.Errorf("append to %s: %w: %w", subject, ErrNoStream, err)
 			}
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
-		}
-		wait = min(wait*2, time.Second)
+		_ = clock.Real.Sleep(ctx, appendResendPolicy.Delay(attempt))
 	}
 	if err != nil {
 		err = mapError(err)
@@ -220,6 +218,9 @@ func (s *Store) Append(ctx context.Context, c *Commit, expectedSeq uint64) (uint
 	// ids are derived from content, so that message is ours.
 	return ack.Sequence, nil
 }
+
+// appendResendPolicy spaces the resends of an unanswered append.
+var appendResendPolicy = backoff.Policy{Initial: 50 * time.Millisecond, Max: time.Second}
 
 // appendAttemptTimeout bounds one publish of an append; appendRetryWindow
 // bounds the resends of an append that gets no answer, which covers a
@@ -373,10 +374,9 @@ func (s *Store) ReadLatest(ctx context.Context, sagaID string) ([]StoredCommit, 
 		return nil, err
 	}
 	last, leaderErr := s.LastSeqOnLeader(ctx, sagaID)
-	wait := 5 * time.Millisecond
 	// Bounded: the saga's subject may also have been purged in between.
 	giveUp := time.After(catchUpTimeout)
-	for {
+	for tries := 1; ; tries++ {
 		commits, err := s.Read(ctx, sagaID, 0)
 		if err != nil || leaderErr != nil || len(commits) > 0 && commits[len(commits)-1].Seq >= last || len(commits) == 0 && last == 0 {
 			return commits, err
@@ -386,11 +386,13 @@ func (s *Store) ReadLatest(ctx context.Context, sagaID string) ([]StoredCommit, 
 			return nil, fmt.Errorf("%w: the replica answering reads of %s is behind the leader (sequence %d): %w", ErrUnavailable, sagaID, last, ctx.Err())
 		case <-giveUp:
 			return nil, fmt.Errorf("%w: the replica answering reads of %s stayed behind the leader (sequence %d) for %s", ErrUnavailable, sagaID, last, catchUpTimeout)
-		case <-time.After(wait):
+		case <-time.After(catchUpPolicy.Delay(tries)):
 		}
-		wait = min(wait*2, 250*time.Millisecond)
 	}
 }
+
+// catchUpPolicy spaces the reads of a replica that lags behind the leader.
+var catchUpPolicy = backoff.Policy{Initial: 5 * time.Millisecond, Max: 250 * time.Millisecond}
 
 // catchUpTimeout bounds how long ReadLatest waits for a lagging replica.
 const catchUpTimeout = 5 * time.Second
