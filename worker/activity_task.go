@@ -185,7 +185,7 @@ func nextAttempt(task stream.ActivityTask, taskSeq, deliveries uint64, rec attem
 // retried forever.
 func (n *Node) reportOutcome(ctx context.Context, d *delivery, task stream.ActivityTask, attempt int, recorded bool, result stream.Payload, failure *stream.Failure) outcome {
 	err := n.recordOutcome(ctx, d, task, attempt, result, failure)
-	if err != nil && failure == nil && !stream.Transient(err) && !isHistoryProblem(err) && ctx.Err() == nil {
+	if err != nil && failure == nil && !stream.Transient(err) && !isHistoryProblem(err) && !errors.Is(err, stream.ErrUnsupported) && ctx.Err() == nil {
 		d.log.Error("activity result cannot be recorded; recording the activity as failed", "err", err)
 		failure = activityFailure(task, attempt, &stream.Failure{Kind: string(saga.KindValidation), NonRetryable: true,
 			Message: "the activity's result could not be recorded: " + err.Error()})
@@ -330,7 +330,7 @@ func (n *Node) confirmBehind(ctx context.Context, sagaID string, err error) erro
 // message no engine wrote, or no trace of what a message refers to.
 func isHistoryProblem(err error) bool {
 	var ce *stream.CodecError
-	return errors.As(err, &ce) || errors.Is(err, errNotInHistory)
+	return errors.As(err, &ce) && !errors.Is(err, stream.ErrUnsupported) || errors.Is(err, errNotInHistory)
 }
 
 // taskFailed is the outcome of a task whose handling failed: set aside when
@@ -340,6 +340,9 @@ func (n *Node) taskFailed(ctx context.Context, d *delivery, what string, err err
 	switch {
 	case ctx.Err() != nil || errors.Is(err, context.Canceled):
 		return leave()
+	case errors.Is(err, stream.ErrUnsupported):
+		// The history holds what a newer node wrote: leave it to one.
+		return nakAfter(unsupportedDelay(d), what+" (leaving it to a node that can read the history)", err)
 	case isHistoryProblem(err):
 		return deadLetter(what+": the saga's history cannot take it", err)
 	}

@@ -72,6 +72,9 @@ func (n *Node) commitFailed(ctx context.Context, d *delivery, what string, err e
 	switch {
 	case ctx.Err() != nil || errors.Is(err, context.Canceled):
 		return leave()
+	case errors.Is(err, stream.ErrUnsupported):
+		// The history holds what a newer node wrote: leave it to one.
+		return nakAfter(unsupportedDelay(d), what+" (leaving it to a node that can read the history)", err)
 	case isHistoryProblem(err):
 		return deadLetter(what+": the saga's history is unreadable", err)
 	case errors.Is(err, stream.ErrInvalidID), errors.Is(err, stream.ErrCodec):
