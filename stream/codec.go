@@ -68,12 +68,43 @@ const MaxPayloadDepth = 56
 func CheckMsgpack(data []byte) error { return checkMsgpack(data, maxMsgpackDepth) }
 
 func checkMsgpack(data []byte, maxDepth int) error {
-	n, err := checkValue(data, 0, 0, maxDepth)
-	if err != nil {
-		return err
+	// Iterative, not recursive: a check runs deep in a handler's stack,
+	// where recursion would grow (and copy) the goroutine's stack.
+	// open[i] counts the values still to read in the i-th open container.
+	var buf [16]int
+	open := buf[:0]
+	off := 0
+	for {
+		if len(open) > maxDepth {
+			return fmt.Errorf("%w: more than %d levels", errTooDeep, maxDepth)
+		}
+		next, elems, err := checkHeader(data, off)
+		if err != nil {
+			return err
+		}
+		off = next
+		if elems > 0 {
+			// Each element takes at least one byte.
+			if elems > len(data)-off {
+				return fmt.Errorf("%w: msgpack container declares %d elements in %d bytes", ErrCodec, elems, len(data)-off)
+			}
+			open = append(open, elems)
+			continue
+		}
+		// A value is complete: so are the containers it completes.
+		for len(open) > 0 {
+			open[len(open)-1]--
+			if open[len(open)-1] > 0 {
+				break
+			}
+			open = open[:len(open)-1]
+		}
+		if len(open) == 0 {
+			break
+		}
 	}
-	if n != len(data) {
-		return fmt.Errorf("%w: %d trailing bytes after the msgpack value", ErrCodec, len(data)-n)
+	if off != len(data) {
+		return fmt.Errorf("%w: %d trailing bytes after the msgpack value", ErrCodec, len(data)-off)
 	}
 	return nil
 }
@@ -102,98 +133,78 @@ var (
 	errTooDeep   = fmt.Errorf("%w: msgpack nested too deep", ErrCodec)
 )
 
-// checkValue validates the value starting at data[off] and returns the
-// offset just past it.
-func checkValue(data []byte, off, depth, maxDepth int) (int, error) {
-	if depth > maxDepth {
-		return 0, fmt.Errorf("%w: more than %d levels", errTooDeep, maxDepth)
-	}
+// checkHeader validates the header of the value at data[off] and returns
+// the offset past it and the number of values it contains: a string,
+// binary, extension or scalar is skipped whole (elems 0); an array or map
+// is left open (elems: its elements, keys and values counted apart).
+func checkHeader(data []byte, off int) (next, elems int, err error) {
 	if off >= len(data) {
-		return 0, errTruncated
+		return 0, 0, errTruncated
 	}
 	c := data[off]
 	off++
 	switch {
 	case c <= 0x7f, c >= 0xe0, c == 0xc0, c == 0xc2, c == 0xc3:
-		return off, nil
+		return off, 0, nil
 	case c >= 0x80 && c <= 0x8f:
-		return checkElems(data, off, 2*int(c&0x0f), depth, maxDepth)
+		return off, 2 * int(c&0x0f), nil
 	case c >= 0x90 && c <= 0x9f:
-		return checkElems(data, off, int(c&0x0f), depth, maxDepth)
+		return off, int(c & 0x0f), nil
 	case c >= 0xa0 && c <= 0xbf:
-		return skip(data, off, int(c&0x1f))
+		next, err = skip(data, off, int(c&0x1f))
+		return next, 0, err
 	}
 	switch c {
-	case 0xc4, 0xd9: // bin8, str8
-		n, off, err := readLen(data, off, 1)
-		if err != nil {
-			return 0, err
+	case 0xc4, 0xd9, 0xc5, 0xda, 0xc6, 0xdb: // bin8/16/32, str8/16/32: length, then bytes
+		width := 1
+		switch c {
+		case 0xc5, 0xda:
+			width = 2
+		case 0xc6, 0xdb:
+			width = 4
 		}
-		return skip(data, off, n)
-	case 0xc5, 0xda: // bin16, str16
-		n, off, err := readLen(data, off, 2)
-		if err != nil {
-			return 0, err
-		}
-		return skip(data, off, n)
-	case 0xc6, 0xdb: // bin32, str32
-		n, off, err := readLen(data, off, 4)
-		if err != nil {
-			return 0, err
-		}
-		return skip(data, off, n)
-	case 0xc7, 0xc8, 0xc9: // ext8/16/32: length, type byte, data
-		width := map[byte]int{0xc7: 1, 0xc8: 2, 0xc9: 4}[c]
 		n, off, err := readLen(data, off, width)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		return skip(data, off, n+1)
+		next, err = skip(data, off, n)
+		return next, 0, err
+	case 0xc7, 0xc8, 0xc9: // ext8/16/32: length, type byte, data
+		width := 1 << (c - 0xc7)
+		n, off, err := readLen(data, off, width)
+		if err != nil {
+			return 0, 0, err
+		}
+		next, err = skip(data, off, n+1)
+		return next, 0, err
 	case 0xca, 0xce, 0xd2: // float32, uint32, int32
-		return skip(data, off, 4)
+		next, err = skip(data, off, 4)
 	case 0xcb, 0xcf, 0xd3: // float64, uint64, int64
-		return skip(data, off, 8)
+		next, err = skip(data, off, 8)
 	case 0xcc, 0xd0: // uint8, int8
-		return skip(data, off, 1)
+		next, err = skip(data, off, 1)
 	case 0xcd, 0xd1: // uint16, int16
-		return skip(data, off, 2)
+		next, err = skip(data, off, 2)
 	case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1, 2, 4, 8, 16 plus the type byte
-		return skip(data, off, 1+(1<<(c-0xd4)))
+		next, err = skip(data, off, 1+(1<<(c-0xd4)))
 	case 0xdc, 0xdd: // array16, array32
 		width := 2
 		if c == 0xdd {
 			width = 4
 		}
 		n, off, err := readLen(data, off, width)
-		if err != nil {
-			return 0, err
-		}
-		return checkElems(data, off, n, depth, maxDepth)
+		return off, n, err
 	case 0xde, 0xdf: // map16, map32
 		width := 2
 		if c == 0xdf {
 			width = 4
 		}
 		n, off, err := readLen(data, off, width)
-		if err != nil {
-			return 0, err
-		}
-		return checkElems(data, off, 2*n, depth, maxDepth)
+		return off, 2 * n, err
+	default:
+		return 0, 0, fmt.Errorf("%w: invalid msgpack type byte 0x%02x", ErrCodec, c)
 	}
-	return 0, fmt.Errorf("%w: invalid msgpack type byte 0x%02x", ErrCodec, c)
-}
-
-func checkElems(data []byte, off, n, depth, maxDepth int) (int, error) {
-	if n > len(data)-off {
-		return 0, fmt.Errorf("%w: msgpack container declares %d elements in %d bytes", ErrCodec, n, len(data)-off)
-	}
-	var err error
-	for range n {
-		if off, err = checkValue(data, off, depth+1, maxDepth); err != nil {
-			return 0, err
-		}
-	}
-	return off, nil
+	return next, 0, err
 }
 
 func readLen(data []byte, off, width int) (int, int, error) {

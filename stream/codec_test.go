@@ -151,13 +151,58 @@ func FuzzDecodeCommit(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := stream.DecodeCommit(data)
 		if err != nil {
-			if !errors.Is(err, stream.ErrCodec) {
-				t.Fatalf("error not classified as ErrCodec: %v", err)
+			// Malformed, or well-formed but newer than this node knows.
+			if !errors.Is(err, stream.ErrCodec) && !errors.Is(err, stream.ErrUnsupported) {
+				t.Fatalf("error classified as neither ErrCodec nor ErrUnsupported: %v", err)
 			}
 			return
 		}
-		if _, err := c.Encode(); err != nil {
+		// Whatever a node decodes, a node can encode again, and decode
+		// again: the writer's checks are the reader's.
+		b, err := c.Encode()
+		if err != nil {
 			t.Fatalf("decoded commit does not encode: %v", err)
 		}
+		if _, err := stream.DecodeCommit(b); err != nil {
+			t.Fatalf("re-encoded commit does not decode: %v", err)
+		}
 	})
+}
+
+// Readers accept msgpack nested 64 levels deep and no deeper; writers
+// accept user values of MaxPayloadDepth levels and no deeper, so that a
+// value carried inside a commit is still readable.
+func TestNestingLimits(t *testing.T) {
+	nested := func(levels int, open byte) []byte {
+		var b []byte
+		for range levels {
+			b = append(b, open) // a container of one element
+			if open == 0x81 {
+				b = append(b, 0xa1, 'k') // its key
+			}
+		}
+		return append(b, 0x01)
+	}
+	for _, open := range []byte{0x91, 0x81} {
+		if err := stream.CheckMsgpack(nested(64, open)); err != nil {
+			t.Errorf("64 levels (0x%x): %v", open, err)
+		}
+		if err := stream.CheckMsgpack(nested(65, open)); !errors.Is(err, stream.ErrCodec) {
+			t.Errorf("65 levels (0x%x): %v", open, err)
+		}
+		if err := stream.CheckValue("v", nested(stream.MaxPayloadDepth, open), 0); err != nil {
+			t.Errorf("%d levels as a value (0x%x): %v", stream.MaxPayloadDepth, open, err)
+		}
+		if err := stream.CheckValue("v", nested(stream.MaxPayloadDepth+1, open), 0); !errors.Is(err, stream.ErrTooLarge) {
+			t.Errorf("%d levels as a value (0x%x): %v", stream.MaxPayloadDepth+1, open, err)
+		}
+	}
+	// Siblings do not add up: a wide value is as deep as its deepest part.
+	wide := []byte{0x93}
+	for range 3 {
+		wide = append(wide, nested(60, 0x91)...)
+	}
+	if err := stream.CheckMsgpack(wide); err != nil {
+		t.Errorf("three siblings 61 deep: %v", err)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"runtime/debug"
 	"slices"
@@ -45,7 +46,7 @@ func (h activityTasks) handle(ctx context.Context, d *delivery) outcome {
 	if want := n.store.Config().TaskSubject(task.ActivityType, task.SagaID, task.ScheduledEventID); !ok || d.msg.Subject() != want {
 		return deadLetter("activity task does not match its subject", fmt.Errorf("task for %s of saga %s event %d on %s", task.ActivityType, task.SagaID, task.ScheduledEventID, d.msg.Subject()))
 	}
-	d.log = d.log.With("saga_id", task.SagaID, "activity_type", task.ActivityType, "scheduled_event_id", task.ScheduledEventID)
+	d.with(slog.String("saga_id", task.SagaID), slog.String("activity_type", task.ActivityType), slog.Uint64("scheduled_event_id", task.ScheduledEventID))
 
 	attempt, recorded, out, run := n.startAttempt(ctx, d, task)
 	if !run {
@@ -67,12 +68,12 @@ func (h activityTasks) handle(ctx context.Context, d *delivery) outcome {
 	policy := task.Options.RetryPolicy
 	cause := saga.ToFailure(runErr, saga.KindActivityExecution).Bounded()
 	if !retryable(cause, policy) || policy.MaximumAttempts > 0 && attempt >= policy.MaximumAttempts {
-		d.log.Warn("activity failed", "attempt", attempt, "err", runErr)
+		d.logger().Warn("activity failed", "attempt", attempt, "err", runErr)
 		return n.reportOutcome(ctx, d, task, attempt, recorded, nil, activityFailure(task, attempt, cause))
 	}
 	n.stats.activityRetries.Add(1)
 	delay := retryBackoff(policy, attempt)
-	d.log.Warn("activity attempt failed; retrying", "attempt", attempt, "retry_in", delay, "err", runErr)
+	d.logger().Warn("activity attempt failed; retrying", "attempt", attempt, "retry_in", delay, "err", runErr)
 	if delay < retryTimerThreshold {
 		// The same message comes back: the record (or, on the fast path,
 		// the redelivery itself) says this attempt started.
@@ -81,7 +82,7 @@ func (h activityTasks) handle(ctx context.Context, d *delivery) outcome {
 	timer := kv.Timer{Kind: timerRetry, SagaID: task.SagaID, EventID: task.ScheduledEventID, Attempt: attempt + 1, Due: n.clock.Now().Add(delay)}
 	if err := n.timers.Schedule(ctx, timer); err != nil {
 		// No timer: wait on the message instead.
-		d.log.Warn("retry timer not created; retrying by redelivery", "err", err)
+		d.logger().Warn("retry timer not created; retrying by redelivery", "err", err)
 		return nakAfter(delay, "activity attempt "+strconv.Itoa(attempt), runErr)
 	}
 	return ack()
@@ -98,7 +99,7 @@ func (h activityTasks) giveBack(ctx context.Context, d *delivery) {
 	}
 	rec := attemptRecord{Started: 0, TaskSeq: d.meta.Sequence.Stream, Node: n.opts.NodeName, At: n.clock.Now()}
 	if err := n.attempts.put(ctx, task.SagaID, task.ScheduledEventID, rec, 0, false); err != nil {
-		d.log.Warn("could not record a task given back; its next delivery counts an attempt", "err", err)
+		d.logger().Warn("could not record a task given back; its next delivery counts an attempt", "err", err)
 	}
 }
 
@@ -126,7 +127,7 @@ func (n *Node) startAttempt(ctx context.Context, d *delivery, task stream.Activi
 		return 0, false, n.taskFailed(ctx, d, "check activity state", err), false
 	}
 	if !open {
-		d.log.Debug("activity already closed; not running it again", "delivery", d.meta.NumDelivered)
+		d.logger().Debug("activity already closed; not running it again", "delivery", d.meta.NumDelivered)
 		n.attempts.remove(ctx, task.SagaID, task.ScheduledEventID)
 		return 0, false, ack(), false
 	}
@@ -139,7 +140,7 @@ func (n *Node) startAttempt(ctx context.Context, d *delivery, task stream.Activi
 	}
 	next, stale := nextAttempt(task, d.meta.Sequence.Stream, d.meta.NumDelivered, rec, found)
 	if stale {
-		d.log.Debug("task for an attempt that started from another task; dropped", "attempt", task.Attempt, "started", rec.Started)
+		d.logger().Debug("task for an attempt that started from another task; dropped", "attempt", task.Attempt, "started", rec.Started)
 		return 0, false, ack(), false
 	}
 	if max := task.Options.RetryPolicy.MaximumAttempts; max > 0 && next > max {
@@ -186,7 +187,7 @@ func nextAttempt(task stream.ActivityTask, taskSeq, deliveries uint64, rec attem
 func (n *Node) reportOutcome(ctx context.Context, d *delivery, task stream.ActivityTask, attempt int, recorded bool, result stream.Payload, failure *stream.Failure) outcome {
 	err := n.recordOutcome(ctx, d, task, attempt, result, failure)
 	if err != nil && failure == nil && !stream.Transient(err) && !isHistoryProblem(err) && !errors.Is(err, stream.ErrUnsupported) && ctx.Err() == nil {
-		d.log.Error("activity result cannot be recorded; recording the activity as failed", "err", err)
+		d.logger().Error("activity result cannot be recorded; recording the activity as failed", "err", err)
 		failure = activityFailure(task, attempt, &stream.Failure{Kind: string(saga.KindValidation), NonRetryable: true,
 			Message: "the activity's result could not be recorded: " + err.Error()})
 		err = n.recordOutcome(ctx, d, task, attempt, nil, failure.Bounded())
@@ -241,13 +242,18 @@ func (n *Node) recordOutcome(ctx context.Context, d *delivery, task stream.Activ
 // retryInProcess runs op until it succeeds, fails for good, or the node
 // stops, logging the first retry and every tenth.
 func (n *Node) retryInProcess(ctx context.Context, d *delivery, what string, op func(context.Context) error) error {
+	err := op(ctx)
+	if err == nil || isHistoryProblem(err) || !stream.Transient(err) || ctx.Err() != nil {
+		return err // the common case, without the retry's machinery
+	}
+	d.logger().Warn(what+" failed; retrying", "err", err)
 	return backoff.Retry{
 		Policy:    reportPolicy,
 		Clock:     n.clock,
 		Retryable: func(err error) bool { return !isHistoryProblem(err) && stream.Transient(err) },
 		OnRetry: func(attempt int, delay time.Duration, err error) {
 			if attempt == 1 || attempt%10 == 0 {
-				d.log.Warn(what+" failed; retrying", "err", err, "tries", attempt, "retry_in", delay.Round(time.Millisecond))
+				d.logger().Warn(what+" failed; retrying", "err", err, "tries", attempt, "retry_in", delay.Round(time.Millisecond))
 			}
 		},
 	}.Do(ctx, op)

@@ -31,9 +31,41 @@ type givingBack interface {
 
 // delivery is one message handed to a handler.
 type delivery struct {
-	msg  jetstream.Msg
-	meta *jetstream.MsgMetadata
-	log  *slog.Logger
+	msg      jetstream.Msg
+	meta     *jetstream.MsgMetadata
+	base     *slog.Logger
+	consumer string
+	// The logger is built only when something is logged: most messages
+	// log nothing, and formatting attributes for each would cost more than
+	// handling it.
+	attrs []slog.Attr
+	buf   [4]slog.Attr
+	log   *slog.Logger
+}
+
+// with adds attributes to what the delivery logs.
+func (d *delivery) with(attrs ...slog.Attr) {
+	if d.attrs == nil {
+		d.attrs = d.buf[:0]
+	}
+	d.attrs = append(d.attrs, attrs...)
+	d.log = nil
+}
+
+// logger returns the delivery's logger.
+func (d *delivery) logger() *slog.Logger {
+	if d.log == nil {
+		args := make([]any, 0, 3+len(d.attrs))
+		args = append(args, slog.String("consumer", d.consumer), slog.String("subject", d.msg.Subject()))
+		if d.meta != nil {
+			args = append(args, slog.Uint64("stream_seq", d.meta.Sequence.Stream))
+		}
+		for _, a := range d.attrs {
+			args = append(args, a)
+		}
+		d.log = d.base.With(args...)
+	}
+	return d.log
 }
 
 type outcomeKind int
@@ -251,7 +283,7 @@ func (c *consumer) giveBack(msg jetstream.Msg) {
 	if gb, ok := c.h.(givingBack); ok {
 		if meta, err := msg.Metadata(); err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
-			gb.giveBack(ctx, &delivery{msg: msg, meta: meta, log: c.node.log.With("consumer", c.name)})
+			gb.giveBack(ctx, &delivery{msg: msg, meta: meta, base: c.node.log, consumer: c.name})
 			cancel()
 		}
 	}
@@ -328,15 +360,14 @@ func (c *consumer) dispatch(msg jetstream.Msg) {
 // handleOne runs the handler and carries out its outcome.
 func (c *consumer) handleOne(msg jetstream.Msg) {
 	n := c.node
-	log := n.log.With("consumer", c.name, "subject", msg.Subject())
 	meta, err := msg.Metadata()
 	if err != nil {
 		// Not a JetStream delivery: nothing to redeliver or set aside.
-		log.Error("message without JetStream metadata; dropped", "err", err)
+		n.log.Error("message without JetStream metadata; dropped", "consumer", c.name, "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
 		return
 	}
-	d := &delivery{msg: msg, meta: meta, log: log.With("stream_seq", meta.Sequence.Stream)}
+	d := &delivery{msg: msg, meta: meta, base: n.log, consumer: c.name}
 	out := c.safeHandle(d)
 	ctx := n.runCtx
 	if out.kind == outcomeDeadLetter {
@@ -350,7 +381,7 @@ func (c *consumer) handleOne(msg jetstream.Msg) {
 			return // StopAndCancel: leave it, as a crash would
 		}
 		if out.err != nil {
-			d.log.Warn(out.reason+" failed; will retry", "err", out.err, "delivery", meta.NumDelivered, "retry_in", out.delay.Round(time.Millisecond))
+			d.logger().Warn(out.reason+" failed; will retry", "err", out.err, "delivery", meta.NumDelivered, "retry_in", out.delay.Round(time.Millisecond))
 		}
 		_ = msg.NakWithDelay(out.delay)
 	case outcomeDeadLetter:
@@ -368,7 +399,7 @@ func (c *consumer) safeHandle(d *delivery) (out outcome) {
 		if r == nil {
 			return
 		}
-		d.log.Error("handler panicked", "panic", r, "delivery", d.meta.NumDelivered, "stack", string(debug.Stack()))
+		d.logger().Error("handler panicked", "panic", r, "delivery", d.meta.NumDelivered, "stack", string(debug.Stack()))
 		err := fmt.Errorf("handler panicked: %v", r)
 		if d.meta.NumDelivered >= maxPanics {
 			out = deadLetter(fmt.Sprintf("handler panicked on %d deliveries: %v", d.meta.NumDelivered, r), err)
@@ -386,7 +417,7 @@ func (c *consumer) setAside(ctx context.Context, d *delivery, out outcome) outco
 	if out.err != nil {
 		reason += ": " + out.err.Error()
 	}
-	d.log.Error("message set aside in the dead-letter stream", "reason", reason, "delivery", d.meta.NumDelivered)
+	d.logger().Error("message set aside in the dead-letter stream", "reason", reason, "delivery", d.meta.NumDelivered)
 	dl := stream.DeadLetter{
 		Stream:     d.meta.Stream,
 		Subject:    d.msg.Subject(),

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"log/slog"
 
 	"github.com/jetsaga/saga/stream"
 )
@@ -21,7 +22,7 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	if err != nil {
 		return deadLetter("history message on an invalid subject", err)
 	}
-	d.log = d.log.With("saga_id", sagaID)
+	d.with(slog.String("saga_id", sagaID))
 	commit, err := n.store.DecodeDelivered(sagaID, d.msg.Subject(), d.meta.Sequence.Stream, d.msg.Data())
 	switch {
 	case errors.Is(err, stream.ErrUnsupported):
@@ -56,7 +57,7 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 		}
 		// Newer code wrote this history: a workflow task reaches the
 		// nodes that run the workflow, newer ones among them.
-		d.log.Info("leaving the decision to a node with newer workflow code", "err", err)
+		d.logger().Info("leaving the decision to a node with newer workflow code", "err", err)
 	}
 	if err := n.store.PublishWorkflowTask(ctx, commit, d.meta.Sequence.Stream, d.msg.Data()); err != nil {
 		return n.commitFailed(ctx, d, "publish workflow task", err)

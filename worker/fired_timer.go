@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/kv"
@@ -27,7 +28,7 @@ func (h firedTimers) handle(ctx context.Context, d *delivery) outcome {
 		// this node's.
 		return nakAfter(wait, "", nil)
 	}
-	d.log = d.log.With("saga_id", t.SagaID, "timer", t.Kind, "event_id", t.EventID)
+	d.with(slog.String("saga_id", t.SagaID), slog.String("timer", t.Kind), slog.Uint64("event_id", t.EventID))
 	switch t.Kind {
 	case timerRetry:
 		return n.retryFired(ctx, d, t)
@@ -87,6 +88,6 @@ func (n *Node) scheduleToStartFired(ctx context.Context, d *delivery, t kv.Timer
 	if err != nil {
 		return n.taskFailed(ctx, d, "record schedule-to-start timeout", err)
 	}
-	d.log.Warn("activity timed out before it started", "activity_type", a.ActivityType, "timeout", a.Options.ScheduleToStartTimeout)
+	d.logger().Warn("activity timed out before it started", "activity_type", a.ActivityType, "timeout", a.Options.ScheduleToStartTimeout)
 	return ack()
 }

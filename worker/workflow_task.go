@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/jetsaga/saga/internal/backoff"
@@ -32,7 +33,7 @@ func (h workflowTasks) handle(ctx context.Context, d *delivery) outcome {
 	case d.msg.Subject() != n.store.Config().WorkflowTaskSubject(task.WorkflowType):
 		return deadLetter("workflow task does not match its subject", fmt.Errorf("task for %s on %s", task.WorkflowType, d.msg.Subject()))
 	}
-	d.log = d.log.With("saga_id", task.SagaID, "workflow_type", task.WorkflowType)
+	d.with(slog.String("saga_id", task.SagaID), slog.String("workflow_type", task.WorkflowType))
 	if task.Wake {
 		err = n.wakeHere(ctx, task.SagaID)
 	} else {
@@ -52,7 +53,7 @@ func (h workflowTasks) handle(ctx context.Context, d *delivery) outcome {
 		// A rolling deploy: this node's code is older than the history.
 		// Another node (with the newer code) takes the task meanwhile.
 		delay := newerCodePolicy.Delay(int(d.meta.NumDelivered))
-		d.log.Info("leaving the decision to a node with newer workflow code", "err", err, "retry_in", delay.Round(time.Millisecond))
+		d.logger().Info("leaving the decision to a node with newer workflow code", "err", err, "retry_in", delay.Round(time.Millisecond))
 		return nakAfter(delay, "", nil)
 	}
 	return n.commitFailed(ctx, d, "decide", err)
