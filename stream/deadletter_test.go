@@ -17,23 +17,11 @@ import (
 	"github.com/jetsaga/saga/stream"
 )
 
-// newDeadLetterStore opens a store on a fresh server and creates the
-// dead-letter stream, as an engine's set-up will.
+// newDeadLetterStore opens a store whose set-up created the dead-letter
+// stream with the others.
 func newDeadLetterStore(t *testing.T, adjust ...func(*embeddednats.Options)) (*stream.Store, *nats.Conn) {
 	t.Helper()
-	srv := natstest.Start(t, adjust...)
-	nc := srv.Conn()
-	st, err := stream.Open(nc, stream.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := st.JetStream().CreateStream(ctx, st.Config().DeadLetterStreamConfig()); err != nil {
-		t.Fatal(err)
-	}
-	return st, nc
+	return newStore(t, adjust...)
 }
 
 func deadLetters(t *testing.T, st *stream.Store, limit int) []stream.DeadLetter {

@@ -20,9 +20,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func newStore(t *testing.T) (*stream.Store, *nats.Conn) {
+// newStore opens a store on a fresh server (adjust may change its options)
+// and sets up the engine's streams.
+func newStore(t *testing.T, adjust ...func(*embeddednats.Options)) (*stream.Store, *nats.Conn) {
 	t.Helper()
-	srv := natstest.Start(t)
+	srv := natstest.Start(t, adjust...)
 	nc := srv.Conn()
 	st, err := stream.Open(nc, stream.Config{})
 	if err != nil {

@@ -124,7 +124,7 @@ func (n *Node) startAttempt(ctx context.Context, d *delivery, task stream.Activi
 	}
 	open, err := n.activityOpen(ctx, task)
 	if err != nil {
-		return 0, false, n.taskFailed(ctx, d, "check activity state", err), false
+		return 0, false, n.handlingFailed(ctx, d, "check activity state", err), false
 	}
 	if !open {
 		d.logger().Debug("activity already closed; not running it again", "delivery", d.meta.NumDelivered)
@@ -193,7 +193,7 @@ func (n *Node) reportOutcome(ctx context.Context, d *delivery, task stream.Activ
 		err = n.recordOutcome(ctx, d, task, attempt, nil, failure.Bounded())
 	}
 	if err != nil {
-		return n.taskFailed(ctx, d, "record activity outcome", err)
+		return n.handlingFailed(ctx, d, "record activity outcome", err)
 	}
 	if recorded {
 		n.attempts.remove(ctx, task.SagaID, task.ScheduledEventID)
@@ -337,22 +337,6 @@ func (n *Node) confirmBehind(ctx context.Context, sagaID string, err error) erro
 func isHistoryProblem(err error) bool {
 	var ce *stream.CodecError
 	return errors.As(err, &ce) && !errors.Is(err, stream.ErrUnsupported) || errors.Is(err, errNotInHistory)
-}
-
-// taskFailed is the outcome of a task whose handling failed: set aside when
-// the history cannot take its outcome, left alone when the node stops,
-// retried later otherwise.
-func (n *Node) taskFailed(ctx context.Context, d *delivery, what string, err error) outcome {
-	switch {
-	case ctx.Err() != nil || errors.Is(err, context.Canceled):
-		return leave()
-	case errors.Is(err, stream.ErrUnsupported):
-		// The history holds what a newer node wrote: leave it to one.
-		return nakAfter(unsupportedDelay(d), what+" (leaving it to a node that can read the history)", err)
-	case isHistoryProblem(err):
-		return deadLetter(what+": the saga's history cannot take it", err)
-	}
-	return retryLater(d, what, err)
 }
 
 // unsupportedDelay spaces the redeliveries of a message this node cannot

@@ -38,7 +38,7 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	for _, e := range commit.Events {
 		if effect := effects[e.Type]; effect != nil {
 			if err := effect(ctx, n, e); err != nil {
-				return n.commitFailed(ctx, d, "carry out "+string(e.Type), err)
+				return n.handlingFailed(ctx, d, "carry out "+string(e.Type), err)
 			}
 		}
 	}
@@ -53,31 +53,31 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 			return ack()
 		}
 		if !isNewerCode(err) {
-			return n.commitFailed(ctx, d, "decide", err)
+			return n.handlingFailed(ctx, d, "decide", err)
 		}
 		// Newer code wrote this history: a workflow task reaches the
 		// nodes that run the workflow, newer ones among them.
 		d.logger().Info("leaving the decision to a node with newer workflow code", "err", err)
 	}
 	if err := n.store.PublishWorkflowTask(ctx, commit, d.meta.Sequence.Stream, d.msg.Data()); err != nil {
-		return n.commitFailed(ctx, d, "publish workflow task", err)
+		return n.handlingFailed(ctx, d, "publish workflow task", err)
 	}
 	n.stats.workflowTasksPublished.Add(1)
 	return ack()
 }
 
-// commitFailed is the outcome of a commit (or workflow task) whose handling
-// failed: set aside when the saga's history cannot be read, left alone when
-// the node stops, retried later otherwise.
-func (n *Node) commitFailed(ctx context.Context, d *delivery, what string, err error) outcome {
+// handlingFailed is the outcome of a message whose handling failed: left
+// alone when the node stops, left to newer nodes when the history holds
+// what only they read, set aside when the saga's history or the message
+// itself can never be handled, retried later otherwise.
+func (n *Node) handlingFailed(ctx context.Context, d *delivery, what string, err error) outcome {
 	switch {
 	case ctx.Err() != nil || errors.Is(err, context.Canceled):
 		return leave()
 	case errors.Is(err, stream.ErrUnsupported):
-		// The history holds what a newer node wrote: leave it to one.
 		return nakAfter(unsupportedDelay(d), what+" (leaving it to a node that can read the history)", err)
 	case isHistoryProblem(err):
-		return deadLetter(what+": the saga's history is unreadable", err)
+		return deadLetter(what+": the saga's history cannot take it", err)
 	case errors.Is(err, stream.ErrInvalidID), errors.Is(err, stream.ErrCodec):
 		return deadLetter(what, err)
 	}

@@ -42,13 +42,13 @@ func (h firedTimers) handle(ctx context.Context, d *delivery) outcome {
 func (n *Node) retryFired(ctx context.Context, d *delivery, t kv.Timer) outcome {
 	a, open, err := n.lookupActivity(ctx, t.SagaID, t.EventID)
 	if err != nil {
-		return n.taskFailed(ctx, d, "look up activity to retry", err)
+		return n.handlingFailed(ctx, d, "look up activity to retry", err)
 	}
 	if !open {
 		return ack()
 	}
 	if err := n.queueActivity(ctx, a.Task(t.SagaID, t.EventID, t.Attempt)); err != nil {
-		return n.taskFailed(ctx, d, "queue retry", err)
+		return n.handlingFailed(ctx, d, "queue retry", err)
 	}
 	return ack()
 }
@@ -60,7 +60,7 @@ func (n *Node) retryFired(ctx context.Context, d *delivery, t kv.Timer) outcome 
 func (n *Node) scheduleToStartFired(ctx context.Context, d *delivery, t kv.Timer) outcome {
 	a, open, err := n.lookupActivity(ctx, t.SagaID, t.EventID)
 	if err != nil {
-		return n.taskFailed(ctx, d, "look up activity", err)
+		return n.handlingFailed(ctx, d, "look up activity", err)
 	}
 	if !open {
 		return ack()
@@ -86,7 +86,7 @@ func (n *Node) scheduleToStartFired(ctx context.Context, d *delivery, t kv.Timer
 	err = n.closeActivity(ctx, t.SagaID, t.EventID, stream.Event{Type: stream.ActivityTaskTimedOut,
 		Attrs: &stream.ActivityTaskTimedOutAttrs{ScheduledEventID: t.EventID, Failure: failure}})
 	if err != nil {
-		return n.taskFailed(ctx, d, "record schedule-to-start timeout", err)
+		return n.handlingFailed(ctx, d, "record schedule-to-start timeout", err)
 	}
 	d.logger().Warn("activity timed out before it started", "activity_type", a.ActivityType, "timeout", a.Options.ScheduleToStartTimeout)
 	return ack()

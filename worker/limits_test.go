@@ -31,14 +31,7 @@ func newEnvWith(t *testing.T, adjust func(*embeddednats.Options), prepare func(*
 	if prepare != nil {
 		prepare(srv)
 	}
-	cl, err := saga.NewClient(srv.Conn(), saga.ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return &env{t: t, srv: srv, cl: cl, ctx: ctx}
+	return newEnvOn(t, srv)
 }
 
 // link is a value that nests one msgpack level per element.

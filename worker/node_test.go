@@ -30,8 +30,10 @@ type env struct {
 	ctx context.Context
 }
 
-func newEnv(t *testing.T) *env {
-	srv := natstest.Start(t)
+func newEnv(t *testing.T) *env { return newEnvOn(t, natstest.Start(t)) }
+
+// newEnvOn is newEnv on a server of the caller's.
+func newEnvOn(t *testing.T, srv *natstest.Server) *env {
 	cl, err := saga.NewClient(srv.Conn(), saga.ClientOptions{})
 	if err != nil {
 		t.Fatal(err)

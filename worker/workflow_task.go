@@ -56,5 +56,5 @@ func (h workflowTasks) handle(ctx context.Context, d *delivery) outcome {
 		d.logger().Info("leaving the decision to a node with newer workflow code", "err", err, "retry_in", delay.Round(time.Millisecond))
 		return nakAfter(delay, "", nil)
 	}
-	return n.commitFailed(ctx, d, "decide", err)
+	return n.handlingFailed(ctx, d, "decide", err)
 }
