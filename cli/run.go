@@ -31,7 +31,7 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	syncMode := fs.String("sync", "always", `embedded server fsync: "always" (survives power loss) or "interval" (every 2 minutes; survives a process kill only)`)
 	name := fs.String("name", "", "node name (default: host name and a random suffix)")
 	shards := fs.Int("history-shards", 1, "number of history streams; fixed once sagas exist")
-	replicas := fs.Int("replicas", 1, "stream replicas (3 in a production cluster)")
+	replicas := fs.Int("replicas", 1, "replicas of the streams this node creates (3 in a production cluster); existing streams keep theirs")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "how long a stop waits for work in progress")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if _, err := parseArgs(fs, args); err != nil {
