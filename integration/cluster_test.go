@@ -135,13 +135,19 @@ func TestClusterOfThreeServers(t *testing.T) {
 
 	// A node started without --replicas (so asking for 1) keeps every
 	// stream and bucket at 3: before, it turned the replicated streams
-	// into single copies on start.
+	// into single copies on start. What it creates because it is missing
+	// (as after an upgrade that adds a stream) it creates at 3 as well.
+	names := []string{cfg.Defaults().TaskStream(), cfg.Defaults().HistoryStream(0), cfg.Defaults().DeadLetterStream(),
+		"KV_" + cfg.Defaults().TimersBucket(), "KV_" + cfg.Defaults().ActivitiesBucket()}
+	for _, missing := range names[2:] {
+		if err := stores[0].JetStream().DeleteStream(ctx, missing); err != nil {
+			t.Fatal(err)
+		}
+	}
 	careless := (&cluster{t: t, srv: servers[0]}).node(worker.Options{NodeName: "careless"})
 	if err := careless.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	names := []string{cfg.Defaults().TaskStream(), cfg.Defaults().HistoryStream(0), cfg.Defaults().DeadLetterStream(),
-		"KV_" + cfg.Defaults().TimersBucket(), "KV_" + cfg.Defaults().ActivitiesBucket()}
 	for _, name := range names {
 		s, err := stores[0].JetStream().Stream(ctx, name)
 		if err != nil {

@@ -2,6 +2,7 @@ package stream_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -204,5 +205,31 @@ func TestNestingLimits(t *testing.T) {
 	}
 	if err := stream.CheckMsgpack(wide); err != nil {
 		t.Errorf("three siblings 61 deep: %v", err)
+	}
+}
+
+// A failure of any shape is recorded within bounds that leave room in its
+// commit: deep causes each with many large context entries are cut to a
+// summary that keeps the kind and the message.
+func TestFailureBoundedAsAWhole(t *testing.T) {
+	var f *stream.Failure
+	for level := range 10 {
+		ctx := map[string]string{}
+		for i := range 40 {
+			ctx[fmt.Sprintf("k%d", i)] = strings.Repeat("v", 8<<10)
+		}
+		f = &stream.Failure{Kind: "ActivityExecution", Message: fmt.Sprintf("level %d", level), Context: ctx, NonRetryable: true, Cause: f}
+	}
+	b := f.Bounded()
+	data, err := stream.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > 64<<10 || b.Kind != "ActivityExecution" || !b.NonRetryable || !strings.HasPrefix(b.Message, "level 9") {
+		t.Fatalf("bounded failure of %d bytes: kind %s, message %.40q", len(data), b.Kind, b.Message)
+	}
+	small := &stream.Failure{Kind: "Timeout", Message: "slow", Context: map[string]string{"a": "b"}, Cause: &stream.Failure{Kind: "Unknown", Message: "cause"}}
+	if got := small.Bounded(); got.Cause == nil || got.Context["a"] != "b" {
+		t.Fatalf("a small failure lost its details: %+v", got)
 	}
 }

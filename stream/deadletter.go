@@ -240,7 +240,7 @@ func (s *Store) readDeadLetters(ctx context.Context, from, to uint64) ([]DeadLet
 	name := s.cfg.DeadLetterStream()
 	var out []DeadLetter
 	for from <= to {
-		msgs, pending, err := s.reader.get(ctx, name, directGetRequest{Seq: from, Batch: int(min(to-from+1, deadLetterBatch))})
+		msgs, pending, err := s.directGet(ctx, name, directGetRequest{Seq: from, Batch: int(min(to-from+1, deadLetterBatch))})
 		if err != nil {
 			return nil, fmt.Errorf("read dead letters from %s: %w", name, err)
 		}

@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -57,6 +58,9 @@ func (r *directReader) route(m *nats.Msg) {
 	default: // more replies than asked for: the request already has its answer
 	}
 }
+
+// errNoDirectResponders: a direct get found no server to answer it.
+var errNoDirectResponders = errors.New("no server answered")
 
 // lastSequenceHeader names, on each reply of a batch, the sequence of the
 // reply before it.
@@ -141,7 +145,9 @@ func (r *directReader) get(ctx context.Context, stream string, req directGetRequ
 				np, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
 				return msgs, np, nil
 			case "503":
-				return nil, 0, fmt.Errorf("%w: direct get %s: no responders", ErrNoStream, stream)
+				// Nothing answered for the stream: it may be missing, or its
+				// servers may be starting or electing. The store asks which.
+				return nil, 0, fmt.Errorf("%w: %w: direct get %s", ErrUnavailable, errNoDirectResponders, stream)
 			default:
 				return nil, 0, fmt.Errorf("direct get %s: status %s %s", stream, m.Header.Get("Status"), m.Header.Get("Description"))
 			}

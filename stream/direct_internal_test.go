@@ -80,3 +80,31 @@ func TestTornBatchReadIsDetected(t *testing.T) {
 		})
 	}
 }
+
+// A read that no server answers is worth a retry while the stream exists
+// (its servers may be starting or electing): before, it was taken for a
+// missing stream, a permanent error, and an activity's result in hand was
+// recorded as a failure instead of waiting the outage out.
+func TestReadNoServerAnswersIsTransientUnlessTheStreamIsMissing(t *testing.T) {
+	srv := natstest.Start(t)
+	st, err := Open(srv.Conn(), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := st.EnsureStreams(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The task stream serves no direct gets: nobody answers, the stream is
+	// there.
+	_, _, err = st.directGet(ctx, st.cfg.TaskStream(), directGetRequest{LastBySubj: st.cfg.WorkflowTaskSubject("x")})
+	if !errors.Is(err, ErrUnavailable) || !Transient(err) {
+		t.Fatalf("no responders for an existing stream: %v", err)
+	}
+	_, _, err = st.directGet(ctx, "SAGA_NOT_THERE", directGetRequest{LastBySubj: "x"})
+	if !errors.Is(err, ErrNoStream) || Transient(err) {
+		t.Fatalf("no responders for a missing stream: %v", err)
+	}
+}

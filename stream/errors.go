@@ -32,7 +32,7 @@ var (
 	ErrNoStream = errors.New("no stream for subject (has a node set up the streams for this prefix?)")
 	// ErrUnavailable means the stream did not answer in time: its leader
 	// is being elected or its server is restarting. Retrying can succeed.
-	ErrUnavailable = errors.New("history stream unavailable (no leader answered)")
+	ErrUnavailable = errors.New("stream unavailable (no server answered in time)")
 	// ErrTornRead means a batched read lost messages on the way (a slow
 	// consumer drop on the reply subscription): the reply chain has a gap.
 	// Reading again can succeed.

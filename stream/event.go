@@ -135,8 +135,33 @@ const (
 	maxFailureDepth   = 8
 )
 
-// Bounded returns f cut to the bounds above; f itself is not changed.
-func (f *Failure) Bounded() *Failure { return f.bounded(0) }
+// maxFailureBytes bounds a recorded failure as a whole: the bounds above
+// allow more (8 levels of 32 context entries), and a failure must leave
+// room in its commit.
+const maxFailureBytes = 64 << 10
+
+// Bounded returns f cut to the bounds above, or to its Summary when it is
+// still larger than maxFailureBytes; f itself is not changed.
+func (f *Failure) Bounded() *Failure {
+	b := f.bounded(0)
+	if data, err := Marshal(b); err != nil || len(data) > maxFailureBytes {
+		return f.Summary()
+	}
+	return b
+}
+
+// Summary is f cut to what always fits a message: its kind, whether it
+// is retryable, and its message, without context or causes.
+func (f *Failure) Summary() *Failure {
+	if f == nil {
+		return nil
+	}
+	msg := f.Error()
+	if len(msg) > maxFailureText {
+		msg = cut(msg)
+	}
+	return &Failure{Kind: f.Kind, Message: msg, NonRetryable: f.NonRetryable}
+}
 
 func (f *Failure) bounded(depth int) *Failure {
 	if f == nil {

@@ -26,6 +26,7 @@ type Store struct {
 
 	inForceMu sync.Mutex
 	inForce   map[string]jetstream.StreamConfig // by stream name
+	replicas  int                               // see Replicas
 }
 
 // Open returns a Store over nc. It does not create streams: nodes do that
@@ -54,8 +55,14 @@ func Open(nc *nats.Conn, cfg Config) (*Store, error) {
 // Close releases the store's subscription. The connection stays open.
 func (s *Store) Close() { s.reader.close() }
 
-// Config returns the store's configuration with defaults applied.
-func (s *Store) Config() Config { return s.cfg }
+// Config returns the store's configuration with defaults applied, and
+// MaxPayloadSize lowered to what the server and the streams in force
+// accept.
+func (s *Store) Config() Config {
+	s.inForceMu.Lock()
+	defer s.inForceMu.Unlock()
+	return s.cfg
+}
 
 // JetStream returns the JetStream handle the store uses.
 func (s *Store) JetStream() jetstream.JetStream { return s.js }
@@ -71,7 +78,33 @@ func (s *Store) EnsureStreams(ctx context.Context, log *slog.Logger) error {
 	for shard := range s.cfg.HistoryShards {
 		cfgs = append(cfgs, s.cfg.historyStreamConfig(shard))
 	}
+	// What is missing (a stream new in this version, a new shard) is
+	// created with as many replicas as the engine's existing streams have,
+	// if more than this store's setting: a node started without the
+	// setting does not create single copies in a replicated engine.
+	replicas := s.cfg.Replicas
 	for _, sc := range cfgs {
+		var have int
+		if err := retryUntil(ctx, func() error {
+			st, err := s.js.Stream(ctx, sc.Name)
+			switch {
+			case errors.Is(err, jetstream.ErrStreamNotFound):
+				return nil
+			case err != nil:
+				return err
+			}
+			have = st.CachedInfo().Config.Replicas
+			return nil
+		}); err != nil {
+			return fmt.Errorf("stream %s: %w", sc.Name, err)
+		}
+		replicas = max(replicas, have)
+	}
+	s.inForceMu.Lock()
+	s.replicas = replicas
+	s.inForceMu.Unlock()
+	for _, sc := range cfgs {
+		sc.Replicas = replicas
 		inForce, err := EnsureStream(ctx, s.js, sc, log)
 		if err != nil {
 			return err
@@ -83,7 +116,22 @@ func (s *Store) EnsureStreams(ctx context.Context, log *slog.Logger) error {
 		s.inForce[sc.Name] = inForce
 		s.inForceMu.Unlock()
 	}
+	// A stream an operator created with a lower message limit lowers what
+	// a value may take.
+	limit := s.maxMsgSize()
+	s.inForceMu.Lock()
+	s.cfg.MaxPayloadSize = min(s.cfg.MaxPayloadSize, limit)
+	s.inForceMu.Unlock()
 	return nil
+}
+
+// Replicas is how many replicas what the engine creates gets: the store's
+// setting, or more if the engine's existing streams have more (known once
+// EnsureStreams ran).
+func (s *Store) Replicas() int {
+	s.inForceMu.Lock()
+	defer s.inForceMu.Unlock()
+	return max(s.cfg.Replicas, s.replicas)
 }
 
 // StreamConfigInForce returns the configuration of the named stream as
@@ -263,7 +311,7 @@ func (s *Store) maxMsgSize() int {
 // landedAfter reports whether the commit right after expectedSeq on the
 // saga's subject carries msgID.
 func (s *Store) landedAfter(ctx context.Context, sagaID string, expectedSeq uint64, msgID string) (uint64, bool) {
-	msgs, _, err := s.reader.get(ctx, s.cfg.HistoryStream(s.cfg.Shard(sagaID)), directGetRequest{
+	msgs, _, err := s.directGet(ctx, s.cfg.HistoryStream(s.cfg.Shard(sagaID)), directGetRequest{
 		Seq:        expectedSeq + 1,
 		NextBySubj: s.cfg.HistorySubject(sagaID),
 	})
@@ -274,6 +322,17 @@ func (s *Store) landedAfter(ctx context.Context, sagaID string, expectedSeq uint
 		return 0, false
 	}
 	return msgs[0].Seq, true
+}
+
+// directGet reads from a stream's store; a read no server answered is
+// ErrNoStream when the stream is missing, ErrUnavailable (worth a retry)
+// while its servers start or elect.
+func (s *Store) directGet(ctx context.Context, stream string, req directGetRequest) ([]storedMsg, uint64, error) {
+	msgs, pending, err := s.reader.get(ctx, stream, req)
+	if errors.Is(err, errNoDirectResponders) && s.streamMissing(ctx, stream) {
+		return nil, 0, fmt.Errorf("%w: %s", ErrNoStream, stream)
+	}
+	return msgs, pending, err
 }
 
 // readBatch is how many commits one direct-get request asks for.
@@ -291,7 +350,7 @@ func (s *Store) Read(ctx context.Context, sagaID string, afterSeq uint64) ([]Sto
 	var out []StoredCommit
 	next := afterSeq + 1
 	for {
-		msgs, pending, err := s.reader.get(ctx, stream, directGetRequest{Seq: next, NextBySubj: subject, Batch: readBatch})
+		msgs, pending, err := s.directGet(ctx, stream, directGetRequest{Seq: next, NextBySubj: subject, Batch: readBatch})
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", subject, err)
 		}
@@ -314,7 +373,7 @@ func (s *Store) Last(ctx context.Context, sagaID string) (StoredCommit, error) {
 	if err := ValidateID("saga id", sagaID); err != nil {
 		return StoredCommit{}, err
 	}
-	msgs, _, err := s.reader.get(ctx, s.cfg.HistoryStream(s.cfg.Shard(sagaID)), directGetRequest{
+	msgs, _, err := s.directGet(ctx, s.cfg.HistoryStream(s.cfg.Shard(sagaID)), directGetRequest{
 		LastBySubj: s.cfg.HistorySubject(sagaID),
 	})
 	if err != nil {

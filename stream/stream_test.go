@@ -416,13 +416,16 @@ func TestTaskIsQueuedOnceWhileItExists(t *testing.T) {
 	st, nc := newStore(t)
 	ctx := context.Background()
 	task := stream.ActivityTask{SagaID: "t1", ScheduledEventID: 3, ActivityType: "charge", Attempt: 1, ScheduledAt: time.Now()}
-	if err := st.PublishTask(ctx, task); err != nil {
-		t.Fatal(err)
+	if queued, err := st.PublishTask(ctx, task); err != nil || !queued {
+		t.Fatal(queued, err)
 	}
 	late := task
 	late.Attempt = 2 // another message id: no de-duplication applies
-	if err := st.PublishTask(ctx, late); err != nil {
-		t.Fatalf("publishing a task that is queued already is a no-op, got %v", err)
+	if queued, err := st.PublishTask(ctx, late); err != nil || queued {
+		t.Fatalf("publishing a task that is queued already is a no-op, got %v, %v", queued, err)
+	}
+	if got, _, found, err := st.QueuedTask(ctx, "charge", "t1", 3); err != nil || !found || got.Attempt != 1 {
+		t.Fatalf("queued task %+v %v %v", got, found, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -453,8 +456,8 @@ func TestTaskIsQueuedOnceWhileItExists(t *testing.T) {
 	if err := tasks.DeleteMsg(ctx, msg.Sequence); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.PublishTask(ctx, late); err != nil {
-		t.Fatal(err)
+	if queued, err := st.PublishTask(ctx, late); err != nil || !queued {
+		t.Fatal(queued, err)
 	}
 	if msg, err = tasks.GetLastMsgForSubject(ctx, subject); err != nil {
 		t.Fatal(err)

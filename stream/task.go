@@ -42,26 +42,27 @@ func TaskFor(e Event) (ActivityTask, bool) {
 }
 
 // PublishTask puts an activity task on the task stream, unless a task of
-// the same activity is queued already (then it does nothing): the
+// the same activity is queued already (then it does nothing, and queued is
+// false; QueuedTask tells which one is there): the
 // publication expects its subject, one per activity, to be empty. A task
 // is removed only once its outcome is in the history or its retry is
 // handed to a timer, so a scheduling commit dispatched again, however
 // late, never queues a second task for an activity that still runs. The
 // Nats-Msg-Id (saga, scheduled event, attempt) makes a retried publish a
 // duplicate within the window.
-func (s *Store) PublishTask(ctx context.Context, t ActivityTask) error {
+func (s *Store) PublishTask(ctx context.Context, t ActivityTask) (queued bool, err error) {
 	if err := ValidateID("activity type", t.ActivityType); err != nil {
-		return err
+		return false, err
 	}
 	if t.Attempt < 1 {
 		t.Attempt = 1
 	}
 	data, err := Marshal(&t)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if limit := s.maxMsgSize(); len(data) > limit {
-		return fmt.Errorf("%w: task of %d bytes, the limit is %d", ErrTooLarge, len(data), limit)
+		return false, fmt.Errorf("%w: task of %d bytes, the limit is %d", ErrTooLarge, len(data), limit)
 	}
 	msg := &nats.Msg{Subject: s.cfg.TaskSubject(t.ActivityType, t.SagaID, t.ScheduledEventID), Data: data}
 	msgID := t.SagaID + ":act:" + strconv.FormatUint(t.ScheduledEventID, 10) + ":" + strconv.Itoa(t.Attempt)
@@ -75,10 +76,42 @@ func (s *Store) PublishTask(ctx context.Context, t ActivityTask) error {
 	_, err = s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.TaskStream()),
 		jetstream.WithExpectLastSequencePerSubject(0))
 	if err = mapError(err); errors.Is(err, ErrConcurrency) {
-		return nil // queued already
+		return false, nil // queued already
 	}
 	if err != nil {
-		return fmt.Errorf("publish task %s: %w", msgID, err)
+		return false, fmt.Errorf("publish task %s: %w", msgID, err)
+	}
+	return true, nil
+}
+
+// QueuedTask returns the task queued for a scheduled activity and its
+// stream sequence; found false when none is.
+func (s *Store) QueuedTask(ctx context.Context, activityType, sagaID string, scheduledEventID uint64) (t ActivityTask, seq uint64, found bool, err error) {
+	// The task stream serves no direct gets: its leader answers.
+	tasks, err := s.js.Stream(ctx, s.cfg.TaskStream())
+	if err != nil {
+		return ActivityTask{}, 0, false, fmt.Errorf("read queued task: %w", mapError(err))
+	}
+	msg, err := tasks.GetLastMsgForSubject(ctx, s.cfg.TaskSubject(activityType, sagaID, scheduledEventID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return ActivityTask{}, 0, false, nil
+	}
+	if err != nil {
+		return ActivityTask{}, 0, false, fmt.Errorf("read queued task: %w", mapError(err))
+	}
+	t, err = s.DecodeTask(msg.Data)
+	return t, msg.Sequence, err == nil, err
+}
+
+// RemoveTask deletes a queued task that nothing should run (a leftover for
+// an attempt another task started), so that the right one can be queued.
+func (s *Store) RemoveTask(ctx context.Context, seq uint64) error {
+	tasks, err := s.js.Stream(ctx, s.cfg.TaskStream())
+	if err != nil {
+		return fmt.Errorf("remove task at %d: %w", seq, mapError(err))
+	}
+	if err := tasks.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("remove task at %d: %w", seq, mapError(err))
 	}
 	return nil
 }

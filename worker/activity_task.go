@@ -79,8 +79,17 @@ func (h activityTasks) handle(ctx context.Context, d *delivery) outcome {
 		// the redelivery itself) says this attempt started.
 		return nakAfter(delay, "activity attempt "+strconv.Itoa(attempt), runErr)
 	}
+	if !recorded {
+		// The attempt ran without a record (the fast path): with the task
+		// gone until the timer fires, only a record says it started, so
+		// that a task queued again meanwhile (a wake) runs the next one.
+		rec := attemptRecord{Started: attempt, TaskSeq: d.meta.Sequence.Stream, Node: n.opts.NodeName, At: n.clock.Now()}
+		if err := n.attempts.put(ctx, task.SagaID, task.ScheduledEventID, rec, 0, false); err != nil {
+			return nakAfter(delay, "activity attempt "+strconv.Itoa(attempt), runErr)
+		}
+	}
 	timer := kv.Timer{Kind: timerRetry, SagaID: task.SagaID, EventID: task.ScheduledEventID, Attempt: attempt + 1, Due: n.clock.Now().Add(delay)}
-	if err := n.timers.Schedule(ctx, timer); err != nil {
+	if err := n.timers.Load().Schedule(ctx, timer); err != nil {
 		// No timer: wait on the message instead.
 		d.logger().Warn("retry timer not created; retrying by redelivery", "err", err)
 		return nakAfter(delay, "activity attempt "+strconv.Itoa(attempt), runErr)
@@ -119,7 +128,7 @@ func (n *Node) startAttempt(ctx context.Context, d *delivery, task stream.Activi
 	// duplicate window and the one-task-per-subject rule stop before half
 	// the window has passed).
 	age := n.clock.Now().Sub(task.ScheduledAt)
-	if d.meta.NumDelivered == 1 && task.Attempt == 1 && !task.Rederived && fastEligible(task.Options) && age < n.store.Config().DuplicateWindow/2 {
+	if d.meta.NumDelivered == 1 && task.Attempt == 1 && !task.Rederived && fastEligible(task.Options) && age < n.taskDuplicateWindow()/2 {
 		return 1, false, outcome{}, true
 	}
 	open, err := n.activityOpen(ctx, task)
@@ -158,6 +167,15 @@ func (n *Node) startAttempt(ctx context.Context, d *delivery, task stream.Activi
 	return next, true, outcome{}, true
 }
 
+// taskDuplicateWindow is the task stream's duplicate window as the server
+// has it (an existing stream keeps its own).
+func (n *Node) taskDuplicateWindow() time.Duration {
+	if sc, ok := n.store.StreamConfigInForce(n.store.Config().TaskStream()); ok && sc.Duplicates > 0 {
+		return sc.Duplicates
+	}
+	return n.store.Config().DuplicateWindow
+}
+
 // nextAttempt works out the attempt a delivered task runs from the record
 // of attempts started; stale when the task is a leftover for an attempt
 // that another task started already.
@@ -186,11 +204,20 @@ func nextAttempt(task stream.ActivityTask, taskSeq, deliveries uint64, rec attem
 // retried forever.
 func (n *Node) reportOutcome(ctx context.Context, d *delivery, task stream.ActivityTask, attempt int, recorded bool, result stream.Payload, failure *stream.Failure) outcome {
 	err := n.recordOutcome(ctx, d, task, attempt, result, failure)
-	if err != nil && failure == nil && !stream.Transient(err) && !isHistoryProblem(err) && !errors.Is(err, stream.ErrUnsupported) && ctx.Err() == nil {
-		d.logger().Error("activity result cannot be recorded; recording the activity as failed", "err", err)
-		failure = activityFailure(task, attempt, &stream.Failure{Kind: string(saga.KindValidation), NonRetryable: true,
-			Message: "the activity's result could not be recorded: " + err.Error()})
+	// Only an outcome the server refuses as such (too large for its
+	// stream) is replaced: an outage, however long, is waited out.
+	if err != nil && errors.Is(err, stream.ErrTooLarge) && ctx.Err() == nil {
+		if failure == nil {
+			d.logger().Error("activity result cannot be recorded; recording the activity as failed", "err", err)
+			failure = activityFailure(task, attempt, &stream.Failure{Kind: string(saga.KindValidation), NonRetryable: true,
+				Message: "the activity's result could not be recorded: " + err.Error()})
+		} else {
+			d.logger().Error("activity failure cannot be recorded in full; recording its summary", "err", err)
+		}
 		err = n.recordOutcome(ctx, d, task, attempt, nil, failure.Bounded())
+		if errors.Is(err, stream.ErrTooLarge) {
+			err = n.recordOutcome(ctx, d, task, attempt, nil, failure.Summary())
+		}
 	}
 	if err != nil {
 		return n.handlingFailed(ctx, d, "record activity outcome", err)

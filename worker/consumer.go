@@ -141,6 +141,7 @@ type consumer struct {
 	mu      sync.Mutex
 	ackWait time.Duration
 	held    map[jetstream.Msg]struct{} // held or being handled: heartbeat them
+	panics  map[uint64]int             // by stream sequence: the messages that made the handler panic
 
 	ctx        context.Context // canceled to stop fetching
 	cancel     context.CancelFunc
@@ -173,7 +174,7 @@ func newConsumer(n *Node, stream string, cons jetstream.Consumer, slots chan str
 	info := cons.CachedInfo()
 	c := &consumer{
 		node: n, name: info.Name, stream: stream, cons: cons, slots: slots, h: h,
-		ackWait: info.Config.AckWait, held: map[jetstream.Msg]struct{}{},
+		ackWait: info.Config.AckWait, held: map[jetstream.Msg]struct{}{}, panics: map[uint64]int{},
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.beatCtx, c.beatCancel = context.WithCancel(context.Background())
@@ -373,6 +374,9 @@ func (c *consumer) handleOne(msg jetstream.Msg) {
 	if out.kind == outcomeDeadLetter {
 		out = c.setAside(ctx, d, out)
 	}
+	// No heartbeat after this point: one sent after a delayed nak would
+	// stretch the delay to a whole AckWait.
+	c.unhold(msg)
 	switch out.kind {
 	case outcomeAck:
 		_ = msg.Ack()
@@ -390,19 +394,32 @@ func (c *consumer) handleOne(msg jetstream.Msg) {
 	}
 }
 
-// safeHandle runs the handler, turning a panic into a redelivery and, after
-// maxPanics deliveries, a dead letter: a message that crashes its handler
-// must not take node after node down with it.
+// safeHandle runs the handler, turning a panic into a redelivery and, once
+// the message made the handler panic maxPanics times on this node, a dead
+// letter: a message that crashes its handler must not take node after node
+// down with it. Panics are counted, not deliveries: a delivery that failed
+// for another reason is no evidence against the message.
 func (c *consumer) safeHandle(d *delivery) (out outcome) {
+	seq := d.meta.Sequence.Stream
 	defer func() {
 		r := recover()
 		if r == nil {
+			c.mu.Lock()
+			delete(c.panics, seq)
+			c.mu.Unlock()
 			return
 		}
 		d.logger().Error("handler panicked", "panic", r, "delivery", d.meta.NumDelivered, "stack", string(debug.Stack()))
+		c.mu.Lock()
+		c.panics[seq]++
+		panics := c.panics[seq]
+		if panics >= maxPanics {
+			delete(c.panics, seq)
+		}
+		c.mu.Unlock()
 		err := fmt.Errorf("handler panicked: %v", r)
-		if d.meta.NumDelivered >= maxPanics {
-			out = deadLetter(fmt.Sprintf("handler panicked on %d deliveries: %v", d.meta.NumDelivered, r), err)
+		if panics >= maxPanics {
+			out = deadLetter(fmt.Sprintf("handler panicked on %d deliveries: %v", panics, r), err)
 			return
 		}
 		out = retryLater(d, "handle message", err)
@@ -466,14 +483,12 @@ func (c *consumer) heartbeatLoop() {
 	}
 }
 
+// beat sends the heartbeats under the lock (each is a buffered publish),
+// so that none goes out for a message whose handler has let it go.
 func (c *consumer) beat() {
 	c.mu.Lock()
-	msgs := make([]jetstream.Msg, 0, len(c.held))
+	defer c.mu.Unlock()
 	for m := range c.held {
-		msgs = append(msgs, m)
-	}
-	c.mu.Unlock()
-	for _, m := range msgs {
 		_ = m.InProgress()
 	}
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/jetsaga/saga/stream"
@@ -35,12 +36,18 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 		// history_unreadable); the message itself is set aside.
 		return deadLetter("undecodable history message", err)
 	}
+	// Every effect, even after one failed: they are idempotent, and one
+	// that fails must not hold back the others until the redelivery.
+	var errs []error
 	for _, e := range commit.Events {
 		if effect := effects[e.Type]; effect != nil {
 			if err := effect(ctx, n, e); err != nil {
-				return n.handlingFailed(ctx, d, "carry out "+string(e.Type), err)
+				errs = append(errs, fmt.Errorf("event %d %s: %w", e.ID, e.Type, err))
 			}
 		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return n.handlingFailed(ctx, d, "carry out effects", err)
 	}
 	if !commit.NeedsDecision() {
 		return ack()

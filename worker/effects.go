@@ -35,33 +35,36 @@ const (
 // and arms its schedule-to-start timeout, if it has one.
 func dispatchActivity(ctx context.Context, n *Node, e stream.Event) error {
 	task, _ := stream.TaskFor(e)
-	return n.queueActivity(ctx, task)
+	_, err := n.queueActivity(ctx, task)
+	return err
 }
 
 // queueActivity puts an activity's task on the task stream (a no-op when
-// one is queued already) and, for its first attempt, arms the
-// schedule-to-start timeout.
-func (n *Node) queueActivity(ctx context.Context, task stream.ActivityTask) error {
-	err := n.store.PublishTask(ctx, task)
+// one is queued already: queued false) and, for its first attempt, arms
+// the schedule-to-start timeout.
+func (n *Node) queueActivity(ctx context.Context, task stream.ActivityTask) (queued bool, err error) {
+	queued, err = n.store.PublishTask(ctx, task)
 	if errors.Is(err, stream.ErrInvalidID) || errors.Is(err, stream.ErrCodec) || errors.Is(err, stream.ErrTooLarge) {
 		// A task that can never be published (an activity type that is not
 		// a subject token, say, from a foreign writer): the workflow gets
 		// the error as the activity's failure instead of a saga that waits
 		// forever.
 		n.log.Error("activity task cannot be published; failing the activity", "saga_id", task.SagaID, "err", err)
-		return n.failUnpublishable(ctx, task, err)
+		return false, n.failUnpublishable(ctx, task, err)
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
-	n.stats.tasksPublished.Add(1)
+	if queued {
+		n.stats.tasksPublished.Add(1)
+	}
 	if d := task.Options.ScheduleToStartTimeout; d > 0 && task.Attempt == 1 {
 		t := kv.Timer{Kind: timerScheduleToStart, SagaID: task.SagaID, EventID: task.ScheduledEventID, Due: task.ScheduledAt.Add(d)}
-		if err := n.timers.Schedule(ctx, t); err != nil {
-			return fmt.Errorf("arm schedule-to-start timeout: %w", err)
+		if err := n.timers.Load().Schedule(ctx, t); err != nil {
+			return queued, fmt.Errorf("arm schedule-to-start timeout: %w", err)
 		}
 	}
-	return nil
+	return queued, nil
 }
 
 // rederive carries out again the effects of whatever is still open in a
@@ -92,7 +95,31 @@ func (n *Node) rederive(ctx context.Context, st *stream.State) error {
 		}
 		task := st.OpenActivities[id].Task(st.SagaID, id, attempt)
 		task.Rederived = true
-		if err := n.queueActivity(ctx, task); err != nil {
+		if err := n.queueReplacingLeftover(ctx, task, rec, found); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// queueReplacingLeftover queues task unless a task that runs its attempt
+// is queued already. A leftover that would be dropped unrun (a task for an
+// attempt another task started) does not count: it is removed, so that it
+// does not stand in for the task the saga needs.
+func (n *Node) queueReplacingLeftover(ctx context.Context, task stream.ActivityTask, rec attemptRecord, found bool) error {
+	for range 3 { // each round removes one leftover; more mean a racing writer
+		queued, err := n.queueActivity(ctx, task)
+		if err != nil || queued {
+			return err
+		}
+		there, seq, ok, err := n.store.QueuedTask(ctx, task.ActivityType, task.SagaID, task.ScheduledEventID)
+		if err != nil || !ok {
+			return err // gone meanwhile, or unreadable: the next wake sees
+		}
+		if _, stale := nextAttempt(there, seq, 1, rec, found); !stale {
+			return nil
+		}
+		if err := n.store.RemoveTask(ctx, seq); err != nil {
 			return err
 		}
 	}

@@ -47,10 +47,33 @@ func (n *Node) retryFired(ctx context.Context, d *delivery, t kv.Timer) outcome 
 	if !open {
 		return ack()
 	}
-	if err := n.queueActivity(ctx, a.Task(t.SagaID, t.EventID, t.Attempt)); err != nil {
+	queued, err := n.queueActivity(ctx, a.Task(t.SagaID, t.EventID, t.Attempt))
+	if err != nil {
 		return n.handlingFailed(ctx, d, "queue retry", err)
 	}
-	return ack()
+	if queued {
+		return ack()
+	}
+	// A task is there. If it is the one that runs this attempt (it started,
+	// or will: it is not a leftover for an earlier one), the timer is done;
+	// otherwise it fires again once that task has gone its way.
+	rec, _, found, err := n.attempts.get(ctx, t.SagaID, t.EventID)
+	if err != nil {
+		return retryLater(d, "read attempts", err)
+	}
+	if found && rec.Started >= t.Attempt {
+		return ack()
+	}
+	there, seq, ok, err := n.store.QueuedTask(ctx, a.ActivityType, t.SagaID, t.EventID)
+	if err != nil {
+		return retryLater(d, "read the queued task", err)
+	}
+	if ok {
+		if _, stale := nextAttempt(there, seq, 1, rec, found); !stale {
+			return ack()
+		}
+	}
+	return nakAfter(redeliveryPolicy.Delay(int(d.meta.NumDelivered)), "", nil)
 }
 
 // scheduleToStartFired times out an activity whose first attempt has not

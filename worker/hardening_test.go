@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -207,7 +208,7 @@ func TestForeignTaskIsSetAsideAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	if err := st.PublishTask(e.ctx, stream.ActivityTask{SagaID: "ghost", ScheduledEventID: 5, ActivityType: "guarded", Attempt: 1}); err != nil {
+	if _, err := st.PublishTask(e.ctx, stream.ActivityTask{SagaID: "ghost", ScheduledEventID: 5, ActivityType: "guarded", Attempt: 1}); err != nil {
 		t.Fatal(err)
 	}
 	var dead []stream.DeadLetter
@@ -274,5 +275,215 @@ func TestFanOutResultsDoNotReplayPerLostRace(t *testing.T) {
 	// race.
 	if replays := sa.Replays + sb.Replays; replays > 6 {
 		t.Fatalf("%d replays for %d racing results (%d conflicts)", replays, width, sa.Conflicts+sb.Conflicts)
+	}
+}
+
+// waitTimersSettled waits until no timer is armed any more and the timers
+// consumer has been handed every marker.
+func waitTimersSettled(t *testing.T, e *env, js jetstream.JetStream) {
+	t.Helper()
+	cfg := stream.Config{}.Defaults()
+	natstest.WaitFor(t, 15*time.Second, "every timer to fire and reach the timers consumer", func() bool {
+		timers, err := js.KeyValue(e.ctx, cfg.TimersBucket())
+		if err != nil {
+			return false
+		}
+		if keys, err := timers.Keys(e.ctx); err == nil && len(keys) > 0 {
+			return false
+		} else if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+			return false
+		}
+		s, err := js.Stream(e.ctx, "KV_"+cfg.TimersBucket())
+		if err != nil {
+			return false
+		}
+		c, err := js.Consumer(e.ctx, "KV_"+cfg.TimersBucket(), "saga-timers")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(e.ctx)
+		return err == nil && info.Delivered.Stream >= s.CachedInfo().State.LastSeq
+	})
+}
+
+// A wake while an activity waits out a retry backoff queues the next
+// attempt, not the one that already ran: the first attempt ran without a
+// record (its first delivery), so the record is written when its retry
+// goes to a timer. Before, the wake queued attempt 1 again, and with the
+// timer's attempt 2 the activity ran three times under MaximumAttempts 2.
+func TestWakeDuringRetryBackoffDoesNotRerunAnAttempt(t *testing.T) {
+	e := newEnv(t)
+	var calls atomic.Int32
+	failed := make(chan struct{}, 4)
+	flaky := saga.NewActivity("backoff-wake", func(context.Context, int) (int, error) {
+		calls.Add(1)
+		failed <- struct{}{}
+		return 0, errors.New("down")
+	}, saga.WithRetryPolicy(saga.RetryPolicy{InitialInterval: 2 * time.Second, MaximumAttempts: 2}))
+	wf := saga.NewWorkflow("backoff-wake-wf", 1, func(ctx saga.Context, _ int) (int, error) {
+		return saga.ExecuteActivity(ctx, flaky, 0).Get(ctx)
+	})
+	n := e.node(worker.Options{}, wf, flaky)
+	r, err := saga.StartWorkflow(e.ctx, e.cl, wf, 0, saga.StartOptions{ID: "backoff-wake-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-failed
+	js := jsOf(t, e)
+	cfg := stream.Config{}.Defaults()
+	natstest.WaitFor(t, 5*time.Second, "the retry to wait on its timer", func() bool {
+		timers, err := js.KeyValue(e.ctx, cfg.TimersBucket())
+		if err != nil {
+			return false
+		}
+		keys, err := timers.Keys(e.ctx)
+		return err == nil && len(keys) == 1
+	})
+	if err := n.Wake(e.ctx, "backoff-wake-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Get(e.ctx); !errors.Is(err, saga.KindActivityExecution) {
+		t.Fatalf("got %v, want the activity's failure", err)
+	}
+	waitTimersSettled(t, e, js)
+	if got := calls.Load(); got != 2 {
+		t.Fatalf("the activity ran %d times under MaximumAttempts 2", got)
+	}
+}
+
+// A retry timer that fires while a leftover task (for an attempt that
+// already ran) sits on the activity's subject does not take the leftover
+// for the retry: it fires again once the leftover is gone. Before, it was
+// acked, the leftover was then dropped unrun, and the saga waited forever.
+func TestRetryTimerIsNotSwallowedByALeftoverTask(t *testing.T) {
+	e := newEnv(t)
+	var calls atomic.Int32
+	failed := make(chan struct{}, 4)
+	flaky := saga.NewActivity("leftover", func(context.Context, int) (int, error) {
+		if calls.Add(1) < 3 {
+			failed <- struct{}{}
+			return 0, errors.New("down")
+		}
+		return 7, nil
+	}, saga.WithRetryPolicy(saga.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 1, MaximumAttempts: 5}))
+	wf := saga.NewWorkflow("leftover-wf", 1, func(ctx saga.Context, _ int) (int, error) {
+		return saga.ExecuteActivity(ctx, flaky, 0).Get(ctx)
+	})
+	e.node(worker.Options{NodeName: "decider"}, wf)
+	runner := e.node(worker.Options{NodeName: "runner"}, flaky)
+	r, err := saga.StartWorkflow(e.ctx, e.cl, wf, 0, saga.StartOptions{ID: "leftover-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-failed
+	<-failed // attempt 2 failed; its retry (attempt 3) waits on a timer
+	if err := runner.Stop(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := stream.Open(e.srv.Conn(), stream.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	// A leftover for attempt 1, as a late dispatch or a wake could queue.
+	if _, err := st.PublishTask(e.ctx, stream.ActivityTask{SagaID: "leftover-1", ScheduledEventID: 1, ActivityType: "leftover", Attempt: 1, Rederived: true}); err != nil {
+		t.Fatal(err)
+	}
+	js := jsOf(t, e)
+	// The timer fires while the leftover is there and no node runs the type.
+	cfg := stream.Config{}.Defaults()
+	natstest.WaitFor(t, 10*time.Second, "the retry timer to fire", func() bool {
+		timers, err := js.KeyValue(e.ctx, cfg.TimersBucket())
+		if err != nil {
+			return false
+		}
+		keys, err := timers.Keys(e.ctx)
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return true
+		}
+		return err == nil && len(keys) == 0
+	})
+	natstest.WaitFor(t, 5*time.Second, "the timers consumer to get the marker", func() bool {
+		s, err := js.Stream(e.ctx, "KV_"+cfg.TimersBucket())
+		if err != nil {
+			return false
+		}
+		c, err := js.Consumer(e.ctx, "KV_"+cfg.TimersBucket(), "saga-timers")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(e.ctx)
+		return err == nil && info.Delivered.Stream >= s.CachedInfo().State.LastSeq
+	})
+	e.node(worker.Options{NodeName: "runner-again"}, flaky)
+	if out, err := r.Get(e.ctx); err != nil || out != 7 {
+		t.Fatalf("got %d, %v", out, err)
+	}
+	if started := findAttrs[*stream.ActivityTaskStartedAttrs](e.history("leftover-1")); len(started) != 1 || started[0].Attempt != 3 {
+		t.Fatalf("started %+v", started)
+	}
+}
+
+// A node asking for a longer timer marker TTL than the existing bucket
+// keeps follows the bucket: before, it started but could arm no timer, and
+// a saga with a schedule-to-start timeout never got its tasks.
+func TestTimersFollowTheBucketInForce(t *testing.T) {
+	e := newEnv(t)
+	first := e.node(worker.Options{NodeName: "first", TimerMarkerTTL: time.Hour})
+	if err := first.Stop(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	timed := saga.NewActivity("timed", func(context.Context, int) (int, error) { return 1, nil }, saga.WithScheduleToStartTimeout(30*time.Second))
+	other := saga.NewActivity("untimed", func(context.Context, int) (int, error) { return 2, nil })
+	wf := saga.NewWorkflow("two-kinds", 1, func(ctx saga.Context, _ int) (int, error) {
+		a, b := saga.ExecuteActivity(ctx, timed, 0), saga.ExecuteActivity(ctx, other, 0)
+		x, err := a.Get(ctx)
+		if err != nil {
+			return 0, err
+		}
+		y, err := b.Get(ctx)
+		return x + y, err
+	})
+	e.node(worker.Options{NodeName: "second"}, wf, timed, other) // default: 24h
+	if out, err := run(e, wf, "two-kinds-1", 0); err != nil || out != 3 {
+		t.Fatalf("got %d, %v", out, err)
+	}
+	// The schedule-to-start timeout was armed (it is due in 30 s).
+	timers, err := jsOf(t, e).KeyValue(e.ctx, stream.Config{}.Defaults().TimersBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := timers.Keys(e.ctx)
+	if err != nil || len(keys) != 1 || !strings.HasPrefix(keys[0], "s2s.two-kinds-1.") {
+		t.Fatalf("timers: %v %v", keys, err)
+	}
+}
+
+// A result that the server refuses for good (here: an append refused as
+// too large) is recorded as the activity's non-retryable failure, not
+// retried forever.
+func TestResultTheServerRefusesIsRecordedAsAFailure(t *testing.T) {
+	e := newEnv(t)
+	var refused atomic.Int32
+	hooks := &worker.Hooks{BeforeAppend: func(_ context.Context, _ string, c *stream.Commit) error {
+		for _, ev := range c.Events {
+			if ev.Type == stream.ActivityTaskCompleted && refused.Add(1) == 1 {
+				return fmt.Errorf("%w: the server refused the commit", stream.ErrTooLarge)
+			}
+		}
+		return nil
+	}}
+	step := saga.NewActivity("refused-result", func(context.Context, int) (int, error) { return 1, nil })
+	wf := saga.NewWorkflow("refused-result-wf", 1, func(ctx saga.Context, _ int) (int, error) {
+		return saga.ExecuteActivity(ctx, step, 0).Get(ctx)
+	})
+	e.node(worker.Options{Hooks: hooks}, wf, step)
+	_, err := run(e, wf, "refused-1", 0)
+	if !errors.Is(err, saga.KindValidation) || !strings.Contains(err.Error(), "could not be recorded") {
+		t.Fatalf("got %v", err)
+	}
+	failed := findAttrs[*stream.ActivityTaskFailedAttrs](e.history("refused-1"))
+	if len(failed) != 1 || !failed[0].Failure.NonRetryable {
+		t.Fatalf("failed events %+v", failed)
 	}
 }

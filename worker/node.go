@@ -35,8 +35,10 @@ type Node struct {
 	cache     *sagaCache
 	stats     nodeStats
 	timersCfg kv.TimersConfig
-	timers    *kv.Timers
-	attempts  *attemptStore
+	// timers is set up with the bucket's settings in force when the node
+	// starts (see setUp); until then, with the node's own.
+	timers   atomic.Pointer[kv.Timers]
+	attempts *attemptStore
 
 	mu        sync.Mutex
 	state     nodeState
@@ -108,7 +110,7 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 	}
 	cfg := store.Config()
 	timersCfg := kv.TimersConfig{Bucket: cfg.TimersBucket(), Replicas: cfg.Replicas, Storage: cfg.Storage, MarkerTTL: opts.TimerMarkerTTL}
-	return &Node{
+	n := &Node{
 		opts:      opts,
 		reg:       reg,
 		nc:        nc,
@@ -119,9 +121,10 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 		clock:     opts.Clock,
 		cache:     newSagaCache(opts.CacheSize),
 		timersCfg: timersCfg,
-		timers:    kv.NewTimers(store.JetStream(), timersCfg, opts.Clock),
 		attempts:  &attemptStore{js: store.JetStream(), bucket: cfg.ActivitiesBucket(), purgeTTL: time.Minute},
-	}, nil
+	}
+	n.timers.Store(kv.NewTimers(store.JetStream(), timersCfg, opts.Clock))
+	return n, nil
 }
 
 // Name returns the node's name.
@@ -198,15 +201,23 @@ func (n *Node) setUp(ctx context.Context) error {
 		return &saga.Error{Kind: kind, Message: "set up streams", Cause: err}
 	}
 	js := n.store.JetStream()
-	if _, err := stream.EnsureKeyValue(ctx, js, n.timersCfg.KeyValueConfig(), n.log); err != nil {
+	timersCfg := n.timersCfg
+	timersCfg.Replicas = n.store.Replicas()
+	timersKV, err := stream.EnsureKeyValue(ctx, js, timersCfg.KeyValueConfig(), n.log)
+	if err != nil {
 		return &saga.Error{Kind: saga.KindTimerStore, Message: "set up timers bucket", Cause: err}
 	}
+	// An existing bucket keeps its marker TTL: timers follow it.
+	if status, err := timersKV.Status(ctx); err == nil && status.LimitMarkerTTL() > 0 {
+		timersCfg.MarkerTTL = status.LimitMarkerTTL()
+	}
+	n.timers.Store(kv.NewTimers(js, timersCfg, n.clock))
 	cfg := n.store.Config()
-	_, err := stream.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
+	_, err = stream.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      cfg.ActivitiesBucket(),
 		Description: "attempts started of open activities",
 		History:     1,
-		Replicas:    cfg.Replicas,
+		Replicas:    n.store.Replicas(),
 		Storage:     cfg.Storage,
 		// Removed records leave a marker this long (see attemptStore.remove).
 		LimitMarkerTTL: time.Hour,
