@@ -660,10 +660,10 @@ func (n *node) stop(t *testing.T) int {
 // returns first.
 func (n *node) waitLog(t *testing.T, s string) string {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if out := n.stderr.String(); strings.Contains(out, s) {
-			return out
+	var out string
+	natstest.WaitFor(t, 15*time.Second, "the node to log "+strconv.Quote(s), func() bool {
+		if out = n.stderr.String(); strings.Contains(out, s) {
+			return true
 		}
 		select {
 		case code := <-n.done:
@@ -671,11 +671,9 @@ func (n *node) waitLog(t *testing.T, s string) string {
 			t.Fatalf("run exited %d before logging %q:\n%s", code, s, n.stderr)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("run did not log %q:\n%s", s, n.stderr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
+	return out
 }
 
 func TestRunJoinsExistingNATS(t *testing.T) {

@@ -12,13 +12,10 @@ import (
 	"github.com/jetsaga/saga/internal/natstest"
 )
 
-// A batched read whose replies lose one on the way (a slow consumer drop on
-// the shared reply subscription) must say so, so that it is read again:
-// before, the batch came back short, and a node took the gap for a message
-// no engine wrote (the history "unreadable", its work dropped for good).
-func TestTornBatchReadIsDetected(t *testing.T) {
-	srv := natstest.Start(t)
-	st, err := Open(srv.Conn(), Config{})
+// setUpStore opens a store on a fresh server and sets up the streams.
+func setUpStore(t *testing.T) *Store {
+	t.Helper()
+	st, err := Open(natstest.Start(t).Conn(), Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,25 +25,31 @@ func TestTornBatchReadIsDetected(t *testing.T) {
 	if err := st.EnsureStreams(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
+	return st
+}
+
+// A batched read whose replies lose one on the way (a slow consumer drop on
+// the shared reply subscription) must say so, so that it is read again:
+// before, the batch came back short, and a node took the gap for a message
+// no engine wrote (the history "unreadable", its work dropped for good).
+func TestTornBatchReadIsDetected(t *testing.T) {
+	st := setUpStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	// Ten commits of one saga, interleaved with another saga's, so that the
 	// saga's sequences are not contiguous in the stream.
-	var last, other uint64
+	last := map[string]uint64{}
 	for i := range 10 {
-		c := &Commit{SagaID: "torn", WorkflowType: "order", Events: []Event{{ID: uint64(i), Type: ActivityTaskScheduled, Time: time.Now(),
-			Attrs: &ActivityTaskScheduledAttrs{ActivityType: "a"}}}}
-		if i == 0 {
-			c.Events[0] = Event{ID: 0, Type: WorkflowExecutionStarted, Time: time.Now(), Attrs: &WorkflowExecutionStartedAttrs{WorkflowType: "order"}}
-		}
-		if last, err = st.Append(ctx, c, last); err != nil {
-			t.Fatal(err)
-		}
-		o := &Commit{SagaID: "noise", WorkflowType: "order", Events: []Event{{ID: uint64(i), Type: ActivityTaskScheduled, Time: time.Now(),
-			Attrs: &ActivityTaskScheduledAttrs{ActivityType: "a"}}}}
-		if i == 0 {
-			o.Events[0] = Event{ID: 0, Type: WorkflowExecutionStarted, Time: time.Now(), Attrs: &WorkflowExecutionStartedAttrs{WorkflowType: "order"}}
-		}
-		if other, err = st.Append(ctx, o, other); err != nil {
-			t.Fatal(err)
+		for _, id := range []string{"torn", "noise"} {
+			e := Event{ID: uint64(i), Type: ActivityTaskScheduled, Time: time.Now(), Attrs: &ActivityTaskScheduledAttrs{ActivityType: "a"}}
+			if i == 0 {
+				e = Event{ID: 0, Type: WorkflowExecutionStarted, Time: time.Now(), Attrs: &WorkflowExecutionStartedAttrs{WorkflowType: "order"}}
+			}
+			seq, err := st.Append(ctx, &Commit{SagaID: id, WorkflowType: "order", Events: []Event{e}}, last[id])
+			if err != nil {
+				t.Fatal(err)
+			}
+			last[id] = seq
 		}
 	}
 
@@ -86,20 +89,12 @@ func TestTornBatchReadIsDetected(t *testing.T) {
 // missing stream, a permanent error, and an activity's result in hand was
 // recorded as a failure instead of waiting the outage out.
 func TestReadNoServerAnswersIsTransientUnlessTheStreamIsMissing(t *testing.T) {
-	srv := natstest.Start(t)
-	st, err := Open(srv.Conn(), Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
+	st := setUpStore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := st.EnsureStreams(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
 	// The task stream serves no direct gets: nobody answers, the stream is
 	// there.
-	_, _, err = st.directGet(ctx, st.cfg.TaskStream(), directGetRequest{LastBySubj: st.cfg.WorkflowTaskSubject("x")})
+	_, _, err := st.directGet(ctx, st.cfg.TaskStream(), directGetRequest{LastBySubj: st.cfg.WorkflowTaskSubject("x")})
 	if !errors.Is(err, ErrUnavailable) || !Transient(err) {
 		t.Fatalf("no responders for an existing stream: %v", err)
 	}

@@ -112,18 +112,27 @@ func (n *Node) queueReplacingLeftover(ctx context.Context, task stream.ActivityT
 		if err != nil || queued {
 			return err
 		}
-		there, seq, ok, err := n.store.QueuedTask(ctx, task.ActivityType, task.SagaID, task.ScheduledEventID)
-		if err != nil || !ok {
-			return err // gone meanwhile, or unreadable: the next wake sees
-		}
-		if _, stale := nextAttempt(there, seq, 1, rec, found); !stale {
-			return nil
+		seq, queued, leftover, err := n.queuedLeftover(ctx, task, rec, found)
+		if err != nil || !queued || !leftover {
+			return err // gone meanwhile (the next wake sees), or a task that runs the attempt
 		}
 		if err := n.store.RemoveTask(ctx, seq); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// queuedLeftover reports whether a task is queued for an activity (at
+// seq), and whether it is a leftover: a task for an attempt that another
+// task started, which will be dropped unrun.
+func (n *Node) queuedLeftover(ctx context.Context, task stream.ActivityTask, rec attemptRecord, found bool) (seq uint64, queued, leftover bool, err error) {
+	there, seq, queued, err := n.store.QueuedTask(ctx, task.ActivityType, task.SagaID, task.ScheduledEventID)
+	if err != nil || !queued {
+		return 0, false, false, err
+	}
+	_, leftover = nextAttempt(there, seq, 1, rec, found)
+	return seq, true, leftover, nil
 }
 
 // failUnpublishable records a non-retryable failure for an activity whose

@@ -64,14 +64,12 @@ func (n *Node) retryFired(ctx context.Context, d *delivery, t kv.Timer) outcome 
 	if found && rec.Started >= t.Attempt {
 		return ack()
 	}
-	there, seq, ok, err := n.store.QueuedTask(ctx, a.ActivityType, t.SagaID, t.EventID)
+	_, queued, leftover, err := n.queuedLeftover(ctx, a.Task(t.SagaID, t.EventID, t.Attempt), rec, found)
 	if err != nil {
 		return retryLater(d, "read the queued task", err)
 	}
-	if ok {
-		if _, stale := nextAttempt(there, seq, 1, rec, found); !stale {
-			return ack()
-		}
+	if queued && !leftover {
+		return ack() // what is queued runs this attempt
 	}
 	return nakAfter(redeliveryPolicy.Delay(int(d.meta.NumDelivered)), "", nil)
 }

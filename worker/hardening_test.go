@@ -103,13 +103,8 @@ func TestRetryBackoffWaitsOnATimer(t *testing.T) {
 		info, err := cons.Info(e.ctx)
 		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
 	})
-	timers, err := js.KeyValue(e.ctx, cfg.TimersBucket())
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := timers.Keys(e.ctx)
-	if err != nil || len(keys) != 1 || !strings.HasPrefix(keys[0], "retry.slow-retry-1.1.2.") {
-		t.Fatalf("timers during the backoff: %v %v", keys, err)
+	if keys, ok := armedTimers(e, js); !ok || len(keys) != 1 || !strings.HasPrefix(keys[0], "retry.slow-retry-1.1.2.") {
+		t.Fatalf("timers during the backoff: %v (read: %v)", keys, ok)
 	}
 	if out, err := r.Get(e.ctx); err != nil || out != 2 {
 		t.Fatalf("got %d, %v", out, err)
@@ -278,26 +273,34 @@ func TestFanOutResultsDoNotReplayPerLostRace(t *testing.T) {
 	}
 }
 
+// armedTimers lists the keys of the timers armed now; ok false when the
+// bucket cannot be read yet.
+func armedTimers(e *env, js jetstream.JetStream) (keys []string, ok bool) {
+	timers, err := js.KeyValue(e.ctx, stream.Config{}.Defaults().TimersBucket())
+	if err != nil {
+		return nil, false
+	}
+	keys, err = timers.Keys(e.ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, true
+	}
+	return keys, err == nil
+}
+
 // waitTimersSettled waits until no timer is armed any more and the timers
 // consumer has been handed every marker.
 func waitTimersSettled(t *testing.T, e *env, js jetstream.JetStream) {
 	t.Helper()
-	cfg := stream.Config{}.Defaults()
+	timersStream := "KV_" + stream.Config{}.Defaults().TimersBucket()
 	natstest.WaitFor(t, 15*time.Second, "every timer to fire and reach the timers consumer", func() bool {
-		timers, err := js.KeyValue(e.ctx, cfg.TimersBucket())
+		if keys, ok := armedTimers(e, js); !ok || len(keys) > 0 {
+			return false
+		}
+		s, err := js.Stream(e.ctx, timersStream)
 		if err != nil {
 			return false
 		}
-		if keys, err := timers.Keys(e.ctx); err == nil && len(keys) > 0 {
-			return false
-		} else if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
-			return false
-		}
-		s, err := js.Stream(e.ctx, "KV_"+cfg.TimersBucket())
-		if err != nil {
-			return false
-		}
-		c, err := js.Consumer(e.ctx, "KV_"+cfg.TimersBucket(), "saga-timers")
+		c, err := js.Consumer(e.ctx, timersStream, "saga-timers")
 		if err != nil {
 			return false
 		}
@@ -330,14 +333,9 @@ func TestWakeDuringRetryBackoffDoesNotRerunAnAttempt(t *testing.T) {
 	}
 	<-failed
 	js := jsOf(t, e)
-	cfg := stream.Config{}.Defaults()
 	natstest.WaitFor(t, 5*time.Second, "the retry to wait on its timer", func() bool {
-		timers, err := js.KeyValue(e.ctx, cfg.TimersBucket())
-		if err != nil {
-			return false
-		}
-		keys, err := timers.Keys(e.ctx)
-		return err == nil && len(keys) == 1
+		keys, ok := armedTimers(e, js)
+		return ok && len(keys) == 1
 	})
 	if err := n.Wake(e.ctx, "backoff-wake-1"); err != nil {
 		t.Fatal(err)
@@ -389,32 +387,8 @@ func TestRetryTimerIsNotSwallowedByALeftoverTask(t *testing.T) {
 	if _, err := st.PublishTask(e.ctx, stream.ActivityTask{SagaID: "leftover-1", ScheduledEventID: 1, ActivityType: "leftover", Attempt: 1, Rederived: true}); err != nil {
 		t.Fatal(err)
 	}
-	js := jsOf(t, e)
 	// The timer fires while the leftover is there and no node runs the type.
-	cfg := stream.Config{}.Defaults()
-	natstest.WaitFor(t, 10*time.Second, "the retry timer to fire", func() bool {
-		timers, err := js.KeyValue(e.ctx, cfg.TimersBucket())
-		if err != nil {
-			return false
-		}
-		keys, err := timers.Keys(e.ctx)
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return true
-		}
-		return err == nil && len(keys) == 0
-	})
-	natstest.WaitFor(t, 5*time.Second, "the timers consumer to get the marker", func() bool {
-		s, err := js.Stream(e.ctx, "KV_"+cfg.TimersBucket())
-		if err != nil {
-			return false
-		}
-		c, err := js.Consumer(e.ctx, "KV_"+cfg.TimersBucket(), "saga-timers")
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(e.ctx)
-		return err == nil && info.Delivered.Stream >= s.CachedInfo().State.LastSeq
-	})
+	waitTimersSettled(t, e, jsOf(t, e))
 	e.node(worker.Options{NodeName: "runner-again"}, flaky)
 	if out, err := r.Get(e.ctx); err != nil || out != 7 {
 		t.Fatalf("got %d, %v", out, err)
@@ -449,13 +423,8 @@ func TestTimersFollowTheBucketInForce(t *testing.T) {
 		t.Fatalf("got %d, %v", out, err)
 	}
 	// The schedule-to-start timeout was armed (it is due in 30 s).
-	timers, err := jsOf(t, e).KeyValue(e.ctx, stream.Config{}.Defaults().TimersBucket())
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := timers.Keys(e.ctx)
-	if err != nil || len(keys) != 1 || !strings.HasPrefix(keys[0], "s2s.two-kinds-1.") {
-		t.Fatalf("timers: %v %v", keys, err)
+	if keys, ok := armedTimers(e, jsOf(t, e)); !ok || len(keys) != 1 || !strings.HasPrefix(keys[0], "s2s.two-kinds-1.") {
+		t.Fatalf("timers: %v (read: %v)", keys, ok)
 	}
 }
 

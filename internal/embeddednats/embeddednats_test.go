@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/jetsaga/saga/internal/embeddednats"
+	"github.com/jetsaga/saga/internal/natstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -103,21 +104,17 @@ func TestClusterReplicatesStreams(t *testing.T) {
 	}
 	// Until the cluster has elected its metadata leader (in a second or
 	// so) requests go unanswered or fail.
-	deadline := time.Now().Add(30 * time.Second)
 	var info *jetstream.StreamInfo
-	for {
+	natstest.WaitFor(t, 30*time.Second, "a replicated stream to be created", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "R3", Subjects: []string{"r3"}, Replicas: 3})
-		cancel()
-		if err == nil {
-			info = s.CachedInfo()
-			break
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("create a replicated stream: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		info = s.CachedInfo()
+		return true
+	})
 	if info.Cluster == nil || info.Cluster.Name != "test" || info.Cluster.Leader == "" || len(info.Cluster.Replicas) != 2 {
 		t.Fatalf("stream cluster info %+v", info.Cluster)
 	}
