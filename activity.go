@@ -60,6 +60,12 @@ func WithRetryPolicy(p RetryPolicy) ActivityOption {
 // from the engine's, so that what is recorded is complete.
 func resolveActivityOptions(o, node ActivityOptions) ActivityOptions {
 	o.StartToCloseTimeout = firstPositive(o.StartToCloseTimeout, node.StartToCloseTimeout, DefaultActivityTimeout)
+	// A heartbeat timeout runs on a durable timer, whose unit is the
+	// second; a negative one is none.
+	o.HeartbeatTimeout = max(o.HeartbeatTimeout, 0)
+	if r := o.HeartbeatTimeout % time.Second; r != 0 {
+		o.HeartbeatTimeout += time.Second - r
+	}
 	p, n := &o.RetryPolicy, node.RetryPolicy
 	p.InitialInterval = firstPositive(p.InitialInterval, n.InitialInterval, DefaultInitialInterval)
 	p.BackoffCoefficient = firstPositive(p.BackoffCoefficient, n.BackoffCoefficient, DefaultBackoffCoefficient)

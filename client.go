@@ -73,6 +73,10 @@ type StartOptions struct {
 	// success rather than ErrAlreadyStarted if its first attempt created
 	// the saga. Defaults to a random id, new for every call.
 	RequestID string
+	// RunTimeout bounds the saga's run: past it, the saga is canceled, its
+	// compensations run, and it ends timed_out. It runs on a durable timer,
+	// so it is rounded up to whole seconds. 0: no bound.
+	RunTimeout time.Duration
 }
 
 // StartResult says which saga a start refers to.
@@ -154,6 +158,9 @@ func newStartCommit(workflowType string, version int, input stream.Payload, opts
 	if opts.RequestID == "" {
 		opts.RequestID = nuid.Next()
 	}
+	if opts.RunTimeout < 0 {
+		return nil, NewError(KindValidation, fmt.Sprintf("start: run timeout must not be negative, got %s", opts.RunTimeout))
+	}
 	return &stream.Commit{SagaID: opts.ID, WorkflowType: workflowType, Events: []stream.Event{{
 		ID:     0,
 		SagaID: opts.ID,
@@ -164,6 +171,7 @@ func newStartCommit(workflowType string, version int, input stream.Payload, opts
 			Version:      version,
 			Input:        input,
 			RequestID:    opts.RequestID,
+			RunTimeout:   opts.RunTimeout,
 		},
 	}}}, nil
 }
@@ -179,6 +187,75 @@ func alreadyStartedResult(id string, opts StartOptions, err error) (StartResult,
 	}
 	return StartResult{}, (&Error{Kind: KindValidation, Message: fmt.Sprintf("start %s", id), Cause: ErrAlreadyStarted}).WithContext("saga_id", id)
 }
+
+// Cancel requests the cancellation of a running saga: it records
+// WorkflowExecutionCancelRequested, once. The workflow's context is done
+// from then on; activities that heartbeat learn of it at their next
+// heartbeat; the saga compensates and ends canceled. A saga that has ended
+// gives an error matching ErrAlreadyEnded, and a second request one
+// matching ErrCancelRequested; both are of kind Validation.
+func (c *Client) Cancel(ctx context.Context, id, reason string) error {
+	return c.RequestCancel(ctx, id, reason, "client")
+}
+
+// RequestCancel is Cancel with the identity recorded as the requester.
+func (c *Client) RequestCancel(ctx context.Context, id, reason, identity string) error {
+	if len(reason) > maxCancelReason || len(identity) > maxCancelIdentity {
+		return NewError(KindValidation, fmt.Sprintf("cancel %s: reason of %d bytes and identity of %d bytes, at most %d and %d",
+			id, len(reason), len(identity), maxCancelReason, maxCancelIdentity))
+	}
+	for attempt := 0; ; attempt++ {
+		commits, err := c.read(ctx, id)
+		if err != nil {
+			return err
+		}
+		st, err := stream.Fold(commits)
+		if err != nil {
+			return wrapStreamError("cancel "+id, err)
+		}
+		switch {
+		case st.Status.Terminal():
+			return (&Error{Kind: KindValidation, Message: fmt.Sprintf("cancel %s: the saga already ended %s", id, st.Status), Cause: ErrAlreadyEnded}).
+				WithContext("saga_id", id).WithContext("status", string(st.Status))
+		case st.CancelRequested != nil:
+			return (&Error{Kind: KindValidation, Message: fmt.Sprintf("cancel %s: cancellation already requested at event %d", id, st.CancelRequestedEventID), Cause: ErrCancelRequested}).
+				WithContext("saga_id", id).WithContext("cause", st.CancelRequested.Cause)
+		}
+		commit := &stream.Commit{SagaID: id, WorkflowType: st.WorkflowType, Events: []stream.Event{{
+			ID: st.NextEventID, SagaID: id, Type: stream.WorkflowExecutionCancelRequested, Category: stream.CategoryWorkflow, Time: time.Now(),
+			Attrs: &stream.WorkflowExecutionCancelRequestedAttrs{Cause: stream.CancelByRequest, Reason: reason, Identity: identity},
+		}}}
+		_, err = c.store.Append(ctx, commit, st.LastSeq)
+		if errors.Is(err, stream.ErrConcurrency) && attempt < maxCancelConflicts {
+			// The saga moved on meanwhile: look again, after a pause that
+			// keeps racing writers out of step.
+			select {
+			case <-time.After(cancelConflictPolicy.Delay(attempt + 1)):
+			case <-ctx.Done():
+				return &Error{Kind: KindTimeout, Message: "cancel " + id, Cause: ctx.Err()}
+			}
+			continue
+		}
+		if err != nil {
+			return wrapStreamError("cancel "+id, err)
+		}
+		return nil
+	}
+}
+
+// Bounds of what a cancellation records.
+const (
+	maxCancelReason   = 4 << 10
+	maxCancelIdentity = 256
+)
+
+// cancelConflictPolicy spaces the re-reads of a saga that moved on while
+// its cancellation was being recorded.
+var cancelConflictPolicy = backoff.Policy{Initial: 5 * time.Millisecond, Max: 200 * time.Millisecond}
+
+// maxCancelConflicts bounds the re-reads of a saga that keeps moving
+// while a cancellation is requested.
+const maxCancelConflicts = 20
 
 // Run is a handle to a started saga of a typed workflow.
 type Run[Out any] struct {

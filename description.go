@@ -37,6 +37,12 @@ type Description struct {
 	ClosedAt          *time.Time        `json:"closed_at,omitempty"`
 	Events            uint64            `json:"events"`
 	PendingActivities []PendingActivity `json:"pending_activities,omitempty"`
+	// CancelRequested is the saga's cancellation request, once there is
+	// one.
+	CancelRequested *CancelRequest `json:"cancel_requested,omitempty"`
+	// Compensation says where the saga's compensation stands, once a
+	// compensation step was scheduled or the saga ended with an outcome.
+	Compensation *CompensationInfo `json:"compensation,omitempty"`
 	// Warning points at a reason a running saga may not progress, such as
 	// a workflow type that no node has registered.
 	Warning string `json:"warning,omitempty"`
@@ -56,6 +62,49 @@ type BlockedInfo struct {
 type PendingActivity struct {
 	ScheduledEventID uint64 `json:"scheduled_event_id"`
 	ActivityType     string `json:"activity_type"`
+	// CompensationStep is set for a compensation: the step it undoes.
+	CompensationStep string `json:"compensation_step,omitempty"`
+}
+
+// CancelRequest is a request to cancel the saga, as recorded.
+type CancelRequest struct {
+	// Cause is "request" (a client asked) or "run_timeout".
+	Cause    string `json:"cause"`
+	Reason   string `json:"reason,omitempty"`
+	Identity string `json:"identity,omitempty"`
+	EventID  uint64 `json:"event_id"`
+}
+
+// compensationRunning is the status of a compensation whose steps are
+// open in a saga that has not ended: no outcome is recorded yet.
+const compensationRunning = "running"
+
+// CompensationInfo says where a saga's compensation stands.
+type CompensationInfo struct {
+	// Status is "running" while steps are open and the saga has not ended,
+	// else the outcome: "completed", "failed" or "skipped" (see
+	// stream.CompensationOutcome).
+	Status string `json:"status"`
+	// Steps are the compensation steps scheduled so far, in order.
+	Steps []CompensationStepInfo `json:"steps,omitempty"`
+	// FailedSteps name the steps whose undo failed for good, and NotRun
+	// those registered whose undo never ran.
+	FailedSteps []string `json:"failed_steps,omitempty"`
+	NotRun      []string `json:"not_run,omitempty"`
+	// NeedsOperator is set when the compensation failed: the failed and
+	// not run steps are still in effect and must be undone by hand.
+	NeedsOperator bool `json:"needs_operator"`
+}
+
+// CompensationStepInfo is one scheduled compensation.
+type CompensationStepInfo struct {
+	// Step names the step it undoes, ActivityType the undo.
+	Step             string `json:"step"`
+	ActivityType     string `json:"activity_type"`
+	ScheduledEventID uint64 `json:"scheduled_event_id"`
+	// Status is "scheduled", "completed" or "failed".
+	Status string           `json:"status"`
+	Error  *StructuredError `json:"error,omitempty"`
 }
 
 func newDescription(st *stream.State) *Description {
@@ -83,10 +132,46 @@ func newDescription(st *stream.State) *Description {
 		d.Error = &StructuredError{Kind: KindReplay, Message: b.Message, Context: map[string]string{"reason": b.Reason}}
 	}
 	for id, a := range st.OpenActivities {
-		d.PendingActivities = append(d.PendingActivities, PendingActivity{ScheduledEventID: id, ActivityType: a.ActivityType})
+		d.PendingActivities = append(d.PendingActivities, PendingActivity{ScheduledEventID: id, ActivityType: a.ActivityType, CompensationStep: a.Step})
 	}
 	sort.Slice(d.PendingActivities, func(i, j int) bool {
 		return d.PendingActivities[i].ScheduledEventID < d.PendingActivities[j].ScheduledEventID
 	})
+	if c := st.CancelRequested; c != nil {
+		d.CancelRequested = &CancelRequest{Cause: c.Cause, Reason: c.Reason, Identity: c.Identity, EventID: st.CancelRequestedEventID}
+	}
+	d.Compensation = newCompensationInfo(st)
 	return d
+}
+
+func newCompensationInfo(st *stream.State) *CompensationInfo {
+	if len(st.CompensationSteps) == 0 && st.Compensation == nil {
+		return nil
+	}
+	c := &CompensationInfo{}
+	open := false
+	for _, s := range st.CompensationSteps {
+		c.Steps = append(c.Steps, CompensationStepInfo{Step: s.Step, ActivityType: s.ActivityType, ScheduledEventID: s.ScheduledEventID, Status: s.Status, Error: structured(s.Failure)})
+		switch s.Status {
+		case stream.StepScheduled:
+			open = true
+		case stream.StepFailed:
+			c.FailedSteps = append(c.FailedSteps, s.Step)
+		}
+	}
+	o := st.Compensation
+	switch {
+	case open && !st.Status.Terminal():
+		c.Status = compensationRunning
+	case o != nil:
+		c.Status, c.FailedSteps, c.NotRun = o.Status, o.FailedSteps, o.NotRun
+	case len(c.FailedSteps) > 0:
+		// The workflow ran its compensations (Compensate) and goes on:
+		// the outcome is recorded only when the saga ends.
+		c.Status = stream.CompensationFailed
+	default:
+		c.Status = stream.CompensationCompleted
+	}
+	c.NeedsOperator = c.Status == stream.CompensationFailed
+	return c
 }

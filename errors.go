@@ -54,6 +54,10 @@ var (
 	ErrUnknownWorkflowType = errors.New("unknown workflow type")
 	// ErrBlocked: the engine stopped driving the saga (see Description.Blocked).
 	ErrBlocked = errors.New("saga is blocked")
+	// ErrAlreadyEnded: the saga has ended; it cannot be canceled.
+	ErrAlreadyEnded = errors.New("saga already ended")
+	// ErrCancelRequested: the saga's cancellation was requested already.
+	ErrCancelRequested = errors.New("saga cancellation already requested")
 	// ErrCanceled: a workflow context was canceled (see WithCancel). It is
 	// matched by Context.Err and by Future.Get in a canceled context.
 	ErrCanceled = errors.New("canceled")

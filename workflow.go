@@ -15,13 +15,18 @@ type Workflow[In, Out any] struct {
 	name    string
 	version int
 	run     func(Context, In) (Out, error)
+	opts    workflowOptions
 }
 
 // NewWorkflow defines a workflow. name is its type id (letters, digits, '-'
 // and '_'); version is recorded in every saga started from it and is
 // bumped when the workflow's logic changes.
-func NewWorkflow[In, Out any](name string, version int, run func(Context, In) (Out, error)) *Workflow[In, Out] {
-	return &Workflow[In, Out]{name: name, version: version, run: run}
+func NewWorkflow[In, Out any](name string, version int, run func(Context, In) (Out, error), opts ...WorkflowOption) *Workflow[In, Out] {
+	w := &Workflow[In, Out]{name: name, version: version, run: run}
+	for _, opt := range opts {
+		opt(&w.opts)
+	}
+	return w
 }
 
 // Name returns the workflow type id.
@@ -49,6 +54,7 @@ func (w *Workflow[In, Out]) register(r *Registry) error {
 
 // erased runs the typed function on encoded input and output.
 func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (stream.Payload, *stream.Failure) {
+	env.SetCompensationOptions(w.opts.compensation.replay())
 	var in In
 	if len(input) > 0 {
 		if err := stream.Unmarshal(input, &in); err != nil {

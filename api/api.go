@@ -19,6 +19,10 @@ type StartRequest struct {
 	// RequestID makes a retried start of the same id succeed when the
 	// first attempt created the saga.
 	RequestID string `json:"request_id,omitempty"`
+	// RunTimeout bounds the saga's run, as a Go duration ("30s", "2h");
+	// past it the saga is canceled, compensates and ends timed_out.
+	// Empty: no bound.
+	RunTimeout string `json:"run_timeout,omitempty"`
 }
 
 // StartResponse answers a start.
@@ -27,9 +31,17 @@ type StartResponse struct {
 	Existing bool   `json:"existing,omitempty"`
 }
 
-// SagaRequest is the body of describe, history and wake.
+// SagaRequest is the body of describe, history and wake, and the reply
+// of wake and cancel.
 type SagaRequest struct {
 	ID string `json:"id"`
+}
+
+// CancelRequest is the body of cancel.
+type CancelRequest struct {
+	ID string `json:"id"`
+	// Reason is recorded with the request; at most 4 KiB.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Error codes of error replies, in the Nats-Service-Error-Code header.

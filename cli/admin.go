@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +34,7 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
 	ifExists := fs.String("if-exists", "fail", `"fail" or "use_existing" when the id is taken`)
 	requestID := fs.String("request-id", "", "identifies this start: retrying with the same --id and --request-id succeeds if the first attempt created the saga")
+	runTimeout := fs.Duration("run-timeout", 0, "bound on the saga's run: past it the saga is canceled, compensates and ends timed_out (0: no bound)")
 	pos, err := parseArgs(fs, args, "workflow-type")
 	if err != nil {
 		return err
@@ -39,10 +42,16 @@ func runStart(ctx context.Context, args []string, env Env) error {
 	if *ifExists != "fail" && *ifExists != "use_existing" {
 		return fmt.Errorf(`%w: --if-exists must be "fail" or "use_existing", got %q`, errUsage, *ifExists)
 	}
+	if *runTimeout < 0 {
+		return fmt.Errorf("%w: --run-timeout must not be negative, got %s", errUsage, *runTimeout)
+	}
 	if err := stream.ValidateID("workflow type", pos[0]); err != nil {
 		return err
 	}
 	req := api.StartRequest{ID: *id, IfExists: *ifExists, RequestID: *requestID}
+	if *runTimeout > 0 {
+		req.RunTimeout = runTimeout.String()
+	}
 	if *input != "" {
 		if !json.Valid([]byte(*input)) {
 			return fmt.Errorf("%w: --input is not valid JSON", errUsage)
@@ -197,6 +206,71 @@ func runWake(ctx context.Context, args []string, env Env) error {
 	return nil
 }
 
+// cancelIdentity is recorded as the requester of a cancellation made
+// with the command line.
+const cancelIdentity = "saga-node cancel"
+
+// runCancel records a request to cancel a saga. Like describe it works on
+// the history directly, so it needs no node to answer: the nodes running
+// the saga act on the request when they see it.
+func runCancel(ctx context.Context, args []string, env Env) error {
+	fs := newFlagSet("cancel", env)
+	var conn connFlags
+	conn.register(fs, env)
+	reason := fs.String("reason", "", "why the saga is canceled, recorded with the request")
+	pos, err := parseArgs(fs, args, "saga-id")
+	if err != nil {
+		return err
+	}
+	id := pos[0]
+	if err := stream.ValidateID("saga id", id); err != nil {
+		return err
+	}
+	nc, err := conn.connect("cancel")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cl, err := saga.NewClient(nc, saga.ClientOptions{Stream: stream.Config{Prefix: conn.prefix}})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if err := cl.RequestCancel(ctx, id, *reason, cancelIdentity); err != nil {
+		return cancelFailure(id, err)
+	}
+	fmt.Fprintf(env.Stdout, "cancel requested for %s\n", id)
+	return nil
+}
+
+// cancelFailure says in the operator's terms why a cancellation was
+// refused.
+func cancelFailure(id string, err error) error {
+	switch {
+	case errors.Is(err, saga.ErrAlreadyEnded):
+		status := ""
+		if e := (*saga.Error)(nil); errors.As(err, &e) && e.Context["status"] != "" {
+			status = " (" + e.Context["status"] + ")"
+		}
+		return &operatorError{msg: fmt.Sprintf("saga %s already ended%s: there is nothing to cancel", id, status), err: err}
+	case errors.Is(err, saga.ErrCancelRequested):
+		return &operatorError{msg: fmt.Sprintf("the cancellation of saga %s was already requested; \"saga-node describe %s\" shows where it stands", id, id), err: err}
+	case errors.Is(err, saga.ErrNotFound):
+		return &operatorError{msg: fmt.Sprintf("saga %s not found (is the id right, and the --prefix?)", id), err: err}
+	}
+	return err
+}
+
+// operatorError is an error with a message written for the command line
+// that still matches its cause with errors.Is and errors.As.
+type operatorError struct {
+	msg string
+	err error
+}
+
+func (e *operatorError) Error() string { return e.msg }
+func (e *operatorError) Unwrap() error { return e.err }
+
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -228,10 +302,51 @@ func writeDescription(w io.Writer, d *saga.Description) error {
 		row("error", fmt.Sprintf("[%s] %s", d.Error.Kind, errorChain(d.Error)))
 	}
 	for _, p := range d.PendingActivities {
-		row("pending", fmt.Sprintf("%s (scheduled at event %d)", p.ActivityType, p.ScheduledEventID))
+		undoing := ""
+		if p.CompensationStep != "" {
+			undoing = ", undoing " + p.CompensationStep
+		}
+		row("pending", fmt.Sprintf("%s (scheduled at event %d)%s", p.ActivityType, p.ScheduledEventID, undoing))
+	}
+	if c := d.CancelRequested; c != nil {
+		row("cancel", cancelText(c))
+	}
+	if c := d.Compensation; c != nil {
+		writeCompensation(&b, row, c)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+func cancelText(c *saga.CancelRequest) string {
+	s := fmt.Sprintf("requested at event %d (%s)", c.EventID, c.Cause)
+	if c.Identity != "" {
+		s += " by " + c.Identity
+	}
+	if c.Reason != "" {
+		s += ": " + strconv.Quote(c.Reason)
+	}
+	return s
+}
+
+// writeCompensation lists each undo that ran and, when compensation
+// failed, what is left for an operator to undo by hand.
+func writeCompensation(b *strings.Builder, row func(k, v string), c *saga.CompensationInfo) {
+	row("compensation", c.Status)
+	for _, s := range c.Steps {
+		v := fmt.Sprintf("%s via %s (event %d): %s", s.Step, s.ActivityType, s.ScheduledEventID, s.Status)
+		if s.Error != nil {
+			v += fmt.Sprintf(": [%s] %s", s.Error.Kind, firstLine(errorChain(s.Error)))
+		}
+		row("undo", v)
+	}
+	if len(c.NotRun) > 0 {
+		row("not run", strings.Join(c.NotRun, ", "))
+	}
+	if c.NeedsOperator {
+		left := append(slices.Clone(c.FailedSteps), c.NotRun...)
+		fmt.Fprintf(b, "needs an operator: undo by hand: %s\n", strings.Join(left, ", "))
+	}
 }
 
 func errorChain(e *saga.StructuredError) string {

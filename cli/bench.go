@@ -94,6 +94,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	startedAt := map[string]time.Time{}
 	latencies := make([]time.Duration, 0, *sagas)
 	failed := 0
+	var events uint64 // in the histories of the sagas that ended
 	done := make(chan struct{}, *sagas)
 	sub, err := clientConn.Subscribe(cfg.Defaults().HistoryFilter(0), func(m *nats.Msg) {
 		c, err := stream.DecodeCommit(m.Data)
@@ -107,6 +108,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 		mu.Lock()
 		if t, ok := startedAt[c.SagaID]; ok {
 			latencies = append(latencies, time.Since(t))
+			events += c.NextEventID()
 			delete(startedAt, c.SagaID)
 			if last != stream.WorkflowExecutionCompleted {
 				failed++
@@ -167,7 +169,7 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	}
 	st := node.Stats()
 	fmt.Fprintf(env.Stdout, "%d sagas in %s: %.0f sagas/s, %.0f events/s\n", *sagas, elapsed.Round(time.Millisecond),
-		float64(*sagas)/elapsed.Seconds(), float64(*sagas*11)/elapsed.Seconds())
+		float64(*sagas)/elapsed.Seconds(), float64(events)/elapsed.Seconds())
 	fmt.Fprintf(env.Stdout, "start to end: p50 %s, p90 %s, p99 %s, max %s\n", pct(0.5), pct(0.9), pct(0.99), latencies[len(latencies)-1].Round(100*time.Microsecond))
 	fmt.Fprintf(env.Stdout, "node: %d commits, %d conflicts, %d replays, %d history reads\n", st.Commits, st.Conflicts, st.Replays, st.HistoryReads)
 	if failed > 0 {

@@ -1,7 +1,7 @@
 // Package cli is the saga-node command line: "run" (a node, with an
 // embedded nats-server by default), "demo", and the admin commands that
 // talk to a running engine over NATS (start, describe, history, wake,
-// dead-letters).
+// cancel, dead-letters).
 //
 // cmd/saga-node runs it with the worked examples registered. A program
 // with its own workflows calls Run with its own Registry and gets the same
@@ -48,10 +48,11 @@ const usage = `saga-node: a durable saga engine on NATS JetStream
 Usage:
   saga-node run      [--data DIR] [--listen HOST:PORT] [--nats-url URL] [--sync always|interval]
   saga-node demo
-  saga-node start    <workflow-type> [--id ID] [--input JSON] [--wait] [--timeout D] [--request-id R]
+  saga-node start    <workflow-type> [--id ID] [--input JSON] [--wait] [--timeout D] [--request-id R] [--run-timeout D]
   saga-node describe <saga-id> [--json]
   saga-node history  <saga-id> [--json]
   saga-node wake     <saga-id>
+  saga-node cancel   <saga-id> [--reason R]
   saga-node dead-letters [--json] [--limit N]
   saga-node bench    [--sagas N] [--in-flight N] [--sync interval|always] [--nats-url URL]
 
@@ -81,6 +82,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 		"describe": runDescribe,
 		"history":  runHistory,
 		"wake":     runWake,
+		"cancel":   runCancel,
 		"bench":    runBench,
 
 		"dead-letters": runDeadLetters,

@@ -162,7 +162,7 @@ func TestHelp(t *testing.T) {
 	for _, arg := range []string{"help", "-h", "--help"} {
 		r := runCLI(t, noEnv, arg)
 		expectCode(t, r, ExitOK)
-		for _, want := range []string{"Usage:", "saga-node run", "saga-node demo", "saga-node start", "saga-node describe", "saga-node history", "saga-node wake", "SAGA_NATS_URL"} {
+		for _, want := range []string{"Usage:", "saga-node run", "saga-node demo", "saga-node start", "saga-node describe", "saga-node history", "saga-node wake", "saga-node cancel", "--run-timeout", "SAGA_NATS_URL"} {
 			if !strings.Contains(r.stdout, want) {
 				t.Errorf("%s: usage lacks %q:\n%s", arg, want, r.stdout)
 			}
@@ -196,18 +196,36 @@ func TestDemo(t *testing.T) {
 	r := runCLI(t, noEnv, "demo")
 	expectCode(t, r, ExitOK)
 	out := r.stdout
+	// The demo runs an order that completes, then one that fails and
+	// compensates.
+	first, second, ok := strings.Cut(out, "started saga demo-order-2")
+	if !ok {
+		t.Fatalf("demo does not run the compensating order:\n%s", r)
+	}
 	for _, want := range []string{"started saga demo-order-1", "completed in", "ID", "EVENT", "ActivityTaskScheduled", "reserve-inventory", "process-payment", "ship-order"} {
-		if !strings.Contains(out, want) {
+		if !strings.Contains(first, want) {
 			t.Errorf("demo output lacks %q", want)
 		}
 	}
-	start := strings.Index(out, "WorkflowExecutionStarted")
-	done := strings.Index(out, "WorkflowExecutionCompleted")
+	start := strings.Index(first, "WorkflowExecutionStarted")
+	done := strings.Index(first, "WorkflowExecutionCompleted")
 	if start < 0 || done < 0 || start > done {
 		t.Errorf("demo timeline should run from WorkflowExecutionStarted to WorkflowExecutionCompleted (at %d, %d)", start, done)
 	}
-	if strings.Contains(out, "WorkflowExecutionFailed") {
+	if strings.Contains(first, "WorkflowExecutionFailed") {
 		t.Errorf("demo saga failed")
+	}
+	// The second saga's timeline: the refund, then the release, then the
+	// failure with its compensation completed.
+	var at []int
+	for _, want := range []string{"fail_step ship-order", "failed as expected", "ActivityTaskFailed",
+		"↩ undid process-payment via refund-payment", "↩ undid reserve-inventory via release-inventory",
+		"WorkflowExecutionFailed", "↩ compensation completed (2 undone)"} {
+		i := strings.Index(second, want)
+		if i < 0 || (len(at) > 0 && i < at[len(at)-1]) {
+			t.Errorf("compensating demo lacks %q after what comes before it", want)
+		}
+		at = append(at, i)
 	}
 	m := demoDirRE.FindStringSubmatch(out)
 	if m == nil {
@@ -605,7 +623,7 @@ func TestStartWithoutNode(t *testing.T) {
 }
 
 func TestNoNATS(t *testing.T) {
-	for _, cmd := range []string{"start", "describe", "history", "wake"} {
+	for _, cmd := range []string{"start", "describe", "history", "wake", "cancel"} {
 		arg := "x"
 		if cmd == "start" {
 			arg = "order"

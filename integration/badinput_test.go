@@ -188,7 +188,7 @@ func TestBadInputIsRefusedAndNodeKeepsServing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d2.Status != saga.StatusBlocked || d2.Blocked.Reason != "history_unreadable" || d2.Blocked.AtEventID != 11 ||
+	if d2.Status != saga.StatusBlocked || d2.Blocked.Reason != "history_unreadable" || d2.Blocked.AtEventID != 13 ||
 		!strings.Contains(d2.Blocked.Message, "stream sequence") {
 		t.Fatalf("describe after a foreign message: %s %+v", d2.Status, d2.Blocked)
 	}

@@ -41,7 +41,9 @@ func TestOrderSagaCompletes(t *testing.T) {
 	wantTypes := []stream.EventType{
 		stream.WorkflowExecutionStarted,
 		stream.ActivityTaskScheduled, stream.ActivityTaskStarted, stream.ActivityTaskCompleted,
+		stream.MarkerRecorded, // the undo of reserve-inventory, registered
 		stream.ActivityTaskScheduled, stream.ActivityTaskStarted, stream.ActivityTaskCompleted,
+		stream.MarkerRecorded, // the undo of process-payment
 		stream.ActivityTaskScheduled, stream.ActivityTaskStarted, stream.ActivityTaskCompleted,
 		stream.WorkflowExecutionCompleted,
 	}

@@ -79,17 +79,24 @@ type eventSpec struct {
 // eventSpecs is the one table of event types: category, replay role and
 // attribute type. An event type missing here does not decode.
 var eventSpecs = map[EventType]eventSpec{
-	WorkflowExecutionStarted:   {CategoryWorkflow, RoleInput, func() any { return new(WorkflowExecutionStartedAttrs) }},
-	WorkflowExecutionCompleted: {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionCompletedAttrs) }},
-	WorkflowExecutionFailed:    {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionFailedAttrs) }},
-	WorkflowExecutionBlocked:   {CategoryWorkflow, RoleInfo, func() any { return new(WorkflowExecutionBlockedAttrs) }},
-	WorkflowExecutionUnblocked: {CategoryWorkflow, RoleInfo, func() any { return new(WorkflowExecutionUnblockedAttrs) }},
-	ActivityTaskScheduled:      {CategoryActivity, RoleCommand, func() any { return new(ActivityTaskScheduledAttrs) }},
-	ActivityTaskStarted:        {CategoryActivity, RoleInfo, func() any { return new(ActivityTaskStartedAttrs) }},
-	ActivityTaskCompleted:      {CategoryActivity, RoleInput, func() any { return new(ActivityTaskCompletedAttrs) }},
-	ActivityTaskFailed:         {CategoryActivity, RoleInput, func() any { return new(ActivityTaskFailedAttrs) }},
-	ActivityTaskTimedOut:       {CategoryActivity, RoleInput, func() any { return new(ActivityTaskTimedOutAttrs) }},
-	MarkerRecorded:             {CategoryMarker, RoleCommand, func() any { return new(MarkerRecordedAttrs) }},
+	WorkflowExecutionStarted:         {CategoryWorkflow, RoleInput, func() any { return new(WorkflowExecutionStartedAttrs) }},
+	WorkflowExecutionCompleted:       {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionCompletedAttrs) }},
+	WorkflowExecutionFailed:          {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionFailedAttrs) }},
+	WorkflowExecutionCanceled:        {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionCanceledAttrs) }},
+	WorkflowExecutionTimedOut:        {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionTimedOutAttrs) }},
+	WorkflowExecutionCancelRequested: {CategoryWorkflow, RoleInput, func() any { return new(WorkflowExecutionCancelRequestedAttrs) }},
+	WorkflowExecutionBlocked:         {CategoryWorkflow, RoleInfo, func() any { return new(WorkflowExecutionBlockedAttrs) }},
+	WorkflowExecutionUnblocked:       {CategoryWorkflow, RoleInfo, func() any { return new(WorkflowExecutionUnblockedAttrs) }},
+	ActivityTaskScheduled:            {CategoryActivity, RoleCommand, func() any { return new(ActivityTaskScheduledAttrs) }},
+	ActivityTaskStarted:              {CategoryActivity, RoleInfo, func() any { return new(ActivityTaskStartedAttrs) }},
+	ActivityTaskCompleted:            {CategoryActivity, RoleInput, func() any { return new(ActivityTaskCompletedAttrs) }},
+	ActivityTaskFailed:               {CategoryActivity, RoleInput, func() any { return new(ActivityTaskFailedAttrs) }},
+	ActivityTaskTimedOut:             {CategoryActivity, RoleInput, func() any { return new(ActivityTaskTimedOutAttrs) }},
+	ActivityTaskCanceled:             {CategoryActivity, RoleInput, func() any { return new(ActivityTaskCanceledAttrs) }},
+	MarkerRecorded:                   {CategoryMarker, RoleCommand, func() any { return new(MarkerRecordedAttrs) }},
+	CompensationStepScheduled:        {CategoryCompensation, RoleCommand, func() any { return new(CompensationStepScheduledAttrs) }},
+	CompensationStepCompleted:        {CategoryCompensation, RoleInput, func() any { return new(CompensationStepCompletedAttrs) }},
+	CompensationStepFailed:           {CategoryCompensation, RoleInput, func() any { return new(CompensationStepFailedAttrs) }},
 }
 
 // CategoryOf returns the category of an event type, or "" if the type is
@@ -230,7 +237,13 @@ type ActivityOptions struct {
 	// attempt's start (no node runs the type, a backlog, a lost task); 0:
 	// no bound. Whole seconds, rounded up: it runs on a durable timer.
 	ScheduleToStartTimeout time.Duration `msgpack:"schedule_to_start_timeout,omitempty" json:"schedule_to_start_timeout,omitempty"`
-	RetryPolicy            RetryPolicy   `msgpack:"retry_policy" json:"retry_policy"`
+	// HeartbeatTimeout bounds the time between two heartbeats of an
+	// attempt: past it, the attempt counts as timed out (its node died,
+	// say) and the next one starts, long before StartToCloseTimeout would
+	// tell. 0: no bound. Whole seconds, rounded up: it runs on a durable
+	// timer.
+	HeartbeatTimeout time.Duration `msgpack:"heartbeat_timeout,omitempty" json:"heartbeat_timeout,omitempty"`
+	RetryPolicy      RetryPolicy   `msgpack:"retry_policy" json:"retry_policy"`
 }
 
 // WorkflowExecutionStartedAttrs opens every history.
@@ -241,6 +254,9 @@ type WorkflowExecutionStartedAttrs struct {
 	// RequestID identifies the start request, so that a client retrying its
 	// own start recognises the history it created.
 	RequestID string `msgpack:"request_id" json:"request_id"`
+	// RunTimeout bounds the saga's run from its start: past it, the saga
+	// is canceled, compensates and ends timed_out. 0: no bound.
+	RunTimeout time.Duration `msgpack:"run_timeout,omitempty" json:"run_timeout,omitempty"`
 }
 
 // WorkflowExecutionCompletedAttrs carries the workflow's output.
@@ -248,9 +264,74 @@ type WorkflowExecutionCompletedAttrs struct {
 	Output Payload `msgpack:"output" json:"output"`
 }
 
-// WorkflowExecutionFailedAttrs carries the error the workflow returned.
+// WorkflowExecutionFailedAttrs carries the error the workflow returned,
+// and how the compensation that followed ended.
 type WorkflowExecutionFailedAttrs struct {
-	Failure *Failure `msgpack:"failure" json:"failure"`
+	Failure      *Failure             `msgpack:"failure" json:"failure"`
+	Compensation *CompensationOutcome `msgpack:"compensation,omitempty" json:"compensation,omitempty"`
+}
+
+// Causes of a cancellation request.
+const (
+	// CancelByRequest: a client, the API or the command line asked.
+	CancelByRequest = "request"
+	// CancelByRunTimeout: the saga's run timeout passed.
+	CancelByRunTimeout = "run_timeout"
+)
+
+// WorkflowExecutionCancelRequestedAttrs records a request to cancel the
+// saga: the workflow's context is done from this event on, and the saga
+// compensates and ends canceled (timed_out when the cause is its run
+// timeout).
+type WorkflowExecutionCancelRequestedAttrs struct {
+	// Cause is CancelByRequest or CancelByRunTimeout.
+	Cause  string `msgpack:"cause" json:"cause"`
+	Reason string `msgpack:"reason,omitempty" json:"reason,omitempty"`
+	// Identity says who asked: a client's or a node's name.
+	Identity string `msgpack:"identity,omitempty" json:"identity,omitempty"`
+}
+
+// WorkflowExecutionCanceledAttrs ends a canceled saga, after its
+// compensation.
+type WorkflowExecutionCanceledAttrs struct {
+	Reason       string               `msgpack:"reason,omitempty" json:"reason,omitempty"`
+	Compensation *CompensationOutcome `msgpack:"compensation,omitempty" json:"compensation,omitempty"`
+}
+
+// WorkflowExecutionTimedOutAttrs ends a saga that ran past its run
+// timeout, after its compensation.
+type WorkflowExecutionTimedOutAttrs struct {
+	RunTimeout   time.Duration        `msgpack:"run_timeout" json:"run_timeout"`
+	Compensation *CompensationOutcome `msgpack:"compensation,omitempty" json:"compensation,omitempty"`
+}
+
+// Compensation outcomes.
+const (
+	// CompensationCompleted: every registered compensation completed.
+	CompensationCompleted = "completed"
+	// CompensationFailed: a compensation failed for good; the steps it
+	// and those not run undo need an operator.
+	CompensationFailed = "failed"
+	// CompensationSkipped: the workflow code discarded its compensations.
+	CompensationSkipped = "skipped"
+)
+
+// CompensationOutcome says how the compensation of a saga that did not
+// complete ended. It is recorded with the saga's last event; a saga with
+// nothing registered to undo records none.
+type CompensationOutcome struct {
+	// Status is CompensationCompleted, CompensationFailed or
+	// CompensationSkipped.
+	Status string `msgpack:"status" json:"status"`
+	// Completed counts the compensation steps that completed.
+	Completed int `msgpack:"completed" json:"completed"`
+	// FailedSteps name the steps whose compensation failed for good, in
+	// the order they were tried, and Failure is the first one's error.
+	FailedSteps []string `msgpack:"failed_steps,omitempty" json:"failed_steps,omitempty"`
+	Failure     *Failure `msgpack:"failure,omitempty" json:"failure,omitempty"`
+	// NotRun name the steps registered for compensation that were not
+	// undone (after a failure, or discarded), last registered first.
+	NotRun []string `msgpack:"not_run,omitempty" json:"not_run,omitempty"`
 }
 
 // Reasons a saga is blocked.
@@ -286,6 +367,10 @@ type ActivityTaskScheduledAttrs struct {
 	ActivityType string          `msgpack:"activity_type" json:"activity_type"`
 	Input        Payload         `msgpack:"input" json:"input"`
 	Options      ActivityOptions `msgpack:"options" json:"options"`
+	// Detached is set for an activity scheduled in a context that the
+	// saga's cancellation does not reach (see saga.NewDisconnectedContext):
+	// its heartbeats never report a cancellation.
+	Detached bool `msgpack:"detached,omitempty" json:"detached,omitempty"`
 }
 
 // ActivityTaskStartedAttrs records the attempt that produced the result
@@ -317,11 +402,61 @@ type ActivityTaskTimedOutAttrs struct {
 	Attempts         int      `msgpack:"attempts" json:"attempts"`
 }
 
+// ActivityTaskCanceledAttrs records that an activity stopped because the
+// saga was canceled: its attempt saw the cancellation at a heartbeat, or
+// no attempt was running when it was seen.
+type ActivityTaskCanceledAttrs struct {
+	ScheduledEventID uint64 `msgpack:"scheduled_event_id" json:"scheduled_event_id"`
+	Attempts         int    `msgpack:"attempts" json:"attempts"`
+}
+
 // Marker names.
 const (
 	MarkerSideEffect = "side_effect"
 	MarkerVersion    = "version"
+	// MarkerCompensation registers the undo of a step that succeeded.
+	MarkerCompensation = "compensation"
 )
+
+// CompensationRegistration is the undo of a step: the activity that
+// compensates it, with its input and options.
+type CompensationRegistration struct {
+	// Step names the step the compensation undoes.
+	Step         string          `msgpack:"step" json:"step"`
+	ActivityType string          `msgpack:"activity_type" json:"activity_type"`
+	Input        Payload         `msgpack:"input" json:"input"`
+	Options      ActivityOptions `msgpack:"options" json:"options"`
+}
+
+// CompensationStepScheduledAttrs is the decision to run a registered
+// compensation. It runs as an activity: its task, attempts and retries are
+// an activity's.
+type CompensationStepScheduledAttrs struct {
+	CompensationRegistration `msgpack:",inline"`
+	// RegisteredEventID is the marker that registered it.
+	RegisteredEventID uint64 `msgpack:"registered_event_id" json:"registered_event_id"`
+}
+
+// Activity returns the compensation as the activity it runs as.
+func (a *CompensationStepScheduledAttrs) Activity() *ActivityTaskScheduledAttrs {
+	return &ActivityTaskScheduledAttrs{ActivityType: a.ActivityType, Input: a.Input, Options: a.Options, Detached: true}
+}
+
+// CompensationStepCompletedAttrs records a compensation that completed.
+type CompensationStepCompletedAttrs struct {
+	ScheduledEventID uint64  `msgpack:"scheduled_event_id" json:"scheduled_event_id"`
+	Step             string  `msgpack:"step" json:"step"`
+	Result           Payload `msgpack:"result" json:"result"`
+}
+
+// CompensationStepFailedAttrs records a compensation that failed for good
+// (its retries exhausted, a non-retryable error, a timeout).
+type CompensationStepFailedAttrs struct {
+	ScheduledEventID uint64   `msgpack:"scheduled_event_id" json:"scheduled_event_id"`
+	Step             string   `msgpack:"step" json:"step"`
+	Failure          *Failure `msgpack:"failure" json:"failure"`
+	Attempts         int      `msgpack:"attempts" json:"attempts"`
+}
 
 // MarkerRecordedAttrs records a value the workflow code produced once and
 // must see again on replay: a side effect's result, or the version chosen
@@ -332,6 +467,8 @@ type MarkerRecordedAttrs struct {
 	ChangeID string   `msgpack:"change_id,omitempty" json:"change_id,omitempty"`
 	Data     Payload  `msgpack:"data,omitempty" json:"data,omitempty"`
 	Failure  *Failure `msgpack:"failure,omitempty" json:"failure,omitempty"`
+	// Compensation is what a compensation marker registers.
+	Compensation *CompensationRegistration `msgpack:"compensation,omitempty" json:"compensation,omitempty"`
 }
 
 // ScheduledEventID returns the scheduled event an activity input refers to.
@@ -344,6 +481,12 @@ func ScheduledEventID(e Event) (uint64, bool) {
 	case *ActivityTaskFailedAttrs:
 		return a.ScheduledEventID, true
 	case *ActivityTaskTimedOutAttrs:
+		return a.ScheduledEventID, true
+	case *ActivityTaskCanceledAttrs:
+		return a.ScheduledEventID, true
+	case *CompensationStepCompletedAttrs:
+		return a.ScheduledEventID, true
+	case *CompensationStepFailedAttrs:
 		return a.ScheduledEventID, true
 	}
 	return 0, false

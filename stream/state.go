@@ -47,15 +47,57 @@ type State struct {
 	// LastSeq is the stream sequence of the last commit: the expected
 	// sequence of the next append.
 	LastSeq uint64
-	// OpenActivities are the scheduled activities without a result yet,
-	// by scheduled event id.
+	// OpenActivities are the scheduled activities (compensation steps
+	// included) without a result yet, by scheduled event id.
 	OpenActivities map[uint64]OpenActivity
+	// RunTimeout is the saga's run timeout; 0: none.
+	RunTimeout time.Duration
+	// CancelRequested is the saga's cancellation request, once there is
+	// one, at event CancelRequestedEventID.
+	CancelRequested        *WorkflowExecutionCancelRequestedAttrs
+	CancelRequestedEventID uint64
+	// RunTimedOut is set once the run timeout's cancellation is recorded.
+	RunTimedOut bool
+	// CompensationSteps are the compensation steps scheduled so far, in
+	// order, and Compensation how the compensation ended, once the saga
+	// did.
+	CompensationSteps []CompensationStep
+	Compensation      *CompensationOutcome
+}
+
+// Compensation step statuses.
+const (
+	StepScheduled = "scheduled"
+	StepCompleted = "completed"
+	StepFailed    = "failed"
+)
+
+// CompensationStep is one scheduled compensation and where it stands.
+type CompensationStep struct {
+	Step             string   `json:"step"`
+	ActivityType     string   `json:"activity_type"`
+	ScheduledEventID uint64   `json:"scheduled_event_id"`
+	Status           string   `json:"status"`
+	Failure          *Failure `json:"error,omitempty"`
 }
 
 // OpenActivity is a scheduled activity without a result yet.
 type OpenActivity struct {
 	*ActivityTaskScheduledAttrs
 	ScheduledAt time.Time
+	// Step is set for a compensation step: the step it undoes.
+	Step string
+}
+
+// IsCompensation reports whether the activity is a compensation step.
+func (a OpenActivity) IsCompensation() bool { return a.Step != "" }
+
+// CancelReaches reports whether the saga's cancellation, if requested,
+// reaches the activity: one scheduled before the request and not in a
+// context the cancellation does not reach (compensations never are).
+func (s *State) CancelReaches(scheduledEventID uint64) bool {
+	a, open := s.OpenActivities[scheduledEventID]
+	return open && s.CancelRequested != nil && !a.Detached && !a.IsCompensation() && scheduledEventID < s.CancelRequestedEventID
 }
 
 // Task is the task that runs the activity's given attempt.
@@ -98,12 +140,21 @@ func (s *State) applyEvent(e Event) {
 	switch a := e.Attrs.(type) {
 	case *WorkflowExecutionStartedAttrs:
 		s.WorkflowType, s.Version, s.Input, s.RequestID = a.WorkflowType, a.Version, a.Input, a.RequestID
-		s.Status, s.StartedAt = StatusRunning, e.Time
+		s.Status, s.StartedAt, s.RunTimeout = StatusRunning, e.Time, a.RunTimeout
 		s.OpenActivities = map[uint64]OpenActivity{}
 	case *WorkflowExecutionCompletedAttrs:
 		s.Status, s.Output, s.ClosedAt = StatusCompleted, a.Output, e.Time
 	case *WorkflowExecutionFailedAttrs:
-		s.Status, s.Failure, s.ClosedAt = StatusFailed, a.Failure, e.Time
+		s.Status, s.Failure, s.ClosedAt, s.Compensation = StatusFailed, a.Failure, e.Time, a.Compensation
+	case *WorkflowExecutionCanceledAttrs:
+		s.Status, s.ClosedAt, s.Compensation = StatusCanceled, e.Time, a.Compensation
+	case *WorkflowExecutionTimedOutAttrs:
+		s.Status, s.ClosedAt, s.Compensation = StatusTimedOut, e.Time, a.Compensation
+	case *WorkflowExecutionCancelRequestedAttrs:
+		if s.CancelRequested == nil {
+			s.CancelRequested, s.CancelRequestedEventID = a, e.ID
+		}
+		s.RunTimedOut = s.RunTimedOut || a.Cause == CancelByRunTimeout
 	case *WorkflowExecutionBlockedAttrs:
 		if !s.Status.Terminal() {
 			s.Status, s.Blocked = StatusBlocked, a
@@ -120,6 +171,25 @@ func (s *State) applyEvent(e Event) {
 		delete(s.OpenActivities, a.ScheduledEventID)
 	case *ActivityTaskTimedOutAttrs:
 		delete(s.OpenActivities, a.ScheduledEventID)
+	case *ActivityTaskCanceledAttrs:
+		delete(s.OpenActivities, a.ScheduledEventID)
+	case *CompensationStepScheduledAttrs:
+		s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a.Activity(), ScheduledAt: e.Time, Step: a.Step}
+		s.CompensationSteps = append(s.CompensationSteps, CompensationStep{Step: a.Step, ActivityType: a.ActivityType, ScheduledEventID: e.ID, Status: StepScheduled})
+	case *CompensationStepCompletedAttrs:
+		delete(s.OpenActivities, a.ScheduledEventID)
+		s.compensationStep(a.ScheduledEventID, StepCompleted, nil)
+	case *CompensationStepFailedAttrs:
+		delete(s.OpenActivities, a.ScheduledEventID)
+		s.compensationStep(a.ScheduledEventID, StepFailed, a.Failure)
+	}
+}
+
+func (s *State) compensationStep(scheduledEventID uint64, status string, failure *Failure) {
+	for i := range s.CompensationSteps {
+		if c := &s.CompensationSteps[i]; c.ScheduledEventID == scheduledEventID && c.Status == StepScheduled {
+			c.Status, c.Failure = status, failure
+		}
 	}
 }
 

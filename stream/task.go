@@ -34,11 +34,13 @@ type ActivityTask struct {
 
 // TaskFor derives the first attempt's task of a scheduled activity.
 func TaskFor(e Event) (ActivityTask, bool) {
-	a, ok := e.Attrs.(*ActivityTaskScheduledAttrs)
-	if !ok {
-		return ActivityTask{}, false
+	switch a := e.Attrs.(type) {
+	case *ActivityTaskScheduledAttrs:
+		return OpenActivity{ActivityTaskScheduledAttrs: a, ScheduledAt: e.Time}.Task(e.SagaID, e.ID, 1), true
+	case *CompensationStepScheduledAttrs:
+		return OpenActivity{ActivityTaskScheduledAttrs: a.Activity(), ScheduledAt: e.Time, Step: a.Step}.Task(e.SagaID, e.ID, 1), true
 	}
-	return OpenActivity{ActivityTaskScheduledAttrs: a, ScheduledAt: e.Time}.Task(e.SagaID, e.ID, 1), true
+	return ActivityTask{}, false
 }
 
 // PublishTask puts an activity task on the task stream, unless a task of
@@ -101,6 +103,25 @@ func (s *Store) QueuedTask(ctx context.Context, activityType, sagaID string, sch
 	}
 	t, err = s.DecodeTask(msg.Data)
 	return t, msg.Sequence, err == nil, err
+}
+
+// TaskDelivered reports whether the task at seq was delivered to a node:
+// its type's consumer delivers in stream order, so a task past the last
+// delivered sequence has not been. Without the consumer (no node runs
+// the type yet), nothing was delivered.
+func (s *Store) TaskDelivered(ctx context.Context, activityType string, seq uint64) (bool, error) {
+	c, err := s.js.Consumer(ctx, s.cfg.TaskStream(), ActivityTaskConsumer(activityType))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read consumer of %s: %w", activityType, mapError(err))
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read consumer of %s: %w", activityType, mapError(err))
+	}
+	return info.Delivered.Stream >= seq, nil
 }
 
 // RemoveTask deletes a queued task that nothing should run (a leftover for

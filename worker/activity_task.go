@@ -48,11 +48,20 @@ func (h activityTasks) handle(ctx context.Context, d *delivery) outcome {
 	}
 	d.with(slog.String("saga_id", task.SagaID), slog.String("activity_type", task.ActivityType), slog.Uint64("scheduled_event_id", task.ScheduledEventID))
 
-	attempt, recorded, out, run := n.startAttempt(ctx, d, task)
+	attempt, recorded, details, out, run := n.startAttempt(ctx, d, task)
 	if !run {
 		return out
 	}
-	result, runErr := n.runActivity(ctx, act, task, attempt)
+	hb := newHeartbeats(n, task, attempt, d.meta.Sequence.Stream)
+	result, runErr := n.runActivity(ctx, act, task, attempt, details, hb)
+	stoppedBy := hb.stoppedBy()
+	// A heartbeat of an attempt that started without a record wrote one.
+	recorded = recorded || hb.wroteRecord()
+	if task.Options.HeartbeatTimeout > 0 && stoppedBy == nil && ctx.Err() == nil {
+		// The attempt returned: its silence while its outcome is recorded
+		// (through an outage, say) is no dead node.
+		n.markEnded(ctx, d, task, attempt)
+	}
 	if ctx.Err() != nil {
 		// Canceled because the node stops now: not the activity's fault;
 		// the task comes back after AckWait, and this attempt counts.
@@ -62,14 +71,27 @@ func (h activityTasks) handle(ctx context.Context, d *delivery) outcome {
 		if err := n.store.Config().CheckPayload("result of activity "+task.ActivityType, result); err != nil {
 			runErr = saga.Permanent(&saga.Error{Kind: saga.KindValidation, Message: "activity result", Cause: err})
 		} else {
-			return n.reportOutcome(ctx, d, task, attempt, recorded, result, nil)
+			return n.reportOutcome(ctx, d, task, attempt, recorded, attemptOutcome{result: result})
 		}
+	}
+	switch {
+	case errors.Is(stoppedBy, saga.ErrCanceled):
+		d.logger().Info("activity stopped: the saga was canceled", "attempt", attempt, "err", runErr)
+		return n.reportOutcome(ctx, d, task, attempt, recorded, attemptOutcome{canceled: true})
+	case stoppedBy != nil:
+		// Closed meanwhile, or given up by its heartbeat timeout for a
+		// later attempt: this one has nothing to record.
+		d.logger().Info("activity attempt stopped", "attempt", attempt, "reason", stoppedBy)
+		if errors.Is(stoppedBy, errActivityClosed) {
+			n.attempts.remove(ctx, task.SagaID, task.ScheduledEventID)
+		}
+		return ack()
 	}
 	policy := task.Options.RetryPolicy
 	cause := saga.ToFailure(runErr, saga.KindActivityExecution).Bounded()
 	if !retryable(cause, policy) || policy.MaximumAttempts > 0 && attempt >= policy.MaximumAttempts {
 		d.logger().Warn("activity failed", "attempt", attempt, "err", runErr)
-		return n.reportOutcome(ctx, d, task, attempt, recorded, nil, activityFailure(task, attempt, cause))
+		return n.reportOutcome(ctx, d, task, attempt, recorded, attemptOutcome{failure: activityFailure(task, attempt, cause)})
 	}
 	n.stats.activityRetries.Add(1)
 	delay := retryBackoff(policy, attempt)
@@ -116,55 +138,89 @@ func (h activityTasks) giveBack(ctx context.Context, d *delivery) {
 // without a record: when a lost start costs at most one of several
 // attempts and no timeout claims the activity.
 func fastEligible(o stream.ActivityOptions) bool {
-	return o.RetryPolicy.MaximumAttempts != 1 && o.ScheduleToStartTimeout == 0
+	return o.RetryPolicy.MaximumAttempts != 1 && o.ScheduleToStartTimeout == 0 && o.HeartbeatTimeout == 0
+}
+
+// markEnded records that an attempt ended and waits for its retry.
+func (n *Node) markEnded(ctx context.Context, d *delivery, task stream.ActivityTask, attempt int) {
+	err := n.attempts.update(ctx, task.SagaID, task.ScheduledEventID, func(rec *attemptRecord, found bool) (bool, error) {
+		if !found || rec.Started != attempt {
+			return false, nil
+		}
+		rec.Ended = attempt
+		return true, nil
+	})
+	if err != nil {
+		d.logger().Warn("could not record the end of an attempt; its heartbeat timeout may start the retry early", "attempt", attempt, "err", err)
+	}
 }
 
 // startAttempt decides which attempt, if any, the delivered task runs, and
 // records its start when it must. When nothing is to run it returns the
 // outcome for the message instead.
-func (n *Node) startAttempt(ctx context.Context, d *delivery, task stream.ActivityTask) (attempt int, recorded bool, out outcome, run bool) {
+func (n *Node) startAttempt(ctx context.Context, d *delivery, task stream.ActivityTask) (attempt int, recorded bool, details stream.Payload, out outcome, run bool) {
 	// The first delivery of a fresh task: no attempt started before, and
 	// the task's activity is open unless the task is a late copy (which the
 	// duplicate window and the one-task-per-subject rule stop before half
 	// the window has passed).
 	age := n.clock.Now().Sub(task.ScheduledAt)
 	if d.meta.NumDelivered == 1 && task.Attempt == 1 && !task.Rederived && fastEligible(task.Options) && age < n.taskDuplicateWindow()/2 {
-		return 1, false, outcome{}, true
+		return 1, false, nil, outcome{}, true
 	}
-	open, err := n.activityOpen(ctx, task)
+	_, state, err := n.lookupActivity(ctx, task.SagaID, task.ScheduledEventID)
 	if err != nil {
-		return 0, false, n.handlingFailed(ctx, d, "check activity state", err), false
+		return 0, false, nil, n.handlingFailed(ctx, d, "check activity state", err), false
 	}
-	if !open {
+	if state == activityClosed {
 		d.logger().Debug("activity already closed; not running it again", "delivery", d.meta.NumDelivered)
 		n.attempts.remove(ctx, task.SagaID, task.ScheduledEventID)
-		return 0, false, ack(), false
+		return 0, false, nil, ack(), false
 	}
 	rec, rev, found, err := n.attempts.get(ctx, task.SagaID, task.ScheduledEventID)
 	if err != nil {
-		return 0, false, retryLater(d, "read attempts", err), false
+		return 0, false, nil, retryLater(d, "read attempts", err), false
 	}
 	if found && rec.TimedOut {
-		return 0, false, ack(), false // the timeout records the outcome
+		return 0, false, nil, ack(), false // the timeout records the outcome
+	}
+	if found && rec.GivenUp > 0 && rec.GivenUp >= rec.Started && rec.TaskSeq == d.meta.Sequence.Stream {
+		// This task's attempt was given up by its heartbeat timeout, and
+		// the next attempt's task replaces it: it starts nothing more.
+		d.logger().Debug("task of an attempt given up for dead; dropped", "attempt", rec.Started)
+		return 0, false, nil, ack(), false
+	}
+	if state == activityCancelRequested {
+		// The saga was canceled before this attempt could start.
+		return 0, false, nil, n.reportOutcome(ctx, d, task, 0, found, attemptOutcome{canceled: true, attempts: rec.Started}), false
 	}
 	next, stale := nextAttempt(task, d.meta.Sequence.Stream, d.meta.NumDelivered, rec, found)
 	if stale {
 		d.logger().Debug("task for an attempt that started from another task; dropped", "attempt", task.Attempt, "started", rec.Started)
-		return 0, false, ack(), false
+		return 0, false, nil, ack(), false
 	}
 	if max := task.Options.RetryPolicy.MaximumAttempts; max > 0 && next > max {
 		// Earlier attempts never reported back: the nodes running them died.
 		failure := &stream.Failure{Kind: string(saga.KindActivityExecution),
 			Message: fmt.Sprintf("%d attempts started without reporting back (the nodes running them stopped)", next-1)}
-		return 0, false, n.reportOutcome(ctx, d, task, next-1, found, nil, activityFailure(task, next-1, failure)), false
+		return 0, false, nil, n.reportOutcome(ctx, d, task, next-1, found, attemptOutcome{failure: activityFailure(task, next-1, failure)}), false
 	}
-	rec = attemptRecord{Started: next, TaskSeq: d.meta.Sequence.Stream, Node: n.opts.NodeName, At: n.clock.Now()}
+	details = rec.Details
+	rec = attemptRecord{Started: next, TaskSeq: d.meta.Sequence.Stream, Node: n.opts.NodeName, At: n.clock.Now(),
+		Details: rec.Details, HeartbeatAt: rec.HeartbeatAt, Ended: rec.Ended, GivenUp: rec.GivenUp}
 	if err := n.attempts.put(ctx, task.SagaID, task.ScheduledEventID, rec, rev, found); err != nil {
 		// errRecordMoved: another delivery or the timeout moved first;
 		// decide again on what it wrote.
-		return 0, false, nakAfter(redeliveryPolicy.Delay(1), "record attempt start", err), false
+		return 0, false, nil, nakAfter(redeliveryPolicy.Delay(1), "record attempt start", err), false
 	}
-	return next, true, outcome{}, true
+	if hb := task.Options.HeartbeatTimeout; hb > 0 {
+		t := kv.Timer{Kind: timerHeartbeat, SagaID: task.SagaID, EventID: task.ScheduledEventID, Attempt: next, Due: rec.At.Add(hb)}
+		if err := n.timers.Load().Schedule(ctx, t); err != nil {
+			// Without its timer, a dead node is found by the redelivery
+			// after AckWait instead: later, not never.
+			d.logger().Warn("heartbeat timeout not armed; a dead node is found after the ack wait instead", "attempt", next, "err", err)
+		}
+	}
+	return next, true, details, outcome{}, true
 }
 
 // taskDuplicateWindow is the task stream's duplicate window as the server
@@ -198,15 +254,27 @@ func nextAttempt(task stream.ActivityTask, taskSeq, deliveries uint64, rec attem
 	return task.Attempt, false
 }
 
+// attemptOutcome is how an attempt ended: a result, a failure, or stopped
+// by the saga's cancellation.
+type attemptOutcome struct {
+	result   stream.Payload
+	failure  *stream.Failure
+	canceled bool
+	// attempts is recorded as the attempts started when no running
+	// attempt reports the outcome (outcomeEvents' attempt is 0).
+	attempts int
+}
+
 // reportOutcome records an attempt's outcome and says what becomes of the
 // task. A result that cannot be stored (a permanent error: too large for
 // the server, say) is recorded as a non-retryable failure instead of being
 // retried forever.
-func (n *Node) reportOutcome(ctx context.Context, d *delivery, task stream.ActivityTask, attempt int, recorded bool, result stream.Payload, failure *stream.Failure) outcome {
-	err := n.recordOutcome(ctx, d, task, attempt, result, failure)
+func (n *Node) reportOutcome(ctx context.Context, d *delivery, task stream.ActivityTask, attempt int, recorded bool, out attemptOutcome) outcome {
+	err := n.recordOutcome(ctx, d, task, attempt, out)
 	// Only an outcome the server refuses as such (too large for its
 	// stream) is replaced: an outage, however long, is waited out.
-	if err != nil && errors.Is(err, stream.ErrTooLarge) && ctx.Err() == nil {
+	if err != nil && errors.Is(err, stream.ErrTooLarge) && ctx.Err() == nil && !out.canceled {
+		failure := out.failure
 		if failure == nil {
 			d.logger().Error("activity result cannot be recorded; recording the activity as failed", "err", err)
 			failure = activityFailure(task, attempt, &stream.Failure{Kind: string(saga.KindValidation), NonRetryable: true,
@@ -214,9 +282,9 @@ func (n *Node) reportOutcome(ctx context.Context, d *delivery, task stream.Activ
 		} else {
 			d.logger().Error("activity failure cannot be recorded in full; recording its summary", "err", err)
 		}
-		err = n.recordOutcome(ctx, d, task, attempt, nil, failure.Bounded())
+		err = n.recordOutcome(ctx, d, task, attempt, attemptOutcome{failure: failure.Bounded()})
 		if errors.Is(err, stream.ErrTooLarge) {
-			err = n.recordOutcome(ctx, d, task, attempt, nil, failure.Summary())
+			err = n.recordOutcome(ctx, d, task, attempt, attemptOutcome{failure: failure.Summary()})
 		}
 	}
 	if err != nil {
@@ -237,25 +305,13 @@ var reportPolicy = backoff.Policy{Initial: 50 * time.Millisecond, Max: 2 * time.
 // success into a failure: transient errors are retried in-process, with a
 // log line now and then, until the node stops. A draining node records the
 // outcomes in hand; StopAndCancel gives up on them.
-func (n *Node) recordOutcome(ctx context.Context, d *delivery, task stream.ActivityTask, attempt int, result stream.Payload, failure *stream.Failure) error {
+func (n *Node) recordOutcome(ctx context.Context, d *delivery, task stream.ActivityTask, attempt int, out attemptOutcome) error {
 	inputs := func(st *stream.State) []stream.Event {
-		if _, open := st.OpenActivities[task.ScheduledEventID]; !open {
+		a, open := st.OpenActivities[task.ScheduledEventID]
+		if !open {
 			return nil // recorded already, by an earlier attempt
 		}
-		events := []stream.Event{{Type: stream.ActivityTaskStarted, Attrs: &stream.ActivityTaskStartedAttrs{
-			ScheduledEventID: task.ScheduledEventID, Attempt: attempt, Node: n.opts.NodeName}}}
-		switch {
-		case failure == nil:
-			events = append(events, stream.Event{Type: stream.ActivityTaskCompleted,
-				Attrs: &stream.ActivityTaskCompletedAttrs{ScheduledEventID: task.ScheduledEventID, Result: result}})
-		case failure.Kind == string(saga.KindTimeout):
-			events = append(events, stream.Event{Type: stream.ActivityTaskTimedOut,
-				Attrs: &stream.ActivityTaskTimedOutAttrs{ScheduledEventID: task.ScheduledEventID, Failure: failure, Attempts: attempt}})
-		default:
-			events = append(events, stream.Event{Type: stream.ActivityTaskFailed,
-				Attrs: &stream.ActivityTaskFailedAttrs{ScheduledEventID: task.ScheduledEventID, Failure: failure, Attempts: attempt}})
-		}
-		return events
+		return outcomeEvents(a, task.ScheduledEventID, attempt, n.opts.NodeName, out)
 	}
 	// The view is trusted when it has the scheduled event: an activity it
 	// shows open may have closed since (the append then conflicts and the
@@ -264,6 +320,45 @@ func (n *Node) recordOutcome(ctx context.Context, d *delivery, task stream.Activ
 	return n.retryInProcess(ctx, d, "record activity outcome", func(ctx context.Context) error {
 		return n.confirmBehind(ctx, task.SagaID, n.advance(ctx, req))
 	})
+}
+
+// outcomeEvents are the events that close an open activity (or
+// compensation step) with an outcome: ActivityTaskStarted for the attempt
+// that produced it (none when no attempt ran), then the result.
+func outcomeEvents(a stream.OpenActivity, id uint64, attempt int, node string, out attemptOutcome) []stream.Event {
+	var events []stream.Event
+	attempts := attempt
+	if attempt == 0 {
+		attempts = out.attempts
+	}
+	if attempt > 0 {
+		events = append(events, stream.Event{Type: stream.ActivityTaskStarted, Attrs: &stream.ActivityTaskStartedAttrs{
+			ScheduledEventID: id, Attempt: attempt, Node: node}})
+	}
+	failure := out.failure
+	if out.canceled && a.IsCompensation() {
+		// No cancellation reaches a compensation; should one be asked
+		// for, it is a failure of the step, for an operator to see.
+		failure = &stream.Failure{Kind: string(saga.KindCancelled), Message: "compensation step canceled", NonRetryable: true}
+	}
+	var closing stream.Event
+	switch {
+	case a.IsCompensation() && failure == nil:
+		closing = stream.Event{Type: stream.CompensationStepCompleted, Attrs: &stream.CompensationStepCompletedAttrs{
+			ScheduledEventID: id, Step: a.Step, Result: out.result}}
+	case a.IsCompensation():
+		closing = stream.Event{Type: stream.CompensationStepFailed, Attrs: &stream.CompensationStepFailedAttrs{
+			ScheduledEventID: id, Step: a.Step, Failure: failure, Attempts: attempts}}
+	case out.canceled:
+		closing = stream.Event{Type: stream.ActivityTaskCanceled, Attrs: &stream.ActivityTaskCanceledAttrs{ScheduledEventID: id, Attempts: attempts}}
+	case failure == nil:
+		closing = stream.Event{Type: stream.ActivityTaskCompleted, Attrs: &stream.ActivityTaskCompletedAttrs{ScheduledEventID: id, Result: out.result}}
+	case failure.Kind == string(saga.KindTimeout):
+		closing = stream.Event{Type: stream.ActivityTaskTimedOut, Attrs: &stream.ActivityTaskTimedOutAttrs{ScheduledEventID: id, Failure: failure, Attempts: attempts}}
+	default:
+		closing = stream.Event{Type: stream.ActivityTaskFailed, Attrs: &stream.ActivityTaskFailedAttrs{ScheduledEventID: id, Failure: failure, Attempts: attempts}}
+	}
+	return append(events, closing)
 }
 
 // retryInProcess runs op until it succeeds, fails for good, or the node
@@ -286,21 +381,45 @@ func (n *Node) retryInProcess(ctx context.Context, d *delivery, what string, op 
 	}.Do(ctx, op)
 }
 
-// activityOpen reports whether the scheduled activity still waits for its
-// result, reading whatever the node has not seen of the history.
-func (n *Node) activityOpen(ctx context.Context, task stream.ActivityTask) (bool, error) {
-	_, open, err := n.lookupActivity(ctx, task.SagaID, task.ScheduledEventID)
-	return open, err
+// activityState is where a scheduled activity stands.
+type activityState int
+
+const (
+	// activityClosed: it has its outcome, or the saga ended.
+	activityClosed activityState = iota
+	// activityOpen: it waits for its outcome.
+	activityOpen
+	// activityCancelRequested: it waits for its outcome, and the saga's
+	// cancellation reaches it (see stream.State.CancelReaches).
+	activityCancelRequested
+)
+
+// lookupActivity returns a scheduled activity of a saga, and where it
+// stands, reading whatever the node has not seen of the history. A
+// history that lacks the scheduled event, as the stream's leader confirms,
+// is errNotInHistory.
+func (n *Node) lookupActivity(ctx context.Context, sagaID string, scheduledEventID uint64) (stream.OpenActivity, activityState, error) {
+	var a stream.OpenActivity
+	state := activityClosed
+	err := n.withState(ctx, sagaID, scheduledEventID, func(st *stream.State) {
+		var open bool
+		a, open = st.OpenActivities[scheduledEventID]
+		switch {
+		case !open || st.Status.Terminal():
+			state = activityClosed
+		case st.CancelReaches(scheduledEventID):
+			state = activityCancelRequested
+		default:
+			state = activityOpen
+		}
+	})
+	return a, state, err
 }
 
-// lookupActivity returns a scheduled activity of a saga, and whether it is
-// still open (it has no outcome and the saga has not ended), reading
-// whatever the node has not seen of the history. A history that lacks the
-// scheduled event, as the stream's leader confirms, is errNotInHistory.
-func (n *Node) lookupActivity(ctx context.Context, sagaID string, scheduledEventID uint64) (stream.OpenActivity, bool, error) {
-	var a stream.OpenActivity
-	var open bool
-	err := backoff.Retry{Policy: reportPolicy, Clock: n.clock, MaxElapsed: behindPatience,
+// withState runs fn on the saga's state, read up to at least the given
+// event, under the saga's lock; fn must not keep the state.
+func (n *Node) withState(ctx context.Context, sagaID string, eventID uint64, fn func(*stream.State)) error {
+	return backoff.Retry{Policy: reportPolicy, Clock: n.clock, MaxElapsed: behindPatience,
 		Retryable: func(err error) bool { return !isHistoryProblem(err) && stream.Transient(err) },
 	}.Do(ctx, func(ctx context.Context) error {
 		e := n.cache.acquire(sagaID)
@@ -310,16 +429,14 @@ func (n *Node) lookupActivity(ctx context.Context, sagaID string, scheduledEvent
 			v.reset()
 			return err
 		}
-		if v.state.NextEventID <= scheduledEventID {
+		if v.state.NextEventID <= eventID {
 			have := v.state.LastSeq
 			v.reset()
 			return n.confirmBehind(ctx, sagaID, &behindError{have: have})
 		}
-		a, open = v.state.OpenActivities[scheduledEventID]
-		open = open && !v.state.Status.Terminal()
+		fn(v.state)
 		return nil
 	})
-	return a, open, err
 }
 
 // behindPatience bounds how long the node waits, in-process, for a replica
@@ -381,8 +498,9 @@ func abandonGrace(timeout time.Duration) time.Duration { return min(timeout, 5*t
 // runActivity runs one attempt with the activity's timeout. A panic is an
 // error. An activity that ignores its context and runs on past the timeout
 // is abandoned after abandonGrace: the attempt counts as timed out, and
-// whatever the activity returns later is dropped.
-func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, task stream.ActivityTask, attempt int) (stream.Payload, error) {
+// whatever the activity returns later is dropped. hb takes the attempt's
+// heartbeats; it is stopped when runActivity returns.
+func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, task stream.ActivityTask, attempt int, details stream.Payload, hb *heartbeats) (stream.Payload, error) {
 	n.stats.activitiesRun.Add(1)
 	timeout := task.Options.StartToCloseTimeout
 	if timeout <= 0 {
@@ -390,9 +508,14 @@ func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, ta
 	}
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	actx, cancelCause := context.WithCancelCause(actx)
+	defer cancelCause(nil)
+	hb.cancel = cancelCause
+	defer hb.stop()
 	actx = saga.WithActivityInfo(actx, saga.ActivityInfo{
 		SagaID: task.SagaID, ActivityType: task.ActivityType, ScheduledEventID: task.ScheduledEventID, Attempt: attempt,
 	})
+	actx = saga.WithHeartbeat(actx, hb, details)
 	type result struct {
 		value stream.Payload
 		err   error
@@ -417,10 +540,11 @@ func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, ta
 		case r = <-out:
 		case <-time.After(abandonGrace(timeout)):
 			n.log.Error("activity ignores its context; abandoned", "saga_id", task.SagaID, "activity_type", task.ActivityType, "attempt", attempt)
-			r.err = context.DeadlineExceeded
+			r.err = context.Cause(actx)
 		}
 	}
-	if r.err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+	hb.stop()
+	if r.err != nil && hb.stoppedBy() == nil && errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 		r.err = &saga.Error{Kind: saga.KindTimeout, Message: fmt.Sprintf("activity attempt timed out after %s", timeout), Cause: r.err}
 	}
 	return r.value, r.err

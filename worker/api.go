@@ -31,7 +31,7 @@ func (n *Node) startAPI() error {
 	svc, err := micro.AddService(n.nc, micro.Config{
 		Name:        cfg.Prefix + "-api",
 		Version:     "1.0.0",
-		Description: "jetsaga: start, describe, history and wake sagas",
+		Description: "jetsaga: start, describe, history, wake and cancel sagas",
 	})
 	if err != nil {
 		return &saga.Error{Kind: saga.KindConfiguration, Message: "start API service", Cause: err}
@@ -40,6 +40,7 @@ func (n *Node) startAPI() error {
 		"describe": sagaEndpoint(n.apiDescribe),
 		"history":  sagaEndpoint(n.apiHistory),
 		"wake":     sagaEndpoint(n.apiWake),
+		"cancel":   n.apiCancel,
 	}
 	subjects := map[string]string{}
 	for verb := range endpoints {
@@ -150,6 +151,13 @@ func (n *Node) StartJSON(ctx context.Context, workflowType string, r api.StartRe
 			WithContext("registered", strings.Join(n.reg.WorkflowNames(), ","))
 	}
 	opts := saga.StartOptions{ID: r.ID, RequestID: r.RequestID}
+	if r.RunTimeout != "" {
+		d, err := time.ParseDuration(r.RunTimeout)
+		if err != nil || d < 0 {
+			return saga.StartResult{}, saga.NewError(saga.KindValidation, `run_timeout must be a non-negative duration such as "30s", got "`+r.RunTimeout+`"`)
+		}
+		opts.RunTimeout = d
+	}
 	switch r.IfExists {
 	case "", "fail":
 	case "use_existing":
@@ -198,6 +206,20 @@ func (n *Node) apiWake(ctx context.Context, id string) (any, error) {
 	return api.SagaRequest{ID: id}, n.Wake(ctx, id)
 }
 
+// apiCancel records a request to cancel a saga, in the name of this node.
+func (n *Node) apiCancel(ctx context.Context, req *apiRequest) {
+	var r api.CancelRequest
+	if err := decodeRequest(req, &r); err != nil {
+		respondError(req, err)
+		return
+	}
+	if err := n.client.RequestCancel(ctx, r.ID, r.Reason, n.opts.NodeName); err != nil {
+		respondError(req, err)
+		return
+	}
+	req.respondJSON(api.SagaRequest{ID: r.ID})
+}
+
 // respondError answers with an error code, the error's text and its
 // structured form as the body.
 func respondError(req *apiRequest, err error) {
@@ -207,7 +229,8 @@ func respondError(req *apiRequest, err error) {
 	}
 	code := api.CodeInternal
 	switch {
-	case errors.Is(err, saga.ErrAlreadyStarted):
+	case errors.Is(err, saga.ErrAlreadyStarted), errors.Is(err, saga.ErrAlreadyEnded), errors.Is(err, saga.ErrCancelRequested),
+		errors.Is(err, saga.ErrConcurrency):
 		code = api.CodeConflict
 	case errors.Is(err, saga.ErrNotFound), errors.Is(err, saga.ErrUnknownWorkflowType):
 		code = api.CodeNotFound

@@ -30,6 +30,47 @@ type attemptRecord struct {
 	// TimedOut is set by the schedule-to-start timeout, which claims the
 	// record before recording its outcome: no attempt may start after it.
 	TimedOut bool `msgpack:"timed_out,omitempty"`
+	// Details are the latest heartbeat details of any attempt, recorded at
+	// HeartbeatAt: the next attempt gets them.
+	Details     stream.Payload `msgpack:"details,omitempty"`
+	HeartbeatAt time.Time      `msgpack:"heartbeat_at,omitempty"`
+	// Ended is the last attempt known to have ended (it returned, and its
+	// outcome is being recorded or its retry waits), so that a heartbeat
+	// timeout does not take its silence for a dead node.
+	Ended int `msgpack:"ended,omitempty"`
+	// GivenUp is the last attempt a heartbeat timeout gave up for dead:
+	// its task is replaced by the next attempt's, and it starts nothing
+	// more.
+	GivenUp int `msgpack:"given_up,omitempty"`
+
+	// written is when the server stored the record (not encoded): the
+	// heartbeat timeout compares it with the server's time of firing, so
+	// that no node's clock decides that another node is dead.
+	written time.Time
+}
+
+// errAttemptGone: the attempt a heartbeat is for no longer runs as far as
+// the record says (a later attempt started, or a timeout claimed it).
+var errAttemptGone = errors.New("attempt no longer current")
+
+// update applies change to the activity's record, read afresh, until it
+// lands; change returns false to leave the record alone.
+func (a *attemptStore) update(ctx context.Context, sagaID string, scheduledEventID uint64, change func(rec *attemptRecord, found bool) (bool, error)) error {
+	for range 5 {
+		rec, rev, found, err := a.get(ctx, sagaID, scheduledEventID)
+		if err != nil {
+			return err
+		}
+		ok, err := change(&rec, found)
+		if err != nil || !ok {
+			return err
+		}
+		err = a.put(ctx, sagaID, scheduledEventID, rec, rev, found)
+		if !errors.Is(err, errRecordMoved) {
+			return err
+		}
+	}
+	return fmt.Errorf("%s: %w (5 times in a row)", attemptKey(sagaID, scheduledEventID), errRecordMoved)
 }
 
 // attemptStore reads and writes attempt records.
@@ -100,6 +141,7 @@ func (a *attemptStore) get(ctx context.Context, sagaID string, scheduledEventID 
 	if err := stream.Unmarshal(entry.Value(), &rec); err != nil {
 		return attemptRecord{}, 0, false, fmt.Errorf("attempts of %s: %w", entry.Key(), err)
 	}
+	rec.written = entry.Created()
 	return rec, entry.Revision(), true, nil
 }
 

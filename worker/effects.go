@@ -18,7 +18,12 @@ import (
 // if its effect must exist for as long as the command is open, a case in
 // rederive.
 var effects = map[stream.EventType]func(ctx context.Context, n *Node, e stream.Event) error{
-	stream.ActivityTaskScheduled: dispatchActivity,
+	stream.WorkflowExecutionStarted:  armRunTimeout,
+	stream.ActivityTaskScheduled:     dispatchActivity,
+	stream.CompensationStepScheduled: dispatchActivity,
+	// Activities the cancellation reaches whose task no node took yet
+	// never start.
+	stream.WorkflowExecutionCancelRequested: cancelUndelivered,
 }
 
 // Kinds of the engine's durable timers (see package kv).
@@ -29,7 +34,83 @@ const (
 	// timerScheduleToStart times out an activity whose first attempt did
 	// not start in time.
 	timerScheduleToStart = "s2s"
+	// timerHeartbeat checks that an attempt heartbeated within its
+	// heartbeat timeout.
+	timerHeartbeat = "hb"
+	// timerRunTimeout ends a saga that runs past its run timeout.
+	timerRunTimeout = "run"
 )
+
+// armRunTimeout arms the run timeout of a saga that has one.
+func armRunTimeout(ctx context.Context, n *Node, e stream.Event) error {
+	a, ok := e.Attrs.(*stream.WorkflowExecutionStartedAttrs)
+	if !ok || a.RunTimeout <= 0 {
+		return nil
+	}
+	t := kv.Timer{Kind: timerRunTimeout, SagaID: e.SagaID, EventID: e.ID, Due: e.Time.Add(a.RunTimeout)}
+	if err := n.timers.Load().Schedule(ctx, t); err != nil {
+		return fmt.Errorf("arm run timeout: %w", err)
+	}
+	return nil
+}
+
+// cancelUndelivered records as canceled the activities a cancellation
+// reaches whose task is still queued and was never delivered, after
+// removing the task: the first delivery of a task starts its attempt
+// without reading the history, so this is where a cancellation keeps it
+// from starting. A task delivered already is left to its attempt's
+// heartbeats, or to its next delivery, which reads the history.
+func cancelUndelivered(ctx context.Context, n *Node, e stream.Event) error {
+	type reached struct {
+		id  uint64
+		typ string
+	}
+	var todo []reached
+	err := n.withState(ctx, e.SagaID, e.ID, func(st *stream.State) {
+		if st.Status.Terminal() || st.CancelRequestedEventID != e.ID {
+			return
+		}
+		for id, a := range st.OpenActivities {
+			if st.CancelReaches(id) {
+				todo = append(todo, reached{id, a.ActivityType})
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(todo, func(a, b reached) int { return int(a.id) - int(b.id) })
+	var errs []error
+	for _, r := range todo {
+		if err := n.cancelIfUndelivered(ctx, e.SagaID, r.id, r.typ); err != nil {
+			errs = append(errs, fmt.Errorf("activity at event %d: %w", r.id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (n *Node) cancelIfUndelivered(ctx context.Context, sagaID string, id uint64, activityType string) error {
+	if _, _, found, err := n.attempts.get(ctx, sagaID, id); err != nil || found {
+		return err // started, or waiting for a retry (its timer cancels it)
+	}
+	_, seq, queued, err := n.store.QueuedTask(ctx, activityType, sagaID, id)
+	if err != nil || !queued {
+		return err
+	}
+	delivered, err := n.store.TaskDelivered(ctx, activityType, seq)
+	if err != nil || delivered {
+		return err
+	}
+	if err := n.store.RemoveTask(ctx, seq); err != nil {
+		return err
+	}
+	// Delivered between the check and the removal, its attempt may be
+	// running: it then records what it did, which the history must show.
+	if delivered, err := n.store.TaskDelivered(ctx, activityType, seq); err != nil || delivered {
+		return err
+	}
+	return n.closeActivity(ctx, sagaID, id, 0, attemptOutcome{canceled: true})
+}
 
 // dispatchActivity queues the first attempt's task of a scheduled activity
 // and arms its schedule-to-start timeout, if it has one.
@@ -39,7 +120,7 @@ func dispatchActivity(ctx context.Context, n *Node, e stream.Event) error {
 	return err
 }
 
-// queueActivity puts an activity's task on the task stream (a no-op when
+// queueActivity puts an activity's (or compensation step's) task on the task stream (a no-op when
 // one is queued already: queued false) and, for its first attempt, arms
 // the schedule-to-start timeout.
 func (n *Node) queueActivity(ctx context.Context, task stream.ActivityTask) (queued bool, err error) {
@@ -68,13 +149,19 @@ func (n *Node) queueActivity(ctx context.Context, task stream.ActivityTask) (que
 }
 
 // rederive carries out again the effects of whatever is still open in a
-// saga: the task of each open activity, for the attempt after those that
+// saga: its run timeout, and the task of each open activity, for the attempt after those that
 // started. A task lost for any reason (set aside, a stream purged by hand)
 // is queued again; one still queued is left as it is. An operator's wake
 // does this.
 func (n *Node) rederive(ctx context.Context, st *stream.State) error {
 	if !st.Exists() || st.Status.Terminal() {
 		return nil
+	}
+	if st.RunTimeout > 0 && !st.RunTimedOut {
+		t := kv.Timer{Kind: timerRunTimeout, SagaID: st.SagaID, Due: st.StartedAt.Add(st.RunTimeout)}
+		if err := n.timers.Load().Schedule(ctx, t); err != nil {
+			return fmt.Errorf("arm run timeout: %w", err)
+		}
 	}
 	ids := make([]uint64, 0, len(st.OpenActivities))
 	for id := range st.OpenActivities {
@@ -139,17 +226,19 @@ func (n *Node) queuedLeftover(ctx context.Context, task stream.ActivityTask, rec
 // task cannot be published.
 func (n *Node) failUnpublishable(ctx context.Context, task stream.ActivityTask, cause error) error {
 	failure := activityFailure(task, 0, &stream.Failure{Kind: string(saga.KindValidation), Message: cause.Error(), NonRetryable: true})
-	return n.closeActivity(ctx, task.SagaID, task.ScheduledEventID, stream.Event{Type: stream.ActivityTaskFailed,
-		Attrs: &stream.ActivityTaskFailedAttrs{ScheduledEventID: task.ScheduledEventID, Failure: failure}})
+	return n.closeActivity(ctx, task.SagaID, task.ScheduledEventID, 0, attemptOutcome{failure: failure})
 }
 
-// closeActivity appends an event that closes an activity that never
-// started, if it is still open.
-func (n *Node) closeActivity(ctx context.Context, sagaID string, scheduledEventID uint64, closing stream.Event) error {
+// closeActivity records the outcome of an activity (or compensation step)
+// that no running attempt produced, after attempts attempts started, if
+// the activity is still open.
+func (n *Node) closeActivity(ctx context.Context, sagaID string, scheduledEventID uint64, attempts int, out attemptOutcome) error {
+	out.attempts = attempts
 	return n.advance(ctx, advanceRequest{sagaID: sagaID, needEvent: &scheduledEventID, inputs: func(st *stream.State) []stream.Event {
-		if _, open := st.OpenActivities[scheduledEventID]; !open {
+		a, open := st.OpenActivities[scheduledEventID]
+		if !open {
 			return nil
 		}
-		return []stream.Event{closing}
+		return outcomeEvents(a, scheduledEventID, 0, n.opts.NodeName, out)
 	}})
 }

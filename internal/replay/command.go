@@ -74,8 +74,12 @@ type command interface {
 	commit(m *Machine, e stream.Event) error
 }
 
-// commandBase is the lifecycle state every kind embeds.
-type commandBase struct{ state commandState }
+// commandBase is the lifecycle state every kind embeds, and the id of the
+// event that records the command: known once it is committed, or proposed.
+type commandBase struct {
+	state   commandState
+	eventID uint64
+}
 
 func (b *commandBase) lifecycle() *commandBase { return b }
 
@@ -113,6 +117,7 @@ func (m *Machine) commit(c command, e stream.Event) error {
 	if e.Type != c.eventType() || !c.matches(e) {
 		return nonDeterminism(e, c.describe())
 	}
+	c.lifecycle().eventID = e.ID
 	return c.commit(m, e)
 }
 
@@ -143,6 +148,8 @@ func describeEvent(e stream.Event) string {
 		return describeActivity(a)
 	case *stream.MarkerRecordedAttrs:
 		return describeMarker(a)
+	case *stream.CompensationStepScheduledAttrs:
+		return describeCompensation(a)
 	}
 	return string(e.Type)
 }

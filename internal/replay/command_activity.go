@@ -2,21 +2,43 @@ package replay
 
 import "github.com/jetsaga/saga/stream"
 
-// activityCommand schedules an activity. Its result, an input event that
-// names the scheduled event, resolves its future.
+// activityCommand schedules an activity, or a compensation step (which
+// runs as an activity). Its result, an input event that names the
+// scheduled event, resolves its future.
 type activityCommand struct {
 	commandBase
 	scheduled *stream.ActivityTaskScheduledAttrs
-	future    *Future
+	// compensation is set for a compensation step, instead of scheduled.
+	compensation *compensation
+	future       *Future
 }
 
 var _ cancellable = (*activityCommand)(nil)
 
-func (c *activityCommand) eventType() stream.EventType { return stream.ActivityTaskScheduled }
+func (c *activityCommand) eventType() stream.EventType {
+	if c.compensation != nil {
+		return stream.CompensationStepScheduled
+	}
+	return stream.ActivityTaskScheduled
+}
 
-func (c *activityCommand) attrs() any { return c.scheduled }
+func (c *activityCommand) attrs() any {
+	if c.compensation != nil {
+		return c.compensationAttrs()
+	}
+	return c.scheduled
+}
 
-func (c *activityCommand) describe() string { return describeActivity(c.scheduled) }
+func (c *activityCommand) compensationAttrs() *stream.CompensationStepScheduledAttrs {
+	return &stream.CompensationStepScheduledAttrs{CompensationRegistration: *c.compensation.registration(), RegisteredEventID: c.compensation.marker.eventID}
+}
+
+func (c *activityCommand) describe() string {
+	if c.compensation != nil {
+		return describeCompensation(c.compensationAttrs())
+	}
+	return describeActivity(c.scheduled)
+}
 
 func describeActivity(a *stream.ActivityTaskScheduledAttrs) string {
 	return string(stream.ActivityTaskScheduled) + " " + a.ActivityType
@@ -25,6 +47,11 @@ func describeActivity(a *stream.ActivityTaskScheduledAttrs) string {
 // matches compares the activity type only: options and input may change
 // between versions of the code without changing the decision.
 func (c *activityCommand) matches(e stream.Event) bool {
+	if c.compensation != nil {
+		a, ok := e.Attrs.(*stream.CompensationStepScheduledAttrs)
+		reg := c.compensation.registration()
+		return ok && a.Step == reg.Step && a.ActivityType == reg.ActivityType
+	}
 	a, ok := e.Attrs.(*stream.ActivityTaskScheduledAttrs)
 	return ok && a.ActivityType == c.scheduled.ActivityType
 }

@@ -32,6 +32,9 @@ func (c *markerCommand) attrs() any { return c.marker }
 func (c *markerCommand) describe() string { return describeMarker(c.marker) }
 
 func describeMarker(a *stream.MarkerRecordedAttrs) string {
+	if c := a.Compensation; c != nil {
+		return fmt.Sprintf("%s %s of step %s (%s)", stream.MarkerRecorded, a.Name, c.Step, c.ActivityType)
+	}
 	if a.ChangeID != "" {
 		return fmt.Sprintf("%s %s %s", stream.MarkerRecorded, a.Name, a.ChangeID)
 	}
@@ -40,7 +43,12 @@ func describeMarker(a *stream.MarkerRecordedAttrs) string {
 
 func (c *markerCommand) matches(e stream.Event) bool {
 	a, ok := e.Attrs.(*stream.MarkerRecordedAttrs)
-	return ok && a.Name == c.marker.Name && a.ChangeID == c.marker.ChangeID
+	if !ok || a.Name != c.marker.Name || a.ChangeID != c.marker.ChangeID || (a.Compensation == nil) != (c.marker.Compensation == nil) {
+		return false
+	}
+	// A compensation is the same decision when it undoes the same step
+	// with the same activity; its input may change between versions.
+	return a.Compensation == nil || a.Compensation.Step == c.marker.Compensation.Step && a.Compensation.ActivityType == c.marker.Compensation.ActivityType
 }
 
 // commit checks a value the code already used against the recorded one:
@@ -48,6 +56,13 @@ func (c *markerCommand) matches(e stream.Event) bool {
 // the wrong one and the machine must be rebuilt.
 func (c *markerCommand) commit(_ *Machine, e stream.Event) error {
 	rec := e.Attrs.(*stream.MarkerRecordedAttrs)
+	if rec.Compensation != nil {
+		// The registration recorded is the one compensation runs: replay
+		// rebuilds the stack from history.
+		c.marker = rec
+		c.state = stateDone
+		return nil
+	}
 	if c.used && (string(c.marker.Data) != string(rec.Data) || (c.marker.Failure == nil) != (rec.Failure == nil)) {
 		return ErrStale
 	}

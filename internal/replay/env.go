@@ -70,7 +70,7 @@ func (e *Env) ScheduleActivity(s *Scope, activityType string, input stream.Paylo
 		f.cancel()
 		return f
 	}
-	c := &activityCommand{scheduled: &stream.ActivityTaskScheduledAttrs{ActivityType: activityType, Input: input, Options: opts}, future: f}
+	c := &activityCommand{scheduled: &stream.ActivityTaskScheduledAttrs{ActivityType: activityType, Input: input, Options: opts, Detached: s.detached}, future: f}
 	e.m.issueOrAbort(c)
 	s.add(c)
 	return f

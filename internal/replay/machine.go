@@ -71,6 +71,13 @@ type Machine struct {
 	root       *Scope
 	activities map[uint64]*activityCommand // by scheduled event id
 	versions   map[string]int              // change id -> version in use
+	comp       compensationState
+	// cancel is the saga's cancellation request, once fed; closingStarted
+	// is set once the saga's end is under way (the code returned, or the
+	// run timeout passed), so that it is decided once.
+	cancel         *stream.WorkflowExecutionCancelRequestedAttrs
+	closingStarted bool
+	runTimeout     time.Duration
 
 	now        time.Time
 	started    bool
@@ -186,10 +193,24 @@ func (m *Machine) apply(ctx context.Context, e stream.Event) error {
 		}
 		m.started = true
 		input := a.Input
+		m.runTimeout = a.RunTimeout
 		m.spawn(func(env *Env) {
 			out, failure := m.cfg.Workflow(env, input)
-			m.finish(out, failure)
+			m.finish(env, out, failure)
 		})
+	case *stream.WorkflowExecutionCancelRequestedAttrs:
+		if m.cancel == nil {
+			m.cancel = a
+			m.root.Cancel()
+		}
+		// A run timeout after a request still ends the saga: its code may
+		// not have returned.
+		if a.Cause == stream.CancelByRunTimeout && !m.closingStarted {
+			// Past the run timeout the saga ends without waiting for the
+			// code: compensation starts now, on a coroutine of its own.
+			m.closingStarted = true
+			m.spawn(func(env *Env) { m.close(env, closing{typ: stream.WorkflowExecutionTimedOut}) })
+		}
 	case *stream.ActivityTaskCompletedAttrs:
 		c, err := m.activity(e, a.ScheduledEventID)
 		if err != nil {
@@ -203,6 +224,24 @@ func (m *Machine) apply(ctx context.Context, e stream.Event) error {
 		}
 		c.resolve(nil, a.Failure)
 	case *stream.ActivityTaskTimedOutAttrs:
+		c, err := m.activity(e, a.ScheduledEventID)
+		if err != nil {
+			return err
+		}
+		c.resolve(nil, a.Failure)
+	case *stream.ActivityTaskCanceledAttrs:
+		c, err := m.activity(e, a.ScheduledEventID)
+		if err != nil {
+			return err
+		}
+		c.resolve(nil, &stream.Failure{Kind: "Cancelled", Message: "activity canceled", NonRetryable: true})
+	case *stream.CompensationStepCompletedAttrs:
+		c, err := m.activity(e, a.ScheduledEventID)
+		if err != nil {
+			return err
+		}
+		c.resolve(a.Result, nil)
+	case *stream.CompensationStepFailedAttrs:
 		c, err := m.activity(e, a.ScheduledEventID)
 		if err != nil {
 			return err
@@ -238,6 +277,9 @@ func (m *Machine) Propose(firstID uint64, now time.Time) []stream.Event {
 	}
 	var out []stream.Event
 	for _, c := range m.issued[len(m.recorded):] {
+		// Later commands may name this one's event (a compensation step
+		// names its registration).
+		c.lifecycle().eventID = firstID + uint64(len(out))
 		out = append(out, stream.Event{
 			ID:       firstID + uint64(len(out)),
 			SagaID:   m.cfg.SagaID,
@@ -258,10 +300,25 @@ func (m *Machine) Pending() int {
 	return len(m.issued) - len(m.recorded)
 }
 
-// finish issues the closing command when the workflow function returns.
-func (m *Machine) finish(out stream.Payload, failure *stream.Failure) {
-	m.finished = true
-	m.issueOrAbort(newCompleteCommand(out, failure))
+// finish ends the saga when the workflow function returns: completed
+// with its output, or, after compensating what it registered, failed (or
+// canceled, when its cancellation was requested). Past the run timeout
+// the saga is ending already, and what the code returns changes nothing.
+func (m *Machine) finish(env *Env, out stream.Payload, failure *stream.Failure) {
+	if m.closingStarted {
+		return
+	}
+	m.closingStarted = true
+	if failure == nil {
+		m.finished = true
+		m.issueOrAbort(newCompleteCommand(out, nil))
+		return
+	}
+	c := closing{typ: stream.WorkflowExecutionFailed, failure: failure}
+	if m.cancel != nil {
+		c.typ = stream.WorkflowExecutionCanceled
+	}
+	m.close(env, c)
 }
 
 func (m *Machine) fail(err error) error {

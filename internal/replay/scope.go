@@ -9,6 +9,9 @@ import "slices"
 // point. Its methods must be called from workflow code.
 type Scope struct {
 	canceled bool
+	// detached is set for a disconnected scope and its children: the
+	// saga's cancellation does not reach them.
+	detached bool
 	// children and commands are what a cancellation reaches, in the order
 	// they were created so that it reaches them in the same order on every
 	// replay.
@@ -22,7 +25,7 @@ func (e *Env) RootScope() *Scope { return e.m.root }
 // NewScope returns a scope canceled when parent is, or by its own Cancel.
 // A scope made under a canceled parent starts canceled.
 func (e *Env) NewScope(parent *Scope) *Scope {
-	s := &Scope{canceled: parent.canceled}
+	s := &Scope{canceled: parent.canceled, detached: parent.detached}
 	if !s.canceled {
 		parent.children = appendPruned(parent.children, s, func(c *Scope) bool { return c.canceled })
 	}
@@ -32,7 +35,7 @@ func (e *Env) NewScope(parent *Scope) *Scope {
 // NewDisconnectedScope returns a scope that no parent's cancellation
 // reaches: for cleanup (compensation) that must run after the rest of the
 // workflow was canceled.
-func (e *Env) NewDisconnectedScope() *Scope { return &Scope{} }
+func (e *Env) NewDisconnectedScope() *Scope { return &Scope{detached: true} }
 
 // Cancel cancels the scope and, in creation order, its commands and its
 // child scopes. Canceling a canceled scope does nothing.
