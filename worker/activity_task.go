@@ -57,7 +57,7 @@ func (h activityTasks) handle(ctx context.Context, d *delivery) outcome {
 	stoppedBy := hb.stoppedBy()
 	// A heartbeat of an attempt that started without a record wrote one.
 	recorded = recorded || hb.wroteRecord()
-	if task.Options.HeartbeatTimeout > 0 && stoppedBy == nil && ctx.Err() == nil {
+	if task.Options.HeartbeatTimeout > 0 && (stoppedBy == nil || errors.Is(stoppedBy, saga.ErrCanceled)) && ctx.Err() == nil {
 		// The attempt returned: its silence while its outcome is recorded
 		// (through an outage, say) is no dead node.
 		n.markEnded(ctx, d, task, attempt)
@@ -144,7 +144,9 @@ func fastEligible(o stream.ActivityOptions) bool {
 // markEnded records that an attempt ended and waits for its retry.
 func (n *Node) markEnded(ctx context.Context, d *delivery, task stream.ActivityTask, attempt int) {
 	err := n.attempts.update(ctx, task.SagaID, task.ScheduledEventID, func(rec *attemptRecord, found bool) (bool, error) {
-		if !found || rec.Started != attempt {
+		if !found || rec.Started != attempt || rec.GivenUp >= attempt {
+			// A heartbeat timeout gave the attempt up: its replacement,
+			// not this end, decides what comes next.
 			return false, nil
 		}
 		rec.Ended = attempt

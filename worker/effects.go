@@ -104,9 +104,24 @@ func (n *Node) cancelIfUndelivered(ctx context.Context, sagaID string, id uint64
 	if err := n.store.RemoveTask(ctx, seq); err != nil {
 		return err
 	}
-	// Delivered between the check and the removal, its attempt may be
-	// running: it then records what it did, which the history must show.
-	if delivered, err := n.store.TaskDelivered(ctx, activityType, seq); err != nil || delivered {
+	// The consumer not past the task now: it was never delivered, and
+	// never will be. Past it: delivered before the removal, or the
+	// consumer stepped over the removed task to a later one; the two look
+	// alike. Then a task queued again in its place, which reads the
+	// history before it runs anything, records the cancellation, unless
+	// an attempt that did start records what it did first.
+	delivered, err = n.store.TaskDelivered(ctx, activityType, seq)
+	if err != nil {
+		return err
+	}
+	if delivered {
+		a, state, err := n.lookupActivity(ctx, sagaID, id)
+		if err != nil || state == activityClosed {
+			return err
+		}
+		task := a.Task(sagaID, id, 1)
+		task.Rederived = true
+		_, err = n.queueActivity(ctx, task)
 		return err
 	}
 	return n.closeActivity(ctx, sagaID, id, 0, attemptOutcome{canceled: true})

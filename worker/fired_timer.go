@@ -163,9 +163,14 @@ func (n *Node) heartbeatFired(ctx context.Context, d *delivery, t kv.Timer) outc
 		return retryLater(d, "check heartbeat", err)
 	}
 	switch {
-	case !found || rec.Started != t.Attempt || rec.Ended >= t.Attempt || rec.TimedOut:
-		return ack() // the attempt is over; a later one has its own timer
-	case rec.GivenUp < t.Attempt:
+	case !found || rec.Started != t.Attempt || rec.TimedOut:
+		return ack() // a later attempt started; it has its own timer
+	case rec.GivenUp >= t.Attempt:
+		// Given up (now, or by an earlier delivery of this timer whose
+		// follow-up failed): carry out what follows.
+	case rec.Ended >= t.Attempt:
+		return ack() // the attempt returned; its outcome decides
+	default:
 		next := t
 		next.Due = rec.written.Add(timeout)
 		if err := n.timers.Load().Schedule(ctx, next); err != nil {

@@ -126,6 +126,11 @@ func (h *heartbeats) loop() {
 	tick := time.NewTicker(h.interval)
 	defer tick.Stop()
 	for {
+		select {
+		case <-h.quit: // the attempt ended meanwhile: no more beats
+			return
+		default:
+		}
 		h.beat() // the first at once: a heartbeat timeout counts from it
 		if h.stoppedBy() != nil {
 			return // the attempt is stopped: nothing more to tell
@@ -154,6 +159,7 @@ func (h *heartbeats) beat() {
 	now := h.n.clock.Now()
 	created := false
 	err := h.n.attempts.update(ctx, h.task.SagaID, h.task.ScheduledEventID, func(rec *attemptRecord, found bool) (bool, error) {
+		created = false // a retry of the update reads the record afresh
 		switch {
 		case !found:
 			// An attempt started without a record (see attemptStore): it

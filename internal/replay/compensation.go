@@ -119,6 +119,10 @@ func (e *Env) Compensate() *stream.CompensationOutcome {
 	e.checkAlive()
 	m := e.m
 	cs := &m.comp
+	// One compensation at a time, whoever started it: a second caller
+	// (another coroutine, or the run timeout's) waits, then runs what the
+	// first left, if anything.
+	m.await(func() bool { return cs.active == 0 }, true)
 	cs.active++
 	defer func() { cs.active-- }()
 	call := &stream.CompensationOutcome{}
@@ -176,9 +180,8 @@ type closing struct {
 // close compensates what is registered and issues the saga's last event.
 // It runs on a coroutine: the workflow's, when the code returned, or one
 // of its own when the run timeout passed, which first lets a compensation
-// the code started finish: one at a time, last registered first.
+// the code started finish (see Compensate).
 func (m *Machine) close(env *Env, c closing) {
-	m.await(func() bool { return m.comp.active == 0 }, true)
 	env.Compensate()
 	outcome := m.comp.outcome
 	var attrs any

@@ -310,3 +310,45 @@ func TestEachCompensateDecidesItsOwnStop(t *testing.T) {
 		t.Fatalf("outcome %+v", o)
 	}
 }
+
+// Two compensations never run at once: code that compensates while the
+// run timeout's compensation is under way waits for it, and the saga ends
+// only once every registered step is undone.
+func TestCompensationsDoNotOverlap(t *testing.T) {
+	wf := func(env *replay.Env, _ stream.Payload) (stream.Payload, *stream.Failure) {
+		root := env.RootScope()
+		for _, step := range []string{"a", "b"} {
+			env.ScheduleActivity(root, step, nil, stream.ActivityOptions{}).Get(root)
+			env.AddCompensation(stream.CompensationRegistration{Step: step, ActivityType: "undo-" + step})
+		}
+		detached := env.NewDisconnectedScope()
+		env.ScheduleActivity(detached, "slow", nil, stream.ActivityOptions{}).Get(detached)
+		env.Compensate()
+		return nil, &stream.Failure{Kind: "test", Message: "gave up"}
+	}
+	d := newDriver(t, wf)
+	d.start()
+	props := d.complete(1, "A")
+	props = d.complete(props[1].ID, "B")
+	slow := props[len(props)-1].ID
+	props = d.input(stream.WorkflowExecutionCancelRequested, &stream.WorkflowExecutionCancelRequestedAttrs{Cause: stream.CancelByRunTimeout})
+	if !slices.Equal(steps(props), []string{"b"}) {
+		t.Fatalf("after the timeout: %s", types(props))
+	}
+	undoB := props[0].ID
+	if p := d.complete(slow, "S"); len(p) != 0 {
+		t.Fatalf("a second compensation started while undo-b runs: %s %v", types(p), steps(p))
+	}
+	props = compensated(d, undoB, true)
+	if !slices.Equal(steps(props), []string{"a"}) {
+		t.Fatalf("after undo-b: %s", types(props))
+	}
+	props = compensated(d, props[0].ID, true)
+	if types(props) != string(stream.WorkflowExecutionTimedOut) {
+		t.Fatalf("end: %s", types(props))
+	}
+	if o := props[0].Attrs.(*stream.WorkflowExecutionTimedOutAttrs).Compensation; o.Completed != 2 || o.Status != stream.CompensationCompleted {
+		t.Fatalf("outcome %+v", o)
+	}
+	replayAll(t, wf, d.history)
+}
