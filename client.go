@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
 	"github.com/jetsaga/saga/internal/backoff"
@@ -256,6 +257,47 @@ var cancelConflictPolicy = backoff.Policy{Initial: 5 * time.Millisecond, Max: 20
 // maxCancelConflicts bounds the re-reads of a saga that keeps moving
 // while a cancellation is requested.
 const maxCancelConflicts = 20
+
+// Signal sends a signal to a saga: it publishes value (encoded in msgpack)
+// to the inbox stream, from which a node records it in the saga's history
+// as SignalReceived, in inbox order. It returns once the inbox stored the
+// signal; a signal to a saga that does not exist or has ended is then set
+// aside in the dead-letter stream with that reason (the API's signal
+// checks first and answers with an error).
+func (c *Client) Signal(ctx context.Context, id, name string, value any) error {
+	p, err := stream.Marshal(value)
+	if err != nil {
+		return Errorf(KindCodec, "signal %s: encode value: %w", name, err)
+	}
+	_, err = c.SignalPayload(ctx, id, name, p, "")
+	return err
+}
+
+// SignalPayload is Signal with an encoded value and, optionally, a message
+// id: the inbox drops a second signal with the same id within its
+// duplicate window, so a sender may retry safely. It returns the signal's
+// inbox sequence.
+func (c *Client) SignalPayload(ctx context.Context, id, name string, value stream.Payload, msgID string) (uint64, error) {
+	for what, v := range map[string]string{"saga id": id, "signal name": name} {
+		if err := stream.ValidateID(what, v); err != nil {
+			return 0, wrapStreamError("signal", err)
+		}
+	}
+	if err := c.store.Config().CheckPayload("signal "+name, value); err != nil {
+		return 0, wrapStreamError("signal", err)
+	}
+	msg := &nats.Msg{Subject: c.store.Config().InboxSignalSubject(id, name), Data: value,
+		Header: nats.Header{"Content-Type": {"application/msgpack"}}}
+	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(c.store.Config().InboxStream())}
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	ack, err := c.store.JetStream().PublishMsg(ctx, msg, opts...)
+	if err != nil {
+		return 0, wrapStreamError("signal "+id, stream.MapError(err))
+	}
+	return ack.Sequence, nil
+}
 
 // Run is a handle to a started saga of a typed workflow.
 type Run[Out any] struct {

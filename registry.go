@@ -29,6 +29,9 @@ type RegisteredWorkflow struct {
 	// InputFromJSON translates a JSON input and checks that it decodes into
 	// the workflow's input type.
 	InputFromJSON func([]byte) (stream.Payload, error)
+	// CheckInput checks that an encoded input decodes into the workflow's
+	// input type (a start published in msgpack).
+	CheckInput func(stream.Payload) error
 }
 
 // RegisteredActivity is an activity definition with its types erased.

@@ -49,6 +49,16 @@ func (w *Workflow[In, Out]) register(r *Registry) error {
 		InputFromJSON: func(doc []byte) (stream.Payload, error) {
 			return typedPayloadFromJSON[In](doc)
 		},
+		CheckInput: func(p stream.Payload) error {
+			var in In
+			if len(p) == 0 {
+				return nil
+			}
+			if err := stream.Unmarshal(p, &in); err != nil {
+				return fmt.Errorf("input does not fit %T: %w", in, err)
+			}
+			return nil
+		},
 	})
 }
 

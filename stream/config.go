@@ -225,6 +225,78 @@ func (c Config) historyStreamConfig(shard int) jetstream.StreamConfig {
 	}
 }
 
+// InboxStream names the stream that captures what any NATS client
+// publishes to the engine: starts, signals and cancellations.
+func (c Config) InboxStream() string { return strings.ToUpper(c.Prefix) + "_INBOX" }
+
+// InboxStartSubject is where a publish starts a saga of the workflow type.
+func (c Config) InboxStartSubject(workflowType string) string {
+	return c.Prefix + ".start." + workflowType
+}
+
+// InboxSignalSubject is where a publish signals a saga.
+func (c Config) InboxSignalSubject(sagaID, name string) string {
+	return c.Prefix + ".signal." + sagaID + "." + name
+}
+
+// InboxSignalFilter matches every signal subject.
+func (c Config) InboxSignalFilter() string { return c.Prefix + ".signal.*.*" }
+
+// InboxCancelSubject is where a publish requests a saga's cancellation.
+func (c Config) InboxCancelSubject(sagaID string) string { return c.Prefix + ".cancel." + sagaID }
+
+// InboxCancelFilter matches every cancellation subject.
+func (c Config) InboxCancelFilter() string { return c.Prefix + ".cancel.*" }
+
+// ParseInboxSubject splits an inbox subject into its kind ("start",
+// "signal" or "cancel") and tokens: the workflow type, the saga id and
+// signal name, or the saga id. Each token is checked as an id.
+func (c Config) ParseInboxSubject(subject string) (kind string, tokens []string, err error) {
+	rest, ok := strings.CutPrefix(subject, c.Prefix+".")
+	if !ok {
+		return "", nil, fmt.Errorf("%w: subject %q is not under prefix %q", ErrInvalidID, subject, c.Prefix)
+	}
+	parts := strings.Split(rest, ".")
+	want := map[string]int{"start": 2, "signal": 3, "cancel": 2}[parts[0]]
+	if want == 0 || len(parts) != want {
+		return "", nil, fmt.Errorf("%w: subject %q is not an inbox subject", ErrInvalidID, subject)
+	}
+	for _, t := range parts[1:] {
+		if err := ValidateID("subject token", t); err != nil {
+			return "", nil, err
+		}
+	}
+	return parts[0], parts[1:], nil
+}
+
+// InboxStartConsumer names the durable consumer of published starts of a
+// workflow type; only nodes that register the type create it.
+func InboxStartConsumer(workflowType string) string { return "saga-starts-" + workflowType }
+
+// Durable consumers of published signals and cancellations.
+const (
+	InboxSignalConsumer = "saga-signals"
+	InboxCancelConsumer = "saga-cancels"
+)
+
+// inboxStreamConfig captures starts, signals and cancellations published
+// by any client, so that a fire-and-forget publish is durable. Work-queue
+// retention: a message goes once a node moved it into a history. The
+// duplicate window drops a sender's retry with the same Nats-Msg-Id.
+func (c Config) inboxStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.InboxStream(),
+		Description: "starts, signals and cancellations published by any NATS client",
+		Subjects:    []string{c.Prefix + ".start.*", c.InboxSignalFilter(), c.InboxCancelFilter()},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		MaxMsgSize:  c.MaxMsgSize,
+		Duplicates:  c.DuplicateWindow,
+		Discard:     jetstream.DiscardNew,
+	}
+}
+
 // taskStreamConfig is the work queue of tasks derived from histories, one
 // subject per activity type and per workflow type, so that a node consumes
 // only the types it registered.

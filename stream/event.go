@@ -94,6 +94,10 @@ var eventSpecs = map[EventType]eventSpec{
 	ActivityTaskTimedOut:             {CategoryActivity, RoleInput, func() any { return new(ActivityTaskTimedOutAttrs) }},
 	ActivityTaskCanceled:             {CategoryActivity, RoleInput, func() any { return new(ActivityTaskCanceledAttrs) }},
 	MarkerRecorded:                   {CategoryMarker, RoleCommand, func() any { return new(MarkerRecordedAttrs) }},
+	TimerCreated:                     {CategoryTimer, RoleCommand, func() any { return new(TimerCreatedAttrs) }},
+	TimerFired:                       {CategoryTimer, RoleInput, func() any { return new(TimerFiredAttrs) }},
+	TimerCanceled:                    {CategoryTimer, RoleCommand, func() any { return new(TimerCanceledAttrs) }},
+	SignalReceived:                   {CategorySignal, RoleInput, func() any { return new(SignalReceivedAttrs) }},
 	CompensationStepScheduled:        {CategoryCompensation, RoleCommand, func() any { return new(CompensationStepScheduledAttrs) }},
 	CompensationStepCompleted:        {CategoryCompensation, RoleInput, func() any { return new(CompensationStepCompletedAttrs) }},
 	CompensationStepFailed:           {CategoryCompensation, RoleInput, func() any { return new(CompensationStepFailedAttrs) }},
@@ -409,6 +413,39 @@ type ActivityTaskCanceledAttrs struct {
 	ScheduledEventID uint64 `msgpack:"scheduled_event_id" json:"scheduled_event_id"`
 	Attempts         int    `msgpack:"attempts" json:"attempts"`
 }
+
+// TimerCreatedAttrs is the decision to wait: the timer fires Duration
+// after the event's time. Whole seconds, rounded up: it runs on a durable
+// timer.
+type TimerCreatedAttrs struct {
+	Duration time.Duration `msgpack:"duration" json:"duration"`
+}
+
+// TimerFiredAttrs records that a timer's time came.
+type TimerFiredAttrs struct {
+	StartedEventID uint64 `msgpack:"started_event_id" json:"started_event_id"`
+}
+
+// TimerCanceledAttrs records that the workflow stopped waiting for a timer
+// (its context was canceled) before it fired.
+type TimerCanceledAttrs struct {
+	StartedEventID uint64 `msgpack:"started_event_id" json:"started_event_id"`
+}
+
+// SignalReceivedAttrs records a signal, moved from the inbox stream into
+// the saga's history.
+type SignalReceivedAttrs struct {
+	Name  string  `msgpack:"name" json:"name"`
+	Input Payload `msgpack:"input,omitempty" json:"input,omitempty"`
+	// InboxSeq is the signal's sequence in the inbox stream: the same
+	// message moved twice is recorded once.
+	InboxSeq uint64 `msgpack:"inbox_seq" json:"inbox_seq"`
+	// MsgID is the sender's Nats-Msg-Id, if it gave one.
+	MsgID string `msgpack:"msg_id,omitempty" json:"msg_id,omitempty"`
+}
+
+// FireAt is when a timer created at created fires.
+func (a *TimerCreatedAttrs) FireAt(created time.Time) time.Time { return created.Add(a.Duration) }
 
 // Marker names.
 const (

@@ -63,6 +63,20 @@ type State struct {
 	// did.
 	CompensationSteps []CompensationStep
 	Compensation      *CompensationOutcome
+	// Timers are the saga's workflow timers by the id of their
+	// TimerCreated event: when each fires, and whether it is still open.
+	Timers map[uint64]TimerState
+	// LastInboxSeq is the inbox sequence of the last signal recorded:
+	// signals are moved in inbox order, so one at or below it is recorded.
+	LastInboxSeq uint64
+	// Signals counts the signals recorded.
+	Signals int
+}
+
+// TimerState is a workflow timer and where it stands.
+type TimerState struct {
+	FireAt time.Time
+	Open   bool
 }
 
 // Compensation step statuses.
@@ -142,6 +156,7 @@ func (s *State) applyEvent(e Event) {
 		s.WorkflowType, s.Version, s.Input, s.RequestID = a.WorkflowType, a.Version, a.Input, a.RequestID
 		s.Status, s.StartedAt, s.RunTimeout = StatusRunning, e.Time, a.RunTimeout
 		s.OpenActivities = map[uint64]OpenActivity{}
+		s.Timers = map[uint64]TimerState{}
 	case *WorkflowExecutionCompletedAttrs:
 		s.Status, s.Output, s.ClosedAt = StatusCompleted, a.Output, e.Time
 	case *WorkflowExecutionFailedAttrs:
@@ -173,6 +188,15 @@ func (s *State) applyEvent(e Event) {
 		delete(s.OpenActivities, a.ScheduledEventID)
 	case *ActivityTaskCanceledAttrs:
 		delete(s.OpenActivities, a.ScheduledEventID)
+	case *TimerCreatedAttrs:
+		s.Timers[e.ID] = TimerState{FireAt: a.FireAt(e.Time), Open: true}
+	case *TimerFiredAttrs:
+		s.closeTimer(a.StartedEventID)
+	case *TimerCanceledAttrs:
+		s.closeTimer(a.StartedEventID)
+	case *SignalReceivedAttrs:
+		s.LastInboxSeq = max(s.LastInboxSeq, a.InboxSeq)
+		s.Signals++
 	case *CompensationStepScheduledAttrs:
 		s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a.Activity(), ScheduledAt: e.Time, Step: a.Step}
 		s.CompensationSteps = append(s.CompensationSteps, CompensationStep{Step: a.Step, ActivityType: a.ActivityType, ScheduledEventID: e.ID, Status: StepScheduled})
@@ -182,6 +206,13 @@ func (s *State) applyEvent(e Event) {
 	case *CompensationStepFailedAttrs:
 		delete(s.OpenActivities, a.ScheduledEventID)
 		s.compensationStep(a.ScheduledEventID, StepFailed, a.Failure)
+	}
+}
+
+func (s *State) closeTimer(id uint64) {
+	if t, ok := s.Timers[id]; ok {
+		t.Open = false
+		s.Timers[id] = t
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/kv"
@@ -24,6 +25,8 @@ var effects = map[stream.EventType]func(ctx context.Context, n *Node, e stream.E
 	// Activities the cancellation reaches whose task no node took yet
 	// never start.
 	stream.WorkflowExecutionCancelRequested: cancelUndelivered,
+	stream.TimerCreated:                     armWorkflowTimer,
+	stream.TimerCanceled:                    deleteWorkflowTimer,
 }
 
 // Kinds of the engine's durable timers (see package kv).
@@ -39,7 +42,44 @@ const (
 	timerHeartbeat = "hb"
 	// timerRunTimeout ends a saga that runs past its run timeout.
 	timerRunTimeout = "run"
+	// timerWorkflow is a timer of workflow code (TimerCreated).
+	timerWorkflow = "wf"
 )
+
+// workflowTimer is the durable timer of a TimerCreated event.
+func workflowTimer(sagaID string, createdEventID uint64, fireAt time.Time) kv.Timer {
+	return kv.Timer{Kind: timerWorkflow, SagaID: sagaID, EventID: createdEventID, Due: fireAt}
+}
+
+// armWorkflowTimer puts a workflow timer in the timers bucket.
+func armWorkflowTimer(ctx context.Context, n *Node, e stream.Event) error {
+	a, ok := e.Attrs.(*stream.TimerCreatedAttrs)
+	if !ok {
+		return nil
+	}
+	if err := n.timers.Load().Schedule(ctx, workflowTimer(e.SagaID, e.ID, a.FireAt(e.Time))); err != nil {
+		return fmt.Errorf("arm timer: %w", err)
+	}
+	return nil
+}
+
+// deleteWorkflowTimer deletes the durable timer of a canceled workflow
+// timer; one that fires anyway finds it closed in the history.
+func deleteWorkflowTimer(ctx context.Context, n *Node, e stream.Event) error {
+	a, ok := e.Attrs.(*stream.TimerCanceledAttrs)
+	if !ok {
+		return nil
+	}
+	var fireAt time.Time
+	err := n.withState(ctx, e.SagaID, e.ID, func(st *stream.State) { fireAt = st.Timers[a.StartedEventID].FireAt })
+	if err != nil || fireAt.IsZero() {
+		return err
+	}
+	if err := n.timers.Load().Cancel(ctx, workflowTimer(e.SagaID, a.StartedEventID, fireAt)); err != nil {
+		return fmt.Errorf("delete timer: %w", err)
+	}
+	return nil
+}
 
 // armRunTimeout arms the run timeout of a saga that has one.
 func armRunTimeout(ctx context.Context, n *Node, e stream.Event) error {
@@ -164,13 +204,20 @@ func (n *Node) queueActivity(ctx context.Context, task stream.ActivityTask) (que
 }
 
 // rederive carries out again the effects of whatever is still open in a
-// saga: its run timeout, and the task of each open activity, for the attempt after those that
+// saga: its timers and run timeout, and the task of each open activity, for the attempt after those that
 // started. A task lost for any reason (set aside, a stream purged by hand)
 // is queued again; one still queued is left as it is. An operator's wake
 // does this.
 func (n *Node) rederive(ctx context.Context, st *stream.State) error {
 	if !st.Exists() || st.Status.Terminal() {
 		return nil
+	}
+	for id, t := range st.Timers {
+		if t.Open {
+			if err := n.timers.Load().Schedule(ctx, workflowTimer(st.SagaID, id, t.FireAt)); err != nil {
+				return fmt.Errorf("arm timer: %w", err)
+			}
+		}
 	}
 	if st.RunTimeout > 0 && !st.RunTimedOut {
 		t := kv.Timer{Kind: timerRunTimeout, SagaID: st.SagaID, Due: st.StartedAt.Add(st.RunTimeout)}

@@ -38,6 +38,8 @@ func (h firedTimers) handle(ctx context.Context, d *delivery) outcome {
 		return n.heartbeatFired(ctx, d, t)
 	case timerRunTimeout:
 		return n.runTimeoutFired(ctx, d, t)
+	case timerWorkflow:
+		return n.workflowTimerFired(ctx, d, t)
 	}
 	return nakAfter(unsupportedDelay(d), "fire timer (leaving it to a node that knows its kind)", fmt.Errorf("timer kind %q", t.Kind))
 }
@@ -228,6 +230,30 @@ func (n *Node) runTimeoutFired(ctx context.Context, d *delivery, t kv.Timer) out
 	}})
 	if err != nil {
 		return n.handlingFailed(ctx, d, "record run timeout", err)
+	}
+	return ack()
+}
+
+// workflowTimerFired records TimerFired for a timer of workflow code that
+// is still open in the history: once, however often its marker comes.
+func (n *Node) workflowTimerFired(ctx context.Context, d *delivery, t kv.Timer) outcome {
+	// Read up to the timer's event first: a replica behind it is waited
+	// for, and a timer no history holds (written by hand) is set aside.
+	var open bool
+	if err := n.withState(ctx, t.SagaID, t.EventID, func(st *stream.State) { open = st.Timers[t.EventID].Open }); err != nil {
+		return n.handlingFailed(ctx, d, "look up timer", err)
+	}
+	if !open {
+		return ack() // fired or canceled already
+	}
+	err := n.advance(ctx, advanceRequest{sagaID: t.SagaID, inputs: func(st *stream.State) []stream.Event {
+		if !st.Timers[t.EventID].Open {
+			return nil
+		}
+		return []stream.Event{{Type: stream.TimerFired, Attrs: &stream.TimerFiredAttrs{StartedEventID: t.EventID}}}
+	}})
+	if err != nil {
+		return n.handlingFailed(ctx, d, "record timer fired", err)
 	}
 	return ack()
 }

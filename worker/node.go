@@ -259,6 +259,9 @@ func (n *Node) startConsumers(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := n.startInboxConsumers(ctx, dispatchSlots); err != nil {
+		return err
+	}
 	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
 	for _, name := range n.reg.ActivityNames() {
 		if err := n.addConsumer(ctx, cfg.TaskStream(), stream.ActivityTaskConsumer(name), "tasks of activity "+name, cfg.ActivityTaskFilter(name), activitySlots, activityTasks{n}); err != nil {
@@ -271,6 +274,12 @@ func (n *Node) startConsumers(ctx context.Context) error {
 // addConsumer creates the durable consumer if it is missing (an existing
 // one keeps its settings) and starts a loop on it.
 func (n *Node) addConsumer(ctx context.Context, streamName, durable, description, filter string, slots chan struct{}, h handler) error {
+	return n.addConsumerPending(ctx, streamName, durable, description, filter, 10_000, slots, h)
+}
+
+// addConsumerPending is addConsumer with a bound on the messages the
+// consumer has out, fleet-wide, at once.
+func (n *Node) addConsumerPending(ctx context.Context, streamName, durable, description, filter string, maxAckPending int, slots chan struct{}, h handler) error {
 	cons, err := stream.EnsureConsumer(ctx, n.store.JetStream(), streamName, jetstream.ConsumerConfig{
 		Durable:       durable,
 		Description:   description,
@@ -279,7 +288,7 @@ func (n *Node) addConsumer(ctx context.Context, streamName, durable, description
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       n.opts.AckWait,
 		MaxDeliver:    -1,
-		MaxAckPending: 10_000,
+		MaxAckPending: maxAckPending,
 	}, n.log)
 	if err != nil {
 		return &saga.Error{Kind: saga.KindTaskQueue, Message: "set up consumer " + durable + " on " + streamName, Cause: err}

@@ -150,6 +150,8 @@ func describeEvent(e stream.Event) string {
 		return describeMarker(a)
 	case *stream.CompensationStepScheduledAttrs:
 		return describeCompensation(a)
+	case *stream.TimerCreatedAttrs:
+		return describeTimer(a)
 	}
 	return string(e.Type)
 }

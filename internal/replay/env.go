@@ -52,6 +52,9 @@ func (e *Env) Logger() *slog.Logger { return e.logger }
 // checkAlive stops a coroutine that runs on after its machine was closed
 // (a workflow that blocked past the deadlock timeout and woke up later).
 func (e *Env) checkAlive() {
+	if e.m.inQuery {
+		panic(errQueryChangesState)
+	}
 	select {
 	case <-e.m.stop:
 		panic(errAbort)

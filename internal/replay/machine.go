@@ -70,7 +70,11 @@ type Machine struct {
 
 	root       *Scope
 	activities map[uint64]*activityCommand // by scheduled event id
-	versions   map[string]int              // change id -> version in use
+	timers     map[uint64]*timerCommand    // by TimerCreated event id
+	signals    map[string][]stream.Payload // received, not yet taken, by name
+	queries    map[string]QueryFunc
+	inQuery    bool           // a query handler runs: the code may not decide
+	versions   map[string]int // change id -> version in use
 	comp       compensationState
 	// cancel is the saga's cancellation request, once fed; closingStarted
 	// is set once the saga's end is under way (the code returned, or the
@@ -106,6 +110,9 @@ func New(cfg Config) *Machine {
 		cfg:        cfg,
 		root:       &Scope{},
 		activities: map[uint64]*activityCommand{},
+		timers:     map[uint64]*timerCommand{},
+		signals:    map[string][]stream.Payload{},
+		queries:    map[string]QueryFunc{},
 		versions:   map[string]int{},
 		stop:       make(chan struct{}),
 	}
@@ -201,7 +208,10 @@ func (m *Machine) apply(ctx context.Context, e stream.Event) error {
 	case *stream.WorkflowExecutionCancelRequestedAttrs:
 		if m.cancel == nil {
 			m.cancel = a
-			m.root.Cancel()
+			m.root.Cancel() // may issue commands (a timer's cancellation)
+			if m.err != nil {
+				return m.err
+			}
 		}
 		// A run timeout after a request still ends the saga: its code may
 		// not have returned.
@@ -235,6 +245,14 @@ func (m *Machine) apply(ctx context.Context, e stream.Event) error {
 			return err
 		}
 		c.resolve(nil, &stream.Failure{Kind: "Cancelled", Message: "activity canceled", NonRetryable: true})
+	case *stream.TimerFiredAttrs:
+		c := m.timers[a.StartedEventID]
+		if c == nil {
+			return fmt.Errorf("%w: event %d fires event %d, which is not a timer", ErrCorruptHistory, e.ID, a.StartedEventID)
+		}
+		c.fire()
+	case *stream.SignalReceivedAttrs:
+		m.signals[a.Name] = append(m.signals[a.Name], a.Input)
 	case *stream.CompensationStepCompletedAttrs:
 		c, err := m.activity(e, a.ScheduledEventID)
 		if err != nil {

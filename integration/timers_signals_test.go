@@ -1,0 +1,136 @@
+package integration
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/worker"
+)
+
+type waiterState struct {
+	Phase string   `json:"phase"`
+	Got   []string `json:"got"`
+}
+
+// waiter sleeps, then collects "item" signals until "done" or a timeout,
+// answering the query "state" throughout.
+var waiterWorkflow = saga.NewWorkflow("waiter", 1, func(ctx saga.Context, timeout time.Duration) (waiterState, error) {
+	st := waiterState{Phase: "sleeping"}
+	if err := saga.SetQueryHandler(ctx, "state", func(struct{}) (waiterState, error) { return st, nil }); err != nil {
+		return st, err
+	}
+	if err := saga.Sleep(ctx, time.Second); err != nil {
+		return st, err
+	}
+	st.Phase = "collecting"
+	items := saga.GetSignalChannel[string](ctx, "item")
+	done := saga.GetSignalChannel[struct{}](ctx, "done")
+	deadline := saga.NewTimer(ctx, timeout)
+	for st.Phase == "collecting" {
+		err := saga.Select(ctx,
+			items.OnSignal(func(s string, err error) { st.Got = append(st.Got, s) }),
+			done.OnSignal(func(struct{}, error) { st.Phase = "done" }),
+			saga.OnReady(deadline, func() { st.Phase = "timed out" }),
+		)
+		if err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+})
+
+func TestSleepSignalsQueryAndTimeout(t *testing.T) {
+	c := newCluster(t)
+	node := c.node(worker.Options{}, waiterWorkflow)
+	cl := c.client()
+	ctx := ctxTimeout(t, 60*time.Second)
+	if _, err := cl.Start(ctx, "waiter", time.Minute, saga.StartOptions{ID: "w-1"}); err != nil {
+		t.Fatal(err)
+	}
+	// Signals sent while the saga sleeps wait in its history.
+	nc := c.srv.Conn()
+	for _, item := range []string{"a", "b"} {
+		if err := cl.Signal(ctx, "w-1", "item", item); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A plain publish, in JSON, three times with one message id: recorded once.
+	for range 3 {
+		m := &nats.Msg{Subject: "saga.signal.w-1.item", Data: []byte(`"c"`), Header: nats.Header{"Content-Type": {"application/json"}, "Nats-Msg-Id": {"c-1"}}}
+		if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, out, err := node.Query(ctx, "w-1", "state", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st waiterState
+	if err := stream.Unmarshal(out, &st); err != nil || (st.Phase != "sleeping" && st.Phase != "collecting") {
+		t.Fatalf("query: %+v %v", st, err)
+	}
+	before, _ := cl.History(ctx, "w-1")
+	if err := cl.Signal(ctx, "w-1", "done", struct{}{}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := cl.Wait(ctx, "w-1")
+	if err != nil || d.Status != saga.StatusCompleted {
+		t.Fatalf("saga: %v %+v", err, d)
+	}
+	var got waiterState
+	if err := stream.Unmarshal(d.Output, &got); err != nil || got.Phase != "done" || !slices.Equal(got.Got, []string{"a", "b", "c"}) {
+		t.Fatalf("output %+v %v", got, err)
+	}
+	events, _ := cl.History(ctx, "w-1")
+	types := eventTypes(events)
+	if !slices.Contains(types, stream.TimerFired) || len(findSignals(events)) != 4 {
+		t.Fatalf("history: %v", types)
+	}
+	for _, e := range before {
+		if e.Type == stream.MarkerRecorded {
+			t.Fatal("the query recorded something")
+		}
+	}
+
+	// No signal: the timeout decides.
+	if _, err := cl.Start(ctx, "waiter", 2*time.Second, saga.StartOptions{ID: "w-2"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err = cl.Wait(ctx, "w-2")
+	if err != nil || d.Status != saga.StatusCompleted {
+		t.Fatalf("saga: %v %+v", err, d)
+	}
+	if err := stream.Unmarshal(d.Output, &got); err != nil || got.Phase != "timed out" {
+		t.Fatalf("output %+v %v", got, err)
+	}
+	// Early firing never happens: every TimerFired comes at or after its due time.
+	events, _ = cl.History(ctx, "w-2")
+	created := map[uint64]stream.Event{}
+	for _, e := range events {
+		switch a := e.Attrs.(type) {
+		case *stream.TimerCreatedAttrs:
+			created[e.ID] = e
+		case *stream.TimerFiredAttrs:
+			c := created[a.StartedEventID]
+			if due := c.Attrs.(*stream.TimerCreatedAttrs).FireAt(c.Time); e.Time.Before(due) {
+				t.Fatalf("timer at event %d fired %s early", c.ID, due.Sub(e.Time))
+			}
+		}
+	}
+}
+
+func findSignals(events []stream.Event) []*stream.SignalReceivedAttrs {
+	var out []*stream.SignalReceivedAttrs
+	for _, e := range events {
+		if a, ok := e.Attrs.(*stream.SignalReceivedAttrs); ok {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
