@@ -133,4 +133,3 @@ func findSignals(events []stream.Event) []*stream.SignalReceivedAttrs {
 	}
 	return out
 }
-
