@@ -44,6 +44,41 @@ type CancelRequest struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// SignalRequest is the body of signal.
+type SignalRequest struct {
+	ID string `json:"id"`
+	// Name is the signal's name, the channel the workflow receives it on.
+	Name string `json:"name"`
+	// Input is the signal's value as JSON; absent: no value.
+	Input json.RawMessage `json:"input,omitempty"`
+	// MsgID, when set, de-duplicates the signal: the inbox stream drops a
+	// second signal with the same id within its duplicate window, so a
+	// sender may retry safely.
+	MsgID string `json:"msg_id,omitempty"`
+}
+
+// SignalResponse answers a signal once the inbox stream stored it.
+type SignalResponse struct {
+	ID string `json:"id"`
+	// InboxSeq is the signal's sequence in the inbox stream; the saga
+	// records its signals in that order.
+	InboxSeq uint64 `json:"inbox_seq"`
+}
+
+// QueryRequest is the body of query and of query.<workflow type>.
+type QueryRequest struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// Input is the query handler's argument as JSON; absent: its zero
+	// value.
+	Input json.RawMessage `json:"input,omitempty"`
+}
+
+// QueryResponse answers a query with the handler's result as JSON.
+type QueryResponse struct {
+	Result json.RawMessage `json:"result"`
+}
+
 // Error codes of error replies, in the Nats-Service-Error-Code header.
 const (
 	CodeBadRequest  = "400"

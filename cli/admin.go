@@ -118,9 +118,38 @@ func apiRequest(ctx context.Context, nc *nats.Conn, subject string, req, out any
 		return fmt.Errorf("%s: %w", subject, err)
 	}
 	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return fmt.Errorf("%s (code %s)", msg.Header.Get(micro.ErrorHeader), code)
+		e := &apiError{Code: code, Description: msg.Header.Get(micro.ErrorHeader)}
+		// The body holds the structured error when a node sent it; the
+		// code and the description say enough without it.
+		var body saga.StructuredError
+		if json.Unmarshal(msg.Data, &body) == nil && body.Kind != "" {
+			e.Body = &body
+		}
+		return e
 	}
-	return json.Unmarshal(msg.Data, out)
+	if err := json.Unmarshal(msg.Data, out); err != nil {
+		return fmt.Errorf("%s: the reply is not the expected JSON: %w", subject, err)
+	}
+	return nil
+}
+
+// apiError is an error reply of the API: its code (api.CodeNotFound, …),
+// its one-line description and, when the node sent it, the structured
+// error.
+type apiError struct {
+	Code        string
+	Description string
+	Body        *saga.StructuredError
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("%s (code %s)", e.Description, e.Code) }
+
+// context returns a value of the structured error's context, or "".
+func (e *apiError) context(key string) string {
+	if e.Body == nil {
+		return ""
+	}
+	return e.Body.Context[key]
 }
 
 // clientCommand parses "<command> <saga-id> [--json]" and opens a client.

@@ -1,7 +1,7 @@
 // Package cli is the saga-node command line: "run" (a node, with an
 // embedded nats-server by default), "demo", and the admin commands that
 // talk to a running engine over NATS (start, describe, history, wake,
-// cancel, dead-letters).
+// cancel, signal, query, dead-letters).
 //
 // cmd/saga-node runs it with the worked examples registered. A program
 // with its own workflows calls Run with its own Registry and gets the same
@@ -53,6 +53,8 @@ Usage:
   saga-node history  <saga-id> [--json]
   saga-node wake     <saga-id>
   saga-node cancel   <saga-id> [--reason R]
+  saga-node signal   <saga-id> <name> [--input JSON] [--msg-id ID]
+  saga-node query    <saga-id> <name> [--input JSON] [--json]
   saga-node dead-letters [--json] [--limit N]
   saga-node bench    [--sagas N] [--in-flight N] [--sync interval|always] [--nats-url URL]
 
@@ -83,6 +85,8 @@ func Run(ctx context.Context, args []string, env Env) int {
 		"history":  runHistory,
 		"wake":     runWake,
 		"cancel":   runCancel,
+		"signal":   runSignal,
+		"query":    runQuery,
 		"bench":    runBench,
 
 		"dead-letters": runDeadLetters,

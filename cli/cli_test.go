@@ -110,12 +110,20 @@ func startEngine(t *testing.T, svc *order.Service) string {
 	if svc == nil {
 		svc = order.NewService()
 	}
+	srv := natstest.Start(t)
+	startNode(t, srv, "test-node", svc.Definitions()...)
+	return srv.ClientURL()
+}
+
+// startNode runs a node named name, with its API, that registers defs, on
+// its own connection to srv; it stops when the test ends.
+func startNode(t *testing.T, srv *natstest.Server, name string, defs ...saga.Definition) *worker.Node {
+	t.Helper()
 	reg := saga.NewRegistry()
-	if err := reg.Register(svc.Definitions()...); err != nil {
+	if err := reg.Register(defs...); err != nil {
 		t.Fatal(err)
 	}
-	srv := natstest.Start(t)
-	node, err := worker.New(srv.Conn(), reg, worker.Options{NodeName: "test-node", Logger: quietLogger()})
+	node, err := worker.New(srv.Conn(), reg, worker.Options{NodeName: name, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +139,7 @@ func startEngine(t *testing.T, svc *order.Service) string {
 			t.Errorf("stop node: %v", err)
 		}
 	})
-	return srv.ClientURL()
+	return node
 }
 
 const okInput = `{"order_id":"A-1","items":[{"sku":"book","qty":2}],"amount":42.5}`
@@ -162,7 +170,7 @@ func TestHelp(t *testing.T) {
 	for _, arg := range []string{"help", "-h", "--help"} {
 		r := runCLI(t, noEnv, arg)
 		expectCode(t, r, ExitOK)
-		for _, want := range []string{"Usage:", "saga-node run", "saga-node demo", "saga-node start", "saga-node describe", "saga-node history", "saga-node wake", "saga-node cancel", "--run-timeout", "SAGA_NATS_URL"} {
+		for _, want := range []string{"Usage:", "saga-node run", "saga-node demo", "saga-node start", "saga-node describe", "saga-node history", "saga-node wake", "saga-node cancel", "saga-node signal", "saga-node query", "--run-timeout", "SAGA_NATS_URL"} {
 			if !strings.Contains(r.stdout, want) {
 				t.Errorf("%s: usage lacks %q:\n%s", arg, want, r.stdout)
 			}
@@ -193,14 +201,22 @@ func TestNoCommandOrUnknownCommand(t *testing.T) {
 var demoDirRE = regexp.MustCompile(`with JetStream in (\S+), one node`)
 
 func TestDemo(t *testing.T) {
+	started := time.Now()
 	r := runCLI(t, noEnv, "demo")
 	expectCode(t, r, ExitOK)
+	if took := time.Since(started); took > 15*time.Second {
+		t.Errorf("the demo took %s; it should stay under 15s", took)
+	}
 	out := r.stdout
 	// The demo runs an order that completes, then one that fails and
 	// compensates.
 	first, second, ok := strings.Cut(out, "started saga demo-order-2")
 	if !ok {
 		t.Fatalf("demo does not run the compensating order:\n%s", r)
+	}
+	second, approvals, ok := strings.Cut(second, "started saga demo-approval-1")
+	if !ok {
+		t.Fatalf("demo does not run the approval:\n%s", r)
 	}
 	for _, want := range []string{"started saga demo-order-1", "completed in", "ID", "EVENT", "ActivityTaskScheduled", "reserve-inventory", "process-payment", "ship-order"} {
 		if !strings.Contains(first, want) {
@@ -224,6 +240,21 @@ func TestDemo(t *testing.T) {
 		i := strings.Index(second, want)
 		if i < 0 || (len(at) > 0 && i < at[len(at)-1]) {
 			t.Errorf("compensating demo lacks %q after what comes before it", want)
+		}
+		at = append(at, i)
+	}
+	// The approval: queried while it waits, approved by a publish, then
+	// one that times out and releases its budget.
+	at = nil
+	for _, want := range []string{"query status of demo-approval-1:", `"phase":"waiting for approval"`,
+		"published {\"by\":\"alice\"", "to saga.signal.demo-approval-1.approve (Content-Type: application/json)",
+		"completed: request R-2001 approved by alice", "TimerCreated", "SignalReceived", "approve input=", "TimerCanceled",
+		"ActivityTaskScheduled       pay-expense", "WorkflowExecutionCompleted",
+		"started saga demo-approval-2", "failed as expected: timed out waiting for approval after 2s", "TimerFired",
+		"↩ undid reserve-budget via release-budget", "WorkflowExecutionFailed", "↩ compensation completed (1 undone)"} {
+		i := strings.Index(approvals, want)
+		if i < 0 || (len(at) > 0 && i < at[len(at)-1]) {
+			t.Errorf("approval demo lacks %q after what comes before it", want)
 		}
 		at = append(at, i)
 	}

@@ -11,7 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/examples/approval"
 	"github.com/jetsaga/saga/examples/order"
 	"github.com/jetsaga/saga/internal/embeddednats"
 	"github.com/jetsaga/saga/stream"
@@ -19,10 +22,13 @@ import (
 )
 
 // runDemo shows the engine in one command: an embedded nats-server in a
-// temporary directory, one node with the order example, a saga run to the
-// end and its history as a timeline, then an order whose shipping fails
-// and the timeline of its compensation. The second saga failing is the
-// expected outcome; the demo fails if it ends any other way.
+// temporary directory, one node with the order and approval examples, a
+// saga run to the end and its history as a timeline, then an order whose
+// shipping fails and the timeline of its compensation; then an approval
+// that waits for a signal, is queried and approved by a plain NATS
+// publish, and one that nobody approves in time and compensates. The
+// failures are the expected outcomes; the demo fails if any saga ends
+// another way.
 func runDemo(ctx context.Context, args []string, env Env) error {
 	fs := newFlagSet("demo", env)
 	if _, err := parseArgs(fs, args); err != nil {
@@ -46,9 +52,11 @@ func runDemo(ctx context.Context, args []string, env Env) error {
 	}
 	defer nc.Close()
 
-	svc := order.NewService()
 	reg := saga.NewRegistry()
-	if err := reg.Register(svc.Definitions()...); err != nil {
+	if err := reg.Register(order.NewService().Definitions()...); err != nil {
+		return err
+	}
+	if err := reg.Register(approval.NewService().Definitions()...); err != nil {
 		return err
 	}
 	node, err := worker.New(nc, reg, worker.Options{NodeName: "demo-node", Logger: log, DisableAPI: true})
@@ -90,6 +98,12 @@ func runDemo(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	if err := demoCompensation(ctx, cl, in, out); err != nil {
+		return err
+	}
+	if err := demoApproval(ctx, node, nc, out); err != nil {
+		return err
+	}
+	if err := demoApprovalTimeout(ctx, node, out); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, "\nEvery event above is in JetStream; a node that crashes anywhere in this flow is replaced by")
@@ -141,4 +155,139 @@ func demoCompensation(ctx context.Context, cl *saga.Client, in order.Input, out 
 	}
 	fmt.Fprintf(out, "history of %s, %d events (%s marks compensation):\n", run.ID, len(events), strings.TrimSpace(compensationMark))
 	return writeTimeline(out, events)
+}
+
+// demoApproval starts an approval saga, which reserves the budget and
+// waits for a decision on a durable timer, shows its status through the
+// query "status", and approves it with a plain NATS publish of JSON to the
+// signal's subject: what any NATS client can do, with no SDK.
+func demoApproval(ctx context.Context, node *worker.Node, nc *nats.Conn, out io.Writer) error {
+	cl := node.Client()
+	in := approval.Input{RequestID: "R-2001", Amount: 120.5, Requester: "bob", Timeout: "1h"}
+	run, err := saga.StartWorkflow(ctx, cl, approval.Workflow, in, saga.StartOptions{ID: "demo-approval-1"})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nstarted saga %s (workflow approval, version %d): reserve the budget, then wait up to %s for approve or reject\n",
+		run.ID, approval.Workflow.Version(), in.Timeout)
+	status, err := demoAwaitPhase(ctx, node, run.ID, approval.PhaseWaiting)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "query %s of %s: %s\n", approval.QueryStatus, run.ID, status)
+
+	// The node runs with the default stream configuration, prefix "saga".
+	subject := stream.Config{}.Defaults().InboxSignalSubject(run.ID, approval.SignalApprove)
+	value := `{"by":"alice","comment":"within budget"}`
+	msg := &nats.Msg{Subject: subject, Data: []byte(value), Header: nats.Header{worker.HeaderContentType: {worker.ContentTypeJSON}}}
+	if err := nc.PublishMsg(msg); err != nil {
+		return fmt.Errorf("publish the approval: %w", err)
+	}
+	fmt.Fprintf(out, "published %s to %s (%s: %s)\n", value, subject, worker.HeaderContentType, worker.ContentTypeJSON)
+	d, err := cl.Wait(ctx, run.ID)
+	if err != nil {
+		return fmt.Errorf("demo saga %s: %w", run.ID, err)
+	}
+	events, err := cl.History(ctx, run.ID)
+	if err != nil {
+		return err
+	}
+	var result approval.Output
+	if d.Status == saga.StatusCompleted {
+		if err := stream.Unmarshal(d.Output, &result); err != nil {
+			return fmt.Errorf("demo saga %s: output: %w", run.ID, err)
+		}
+	}
+	want := []stream.EventType{stream.TimerCreated, stream.SignalReceived, stream.WorkflowExecutionCompleted}
+	if d.Status != saga.StatusCompleted || result.ApprovedBy != "alice" || !hasEventTypes(events, want...) {
+		return fmt.Errorf("%w: %s ended %s approved by %q; want completed, approved by alice, with %v in its history",
+			errDemoOutcome, run.ID, d.Status, result.ApprovedBy, want)
+	}
+	fmt.Fprintf(out, "completed: %s\n\n", result.Message)
+	fmt.Fprintf(out, "history of %s, %d events:\n", run.ID, len(events))
+	return writeTimeline(out, events)
+}
+
+// demoApprovalTimeout starts an approval that waits 2 seconds for a
+// decision that never comes: the saga fails for the timeout, and the
+// engine releases the budget it reserved.
+func demoApprovalTimeout(ctx context.Context, node *worker.Node, out io.Writer) error {
+	cl := node.Client()
+	in := approval.Input{RequestID: "R-2002", Amount: 80, Requester: "carol", Timeout: "2s"}
+	run, err := saga.StartWorkflow(ctx, cl, approval.Workflow, in, saga.StartOptions{ID: "demo-approval-2"})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nstarted saga %s with timeout %s, and nobody decides: the engine releases the budget it reserved\n", run.ID, in.Timeout)
+	d, err := cl.Wait(ctx, run.ID)
+	if err != nil {
+		return fmt.Errorf("demo saga %s: %w", run.ID, err)
+	}
+	c := d.Compensation
+	var undone []string
+	if c != nil {
+		for _, s := range c.Steps {
+			undone = append(undone, s.ActivityType)
+		}
+	}
+	msg := ""
+	if d.Error != nil {
+		msg = errorChain(d.Error)
+	}
+	want := []string{approval.StepReleaseBudget}
+	if d.Status != saga.StatusFailed || !strings.Contains(msg, approval.TimeoutMessage) ||
+		c == nil || c.Status != stream.CompensationCompleted || !slices.Equal(undone, want) {
+		status := "none"
+		if c != nil {
+			status = c.Status
+		}
+		return fmt.Errorf("%w: %s ended %s (%q) with compensation %s, running %v; want failed, %q, compensation completed, running %v",
+			errDemoOutcome, run.ID, d.Status, msg, status, undone, approval.TimeoutMessage, want)
+	}
+	fmt.Fprintf(out, "failed as expected: %s\ncompensation %s: budget released\n\n", msg, c.Status)
+	events, err := cl.History(ctx, run.ID)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "history of %s, %d events (%s marks compensation):\n", run.ID, len(events), strings.TrimSpace(compensationMark))
+	return writeTimeline(out, events)
+}
+
+// demoAwaitPhase asks the saga's status until it reports phase, and
+// returns the status as JSON. The saga gets there on its own, within
+// moments: the demo only shows it once it waits.
+func demoAwaitPhase(ctx context.Context, node *worker.Node, id, phase string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		_, result, err := node.Query(ctx, id, approval.QueryStatus, nil)
+		if err == nil {
+			var st approval.Status
+			if err = stream.Unmarshal(result, &st); err == nil && st.Phase == phase {
+				doc, err := result.MarshalJSON()
+				return string(doc), err
+			} else if err == nil {
+				err = fmt.Errorf("phase %q", st.Phase)
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%w: %s did not reach phase %q: %v", errDemoOutcome, id, phase, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// hasEventTypes reports whether events hold each of types, in that order.
+func hasEventTypes(events []stream.Event, types ...stream.EventType) bool {
+	for _, e := range events {
+		if len(types) > 0 && e.Type == types[0] {
+			types = types[1:]
+		}
+	}
+	return len(types) == 0
 }

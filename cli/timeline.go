@@ -102,6 +102,22 @@ func details(e stream.Event, activities map[uint64]scheduled) string {
 		return fmt.Sprintf("%s %s", activities[a.ScheduledEventID].name(), failureText(a.Failure))
 	case *stream.ActivityTaskCanceledAttrs:
 		return fmt.Sprintf("%s (event %d) canceled after %s", activities[a.ScheduledEventID].name(), a.ScheduledEventID, attempts(a.Attempts))
+	case *stream.TimerCreatedAttrs:
+		return fmt.Sprintf("waits %s, until %s", a.Duration, a.FireAt(e.Time).UTC().Format("15:04:05.000"))
+	case *stream.TimerFiredAttrs:
+		return fmt.Sprintf("timer of event %d fired", a.StartedEventID)
+	case *stream.TimerCanceledAttrs:
+		return fmt.Sprintf("timer of event %d canceled", a.StartedEventID)
+	case *stream.SignalReceivedAttrs:
+		s := a.Name
+		if len(a.Input) > 0 {
+			s += " input=" + short(payloadJSON(a.Input))
+		}
+		s += fmt.Sprintf(" inbox_seq=%d", a.InboxSeq)
+		if a.MsgID != "" {
+			s += " msg_id=" + short(a.MsgID)
+		}
+		return s
 	case *stream.MarkerRecordedAttrs:
 		if c := a.Compensation; c != nil {
 			return fmt.Sprintf("%sregistered: undoes %s via %s input=%s", compensationMark, c.Step, c.ActivityType, short(payloadJSON(c.Input)))

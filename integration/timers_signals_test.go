@@ -1,13 +1,17 @@
 package integration
 
 import (
+	"context"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
@@ -132,4 +136,61 @@ func findSignals(events []stream.Event) []*stream.SignalReceivedAttrs {
 		}
 	}
 	return out
+}
+
+// A node killed after it recorded the signal that ended its saga, before
+// it acked the signal: the redelivered signal is found in the history and
+// acked, not set aside as a signal to an ended saga.
+func TestSignalRedeliveredAfterItEndedTheSagaIsNotDeadLettered(t *testing.T) {
+	c := newCluster(t)
+	oneSignal := saga.NewWorkflow("one-signal", 1, func(ctx saga.Context, _ int) (string, error) {
+		return saga.GetSignalChannel[string](ctx, "go").Receive(ctx)
+	})
+	recorded := make(chan struct{})
+	var once sync.Once
+	doomed := c.node(worker.Options{NodeName: "doomed", Hooks: &worker.Hooks{
+		AfterAppend: func(ctx context.Context, _ string, commit *stream.Commit) {
+			if len(findSignals(commit.Events)) > 0 {
+				once.Do(func() { close(recorded) })
+				<-ctx.Done() // frozen until killed: the signal is never acked
+			}
+		},
+	}}, oneSignal)
+	cl := c.client()
+	ctx := ctxTimeout(t, 60*time.Second)
+	if _, err := cl.Start(ctx, "one-signal", 0, saga.StartOptions{ID: "sig-crash"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Signal(ctx, "sig-crash", "go", "now"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-recorded:
+	case <-ctx.Done():
+		t.Fatal("the signal was never recorded")
+	}
+	doomed.kill(t)
+	c.node(worker.Options{NodeName: "survivor"}, oneSignal)
+	if d, err := cl.Wait(ctx, "sig-crash"); err != nil || d.Status != saga.StatusCompleted {
+		t.Fatalf("saga %v %+v", err, d)
+	}
+	js, err := jetstream.New(c.srv.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 20*time.Second, "the inbox to be empty", func() bool {
+		s, err := js.Stream(ctx, stream.Config{}.Defaults().InboxStream())
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
+	dead, err := c.store().DeadLetters(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dead) != 0 {
+		t.Fatalf("dead letters: %+v", dead)
+	}
 }

@@ -41,7 +41,7 @@ const (
 
 // approvalInput is the approval example's input, as docs/protocol.md
 // gives it; the timeout is long enough never to pass during the test.
-const approvalInput = `{"request_id":"%s","amount":100,"timeout":"1h"}`
+const approvalInput = `{"request_id":"%s","amount":120.5,"requester":"bob","timeout":"1h"}`
 
 // binary is the saga-node that TestMain builds once for every test.
 var binary string
@@ -134,22 +134,26 @@ func TestRawNATSClientDrivesSagas(t *testing.T) {
 		e.publish(t, &nats.Msg{Subject: "saga.start.approval", Header: nats.Header{hdrContentType: {contentJSON}}, Data: []byte(envelope)})
 
 		// The query answers once the start is in the saga's history.
-		var status json.RawMessage
 		e.waitFor(t, "query status of "+id, 20*time.Second, func() (bool, string) {
 			body, code, err := e.call("saga.api.query", map[string]any{"id": id, "name": "status"})
 			if err != nil || code != "" {
 				return false, fmt.Sprintf("code %q, err %v, body %s", code, err, body)
 			}
 			var r struct {
-				Result json.RawMessage `json:"result"`
+				Result struct {
+					RequestID string  `json:"request_id"`
+					Amount    float64 `json:"amount"`
+					Phase     string  `json:"phase"`
+				} `json:"result"`
 			}
-			if err := json.Unmarshal(body, &r); err != nil || len(r.Result) == 0 {
-				t.Fatalf("query reply %s: want {\"result\": ...} (%v)", body, err)
+			if err := json.Unmarshal(body, &r); err != nil {
+				t.Fatalf("query reply %s: %v", body, err)
 			}
-			status = r.Result
+			if r.Result.RequestID != "r-1" || r.Result.Amount != 120.5 || (r.Result.Phase != "reserving" && r.Result.Phase != "waiting for approval") {
+				t.Fatalf("query reply %s: want request r-1, amount 120.5, phase reserving or waiting for approval", body)
+			}
 			return true, ""
 		})
-		t.Logf("query status: %s", status)
 
 		body, code, err := e.call("saga.api.query", map[string]any{"id": id, "name": "no-such-query"})
 		if err != nil || code != "400" || !strings.Contains(string(body), "status") {
@@ -165,7 +169,13 @@ func TestRawNATSClientDrivesSagas(t *testing.T) {
 				Data:    []byte(`{"by":"alice","comment":"within budget"}`),
 			})
 		}
-		e.waitStatus(t, id, "completed")
+		d := e.waitStatus(t, id, "completed")
+		var out struct {
+			ApprovedBy string `json:"approved_by"`
+		}
+		if err := json.Unmarshal(d.Output, &out); err != nil || out.ApprovedBy != "alice" {
+			t.Errorf("output %s (%v), want approved_by alice", d.Output, err)
+		}
 
 		var signals []event
 		for _, ev := range e.history(t, id) {
@@ -214,6 +224,10 @@ func TestRawNATSClientDrivesSagas(t *testing.T) {
 		d := e.waitStatus(t, id, "canceled")
 		if d.CancelRequested == nil || d.CancelRequested.Cause != "request" || d.CancelRequested.Reason != "customer called" {
 			t.Errorf("cancel_requested %+v, want cause request, reason \"customer called\"", d.CancelRequested)
+		}
+		// The budget reserved before the wait is released.
+		if d.Compensation == nil || d.Compensation.Status != "completed" {
+			t.Errorf("compensation %+v, want completed", d.Compensation)
 		}
 	})
 
@@ -399,6 +413,9 @@ type description struct {
 		Cause  string `json:"cause"`
 		Reason string `json:"reason"`
 	} `json:"cancel_requested"`
+	Compensation *struct {
+		Status string `json:"status"`
+	} `json:"compensation"`
 }
 
 // tryDescribe returns the saga's description, or the error code of the

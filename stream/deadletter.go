@@ -57,10 +57,23 @@ type DeadLetter struct {
 	Size       int       // size of the original body in bytes
 	Truncated  bool      // Data holds only the start of the body (it did not fit with the headers)
 	Data       []byte    // the original body
+	// Headers are the original message's headers, so that an operator can
+	// send it again as it was (a start's Saga-Id, a signal's
+	// Content-Type). NATS's own (Nats-Msg-Id, say) are kept as
+	// Saga-Original-<name>; the engine's dead-letter headers are not
+	// taken from the original.
+	Headers nats.Header
 	// DeadLetterSequence is its sequence in the dead-letter stream (set
 	// when read back).
 	DeadLetterSequence uint64
 }
+
+// Prefixes of the headers of a dead letter: its own, and NATS's headers of
+// the original message.
+const (
+	deadLetterHeaderPrefix = "Saga-Dead-Letter-"
+	originalHeaderPrefix   = "Saga-Original-"
+)
 
 // Headers of a dead letter; its body is the original body.
 const (
@@ -122,6 +135,17 @@ func (s *Store) PublishDeadLetter(ctx context.Context, d DeadLetter) error {
 	h.Set(hdrDeadLetterTime, d.Time.UTC().Format(time.RFC3339Nano))
 	h.Set(hdrDeadLetterSize, strconv.Itoa(len(d.Data)))
 	h.Set(hdrDeadLetterTruncated, "false") // measured at its longest
+	for k, vs := range d.Headers {
+		switch {
+		case strings.HasPrefix(k, deadLetterHeaderPrefix):
+			continue // never the original's claim to be a dead letter
+		case strings.HasPrefix(k, "Nats-"):
+			k = originalHeaderPrefix + k
+		}
+		for _, v := range vs {
+			h.Add(k, oneLine(v))
+		}
+	}
 	data := d.Data
 	// maxMsgSize leaves headerRoom for the headers; headers that take more
 	// (a very long subject or node name) take it from the body instead.
@@ -282,6 +306,15 @@ func decodeDeadLetter(m storedMsg) DeadLetter {
 		d.Size = n
 	}
 	d.Truncated, _ = strconv.ParseBool(h.Get(hdrDeadLetterTruncated))
+	for k, vs := range h {
+		if strings.HasPrefix(k, deadLetterHeaderPrefix) || strings.HasPrefix(k, "Nats-") {
+			continue // the dead letter's own, or the stream's
+		}
+		if d.Headers == nil {
+			d.Headers = nats.Header{}
+		}
+		d.Headers[k] = vs
+	}
 	return d
 }
 

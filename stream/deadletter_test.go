@@ -330,3 +330,26 @@ func TestDeadLetterEmpty(t *testing.T) {
 		t.Errorf("empty stream: %#v, want an empty list", got)
 	}
 }
+
+// A dead letter keeps the original's headers, so that it can be sent again
+// as it was; NATS's own are renamed, and the original cannot forge the
+// dead letter's.
+func TestDeadLetterKeepsTheOriginalHeaders(t *testing.T) {
+	st, _ := newDeadLetterStore(t)
+	publishDeadLetter(t, st, stream.DeadLetter{Stream: "SAGA_INBOX", Subject: "saga.start.order", Sequence: 7, Consumer: "saga-starts-order",
+		Reason: "invalid start", Data: []byte(`{}`), Headers: nats.Header{
+			"Saga-Id": {"o-1"}, "Content-Type": {"application/json"}, "Nats-Msg-Id": {"m-1"},
+			"Saga-Dead-Letter-Reason": {"forged"},
+		}})
+	got := deadLetters(t, st, 0)
+	if len(got) != 1 {
+		t.Fatalf("%d dead letters", len(got))
+	}
+	h := got[0].Headers
+	if h.Get("Saga-Id") != "o-1" || h.Get("Content-Type") != "application/json" || h.Get("Saga-Original-Nats-Msg-Id") != "m-1" {
+		t.Fatalf("headers %v", h)
+	}
+	if got[0].Reason != "invalid start" || h.Get("Saga-Dead-Letter-Reason") != "" {
+		t.Fatalf("reason %q, headers %v", got[0].Reason, h)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -17,11 +18,12 @@ import (
 )
 
 // The request/reply API, a NATS micro service named "<prefix>-api": any NATS
-// client can start, describe, read and wake sagas with JSON requests. A
-// node serves <prefix>.api.start.<type> for each workflow type it
-// registers, so a start reaches a node that can check its input, and no
-// responders means no node runs the type. See docs/api.md for the wire
-// format.
+// client can start, describe, read, wake, cancel, signal and query sagas
+// with JSON requests. A node serves <prefix>.api.start.<type> and
+// <prefix>.api.query.<type> for each workflow type it registers, so a
+// start reaches a node that can check its input, a query one that can
+// replay the saga, and no responders means no node runs the type. See
+// docs/api.md for the wire format.
 
 // apiTimeout bounds the work behind one request.
 const apiTimeout = 30 * time.Second
@@ -31,7 +33,7 @@ func (n *Node) startAPI() error {
 	svc, err := micro.AddService(n.nc, micro.Config{
 		Name:        cfg.Prefix + "-api",
 		Version:     "1.0.0",
-		Description: "jetsaga: start, describe, history, wake and cancel sagas",
+		Description: "jetsaga: start, describe, history, wake, cancel, signal and query sagas",
 	})
 	if err != nil {
 		return &saga.Error{Kind: saga.KindConfiguration, Message: "start API service", Cause: err}
@@ -41,6 +43,8 @@ func (n *Node) startAPI() error {
 		"history":  sagaEndpoint(n.apiHistory),
 		"wake":     sagaEndpoint(n.apiWake),
 		"cancel":   n.apiCancel,
+		"signal":   n.apiSignal,
+		"query":    func(ctx context.Context, req *apiRequest) { n.apiQuery(ctx, req, true) },
 	}
 	subjects := map[string]string{}
 	for verb := range endpoints {
@@ -50,6 +54,11 @@ func (n *Node) startAPI() error {
 		name := "start-" + wf
 		endpoints[name] = func(ctx context.Context, req *apiRequest) { n.apiStart(ctx, req, wf) }
 		subjects[name] = cfg.StartSubject(wf)
+		// Queries about sagas of this type that reached a node without
+		// it come here (see apiQuery).
+		name = "query-" + wf
+		endpoints[name] = func(ctx context.Context, req *apiRequest) { n.apiQuery(ctx, req, false) }
+		subjects[name] = typedQuerySubject(cfg, wf)
 	}
 	for name, h := range endpoints {
 		if err := svc.AddEndpoint(name, n.async(h), micro.WithEndpointSubject(subjects[name])); err != nil {
@@ -218,6 +227,119 @@ func (n *Node) apiCancel(ctx context.Context, req *apiRequest) {
 		return
 	}
 	req.respondJSON(api.SagaRequest{ID: r.ID})
+}
+
+// apiSignal checks that the saga exists and has not ended, then puts the
+// signal into the inbox stream, and answers with its inbox sequence.
+func (n *Node) apiSignal(ctx context.Context, req *apiRequest) {
+	var r api.SignalRequest
+	if err := decodeRequest(req, &r); err != nil {
+		respondError(req, err)
+		return
+	}
+	input, err := jsonPayload("signal "+r.Name+": input", r.Input)
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	seq, err := n.Signal(ctx, r.ID, r.Name, input, r.MsgID)
+	if err != nil {
+		if e := (*saga.Error)(nil); errors.Is(err, saga.ErrAlreadyEnded) && errors.As(err, &e) {
+			// Name how it ended, so that a client can say so without
+			// asking again. The status of an ended saga does not change.
+			if d, derr := n.client.Describe(ctx, r.ID); derr == nil {
+				e.WithContext("status", string(d.Status))
+			}
+		}
+		respondError(req, err)
+		return
+	}
+	req.respondJSON(api.SignalResponse{ID: r.ID, InboxSeq: seq})
+}
+
+// jsonPayload converts a JSON value of a request into a payload; an absent
+// or null value is no value.
+func jsonPayload(what string, doc json.RawMessage) (stream.Payload, error) {
+	if t := bytes.TrimSpace(doc); len(t) == 0 || bytes.Equal(t, []byte("null")) {
+		return nil, nil
+	}
+	p, err := stream.PayloadFromJSON(doc)
+	if err != nil {
+		return nil, &saga.Error{Kind: saga.KindValidation, Message: what, Cause: err}
+	}
+	return p, nil
+}
+
+// typedQuerySubject is the subject of the queries about sagas of one
+// workflow type, served only by the nodes that register the type.
+func typedQuerySubject(cfg stream.Config, workflowType string) string {
+	return cfg.APISubject("query") + "." + workflowType
+}
+
+// apiQuery answers a query from the saga's current state. Only a node that
+// registers the saga's workflow type can replay it: any other node relays
+// the request (when forward is set, as on <prefix>.api.query) to
+// <prefix>.api.query.<type>, which only such nodes serve, and relays the
+// answer back. The relay is a request of its own rather than a forward
+// with the caller's reply subject, so that "no node runs the type" comes
+// back as an answer (503) instead of the caller's timeout.
+func (n *Node) apiQuery(ctx context.Context, req *apiRequest, forward bool) {
+	var r api.QueryRequest
+	if err := decodeRequest(req, &r); err != nil {
+		respondError(req, err)
+		return
+	}
+	input, err := jsonPayload("query "+r.Name+": input", r.Input)
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	workflowType, result, err := n.Query(ctx, r.ID, r.Name, input)
+	switch {
+	case errors.Is(err, ErrWorkflowNotHere) && forward:
+		n.relayQuery(ctx, req, workflowType)
+		return
+	case errors.Is(err, ErrWorkflowNotHere):
+		// Asked on another type's subject: relaying again could go round
+		// in circles, and the caller asked the wrong subject.
+		respondError(req, (&saga.Error{Kind: saga.KindValidation,
+			Message: fmt.Sprintf("query %s: the saga is of workflow type %s; ask %s", r.ID, workflowType, n.opts.Stream.APISubject("query")),
+			Cause:   err}).WithContext("saga_id", r.ID).WithContext("workflow_type", workflowType))
+		return
+	case err != nil:
+		respondError(req, err)
+		return
+	}
+	doc, err := result.MarshalJSON()
+	if err != nil {
+		respondError(req, &saga.Error{Kind: saga.KindCodec, Message: "query " + r.Name + " of " + r.ID + ": render the result as JSON", Cause: err})
+		return
+	}
+	req.respondJSON(api.QueryResponse{Result: doc})
+}
+
+// relayQuery asks a node that runs workflowType the caller's query and
+// passes its answer, headers and body, back to the caller.
+func (n *Node) relayQuery(ctx context.Context, req *apiRequest, workflowType string) {
+	subject := typedQuerySubject(n.opts.Stream, workflowType)
+	reply, err := n.nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Data: req.data})
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		req.error(api.CodeUnavailable, fmt.Sprintf("no node runs workflow type %s (nobody serves %s)", workflowType, subject),
+			errorBody(saga.NewError(saga.KindConfiguration, "no node runs workflow type "+workflowType).WithContext("workflow_type", workflowType)))
+		return
+	case err != nil:
+		req.error(api.CodeUnavailable, fmt.Sprintf("relay the query to a node that runs workflow type %s: %v", workflowType, err),
+			errorBody((&saga.Error{Kind: saga.KindTimeout, Message: "relay query to " + subject, Cause: err}).WithContext("workflow_type", workflowType)))
+		return
+	}
+	req.respond(&nats.Msg{Header: reply.Header, Data: reply.Data})
+}
+
+// errorBody is the structured form of an error, as error replies carry it.
+func errorBody(e *saga.Error) []byte {
+	body, _ := json.Marshal(e.Structured())
+	return body
 }
 
 // respondError answers with an error code, the error's text and its

@@ -445,6 +445,7 @@ func (c *consumer) setAside(ctx context.Context, d *delivery, out outcome) outco
 		Deliveries: d.meta.NumDelivered,
 		Time:       c.node.clock.Now(),
 		Data:       d.msg.Data(),
+		Headers:    d.msg.Headers(),
 	}
 	if err := c.node.store.PublishDeadLetter(ctx, dl); err != nil {
 		return retryLater(d, "set aside in the dead-letter stream", err)

@@ -126,29 +126,45 @@ func (h inboxSignals) handle(ctx context.Context, d *delivery) outcome {
 			return []stream.Event{{Type: stream.SignalReceived, Attrs: signal}}
 		}})
 	})
-	if err != nil {
-		return n.handlingFailed(ctx, d, "record signal", err)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return leave()
+	case err != nil:
+		// Transient errors were retried in-process: this one is permanent
+		// (too large to record, say). Signals move one at a time, so a
+		// signal that cannot be recorded is set aside rather than
+		// retried, which would hold every signal behind it.
+		return deadLetter("signal cannot be recorded", err)
 	}
 	if open {
 		return ack()
 	}
-	// advance records nothing for a saga that does not exist or has ended.
-	return n.unreachableSaga(ctx, d, "signal", sagaID)
+	// advance records nothing for a saga that does not exist or has
+	// ended; this signal may have ended it (an earlier delivery recorded
+	// it, and its node died before the ack).
+	return n.unreachableSaga(ctx, d, "signal", sagaID, func(st *stream.State) bool { return st.LastInboxSeq >= seq })
 }
 
 // unreachableSaga sets aside a message for a saga that does not exist or
-// has ended, with that reason.
-func (n *Node) unreachableSaga(ctx context.Context, d *delivery, what, sagaID string) outcome {
-	desc, err := n.client.Describe(ctx, sagaID)
+// has ended, with that reason, unless done says the history holds its
+// effect already.
+func (n *Node) unreachableSaga(ctx context.Context, d *delivery, what, sagaID string, done func(*stream.State) bool) outcome {
+	var exists, ended, recorded bool
+	var status stream.Status
+	err := n.withState(ctx, sagaID, 0, func(st *stream.State) {
+		exists, ended, status, recorded = st.Exists(), st.Status.Terminal(), st.Status, done(st)
+	})
 	switch {
-	case errors.Is(err, saga.ErrNotFound):
+	case errors.Is(err, errNotInHistory) || err == nil && !exists:
 		return deadLetter(what+" to a saga that does not exist", fmt.Errorf("saga %s not found", sagaID))
 	case err != nil:
 		return retryLater(d, "look up saga", err)
-	case desc.Status.Terminal():
-		return deadLetter(what+" to a saga that has ended", fmt.Errorf("saga %s ended %s", sagaID, desc.Status))
+	case recorded:
+		return ack()
+	case ended:
+		return deadLetter(what+" to a saga that has ended", fmt.Errorf("saga %s ended %s", sagaID, status))
 	}
-	return retryLater(d, "record "+what, fmt.Errorf("saga %s is %s but took nothing", sagaID, desc.Status))
+	return retryLater(d, "record "+what, fmt.Errorf("saga %s is %s but took nothing", sagaID, status))
 }
 
 // inboxCancels records published cancellation requests.
@@ -177,7 +193,9 @@ func (h inboxCancels) handle(ctx context.Context, d *delivery) outcome {
 	case errors.Is(err, saga.ErrNotFound):
 		return deadLetter("cancellation of a saga that does not exist", err)
 	case errors.Is(err, saga.ErrAlreadyEnded):
-		return deadLetter("cancellation of a saga that has ended", err)
+		// Canceled, by this request (redelivered after its node died
+		// before the ack) or another: nothing is left to do.
+		return n.unreachableSaga(ctx, d, "cancellation", sagaID, func(st *stream.State) bool { return st.CancelRequested != nil })
 	case errors.Is(err, saga.KindValidation):
 		return deadLetter("invalid cancellation", err)
 	}

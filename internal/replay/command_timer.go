@@ -119,6 +119,9 @@ func (e *Env) NewTimer(s *Scope, d time.Duration) *Future {
 	c := &timerCommand{created: &stream.TimerCreatedAttrs{Duration: d}, future: f}
 	e.m.issueOrAbort(c)
 	s.add(c)
+	e.m.allTimers = appendPruned(e.m.allTimers, c, func(t *timerCommand) bool {
+		return t.state == stateDone || t.state == stateCanceled
+	})
 	return f
 }
 

@@ -197,6 +197,7 @@ func (m *Machine) close(env *Env, c closing) {
 	default:
 		attrs = &stream.WorkflowExecutionFailedAttrs{Failure: c.failure, Compensation: outcome}
 	}
+	m.cancelOpenTimers()
 	m.finished = true
 	m.issueOrAbort(&completeCommand{typ: c.typ, attributes: attrs})
 }

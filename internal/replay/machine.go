@@ -71,6 +71,7 @@ type Machine struct {
 	root       *Scope
 	activities map[uint64]*activityCommand // by scheduled event id
 	timers     map[uint64]*timerCommand    // by TimerCreated event id
+	allTimers  []*timerCommand             // in the order issued
 	signals    map[string][]stream.Payload // received, not yet taken, by name
 	queries    map[string]QueryFunc
 	inQuery    bool           // a query handler runs: the code may not decide
@@ -318,6 +319,17 @@ func (m *Machine) Pending() int {
 	return len(m.issued) - len(m.recorded)
 }
 
+// cancelOpenTimers cancels, in the order they were started, the timers
+// nobody waits for any more because the saga ends (a timeout that lost a
+// race): their TimerCanceled deletes the durable timers now rather than
+// leaving them to fire for an ended saga.
+func (m *Machine) cancelOpenTimers() {
+	for _, t := range m.allTimers {
+		t.requestCancel() // a timer that fired or was canceled stays so
+	}
+	m.allTimers = nil
+}
+
 // finish ends the saga when the workflow function returns: completed
 // with its output, or, after compensating what it registered, failed (or
 // canceled, when its cancellation was requested). Past the run timeout
@@ -328,6 +340,7 @@ func (m *Machine) finish(env *Env, out stream.Payload, failure *stream.Failure) 
 	}
 	m.closingStarted = true
 	if failure == nil {
+		m.cancelOpenTimers()
 		m.finished = true
 		m.issueOrAbort(newCompleteCommand(out, nil))
 		return
