@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -142,12 +143,12 @@ func (h inboxSignals) handle(ctx context.Context, d *delivery) outcome {
 	// advance records nothing for a saga that does not exist or has
 	// ended; this signal may have ended it (an earlier delivery recorded
 	// it, and its node died before the ack).
-	return n.unreachableSaga(ctx, d, "signal", sagaID, func(st *stream.State) bool { return st.LastInboxSeq >= seq })
+	return n.unreachableSaga(ctx, d, "signal to", sagaID, func(st *stream.State) bool { return st.LastInboxSeq >= seq })
 }
 
 // unreachableSaga sets aside a message for a saga that does not exist or
 // has ended, with that reason, unless done says the history holds its
-// effect already.
+// effect already. what heads the reason: "signal to", "cancellation of".
 func (n *Node) unreachableSaga(ctx context.Context, d *delivery, what, sagaID string, done func(*stream.State) bool) outcome {
 	var exists, ended, recorded bool
 	var status stream.Status
@@ -156,15 +157,15 @@ func (n *Node) unreachableSaga(ctx context.Context, d *delivery, what, sagaID st
 	})
 	switch {
 	case errors.Is(err, errNotInHistory) || err == nil && !exists:
-		return deadLetter(what+" to a saga that does not exist", fmt.Errorf("saga %s not found", sagaID))
+		return deadLetter(what+" a saga that does not exist", fmt.Errorf("saga %s not found", sagaID))
 	case err != nil:
 		return retryLater(d, "look up saga", err)
 	case recorded:
 		return ack()
 	case ended:
-		return deadLetter(what+" to a saga that has ended", fmt.Errorf("saga %s ended %s", sagaID, status))
+		return deadLetter(what+" a saga that has ended", fmt.Errorf("saga %s ended %s", sagaID, status))
 	}
-	return retryLater(d, "record "+what, fmt.Errorf("saga %s is %s but took nothing", sagaID, status))
+	return retryLater(d, "record the "+what+" a saga", fmt.Errorf("saga %s is %s but took nothing", sagaID, status))
 }
 
 // inboxCancels records published cancellation requests.
@@ -195,7 +196,7 @@ func (h inboxCancels) handle(ctx context.Context, d *delivery) outcome {
 	case errors.Is(err, saga.ErrAlreadyEnded):
 		// Canceled, by this request (redelivered after its node died
 		// before the ack) or another: nothing is left to do.
-		return n.unreachableSaga(ctx, d, "cancellation", sagaID, func(st *stream.State) bool { return st.CancelRequested != nil })
+		return n.unreachableSaga(ctx, d, "cancellation of", sagaID, func(st *stream.State) bool { return st.CancelRequested != nil })
 	case errors.Is(err, saga.KindValidation):
 		return deadLetter("invalid cancellation", err)
 	}
@@ -281,7 +282,9 @@ func (n *Node) startFromInbox(wf *saga.RegisteredWorkflow, h nats.Header, body [
 		if err != nil {
 			return env, err
 		}
-		env = startEnvelope{ID: r.ID, Input: p, RequestID: r.RequestID, RunTimeout: r.RunTimeout}
+		// The envelope's fields win; the headers fill in what it leaves
+		// out, as for a msgpack envelope.
+		env = startEnvelope{ID: r.ID, Input: p, RequestID: cmp.Or(r.RequestID, env.RequestID), RunTimeout: cmp.Or(r.RunTimeout, env.RunTimeout)}
 	default:
 		if err := stream.Unmarshal(body, &env); err != nil {
 			return env, fmt.Errorf("start envelope (no %s header): %w", HeaderSagaID, err)

@@ -60,6 +60,11 @@ func (n *Node) Query(ctx context.Context, sagaID, name string, input stream.Payl
 // A saga missing gives saga.ErrNotFound, one that ended
 // saga.ErrAlreadyEnded.
 func (n *Node) Signal(ctx context.Context, sagaID, name string, input stream.Payload, msgID string) (uint64, error) {
+	for what, v := range map[string]string{"saga id": sagaID, "signal name": name} {
+		if err := stream.ValidateID(what, v); err != nil {
+			return 0, &saga.Error{Kind: saga.KindValidation, Message: "signal", Cause: err}
+		}
+	}
 	d, err := n.client.Describe(ctx, sagaID)
 	if err != nil {
 		return 0, err
