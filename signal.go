@@ -12,12 +12,18 @@ import (
 type SignalChannel[T any] struct {
 	env  Context
 	name string
+	err  error // the name is not a subject token: no signal can reach it
 }
 
 // GetSignalChannel returns the channel of the named signals, whose values
-// decode into T.
+// decode into T. A name that no subject can carry (see stream.ValidateID)
+// makes every receive fail with an error of kind Validation.
 func GetSignalChannel[T any](ctx Context, name string) *SignalChannel[T] {
-	return &SignalChannel[T]{env: ctx, name: name}
+	c := &SignalChannel[T]{env: ctx, name: name}
+	if err := stream.ValidateID("signal name", name); err != nil {
+		c.err = &Error{Kind: KindValidation, Message: "signal channel", Cause: err}
+	}
+	return c
 }
 
 // Name returns the signal name.
@@ -25,7 +31,7 @@ func (c *SignalChannel[T]) Name() string { return c.name }
 
 // Ready reports whether a signal waits to be received: a channel is an
 // Awaitable.
-func (c *SignalChannel[T]) Ready() bool { return c.env.env.SignalPending(c.name) }
+func (c *SignalChannel[T]) Ready() bool { return c.err != nil || c.env.env.SignalPending(c.name) }
 
 // Receive waits for the next signal and returns its value. It returns an
 // error matching ErrCanceled when ctx is canceled first, and one of kind
@@ -33,6 +39,9 @@ func (c *SignalChannel[T]) Ready() bool { return c.env.env.SignalPending(c.name)
 // consumed).
 func (c *SignalChannel[T]) Receive(ctx Context) (T, error) {
 	var out T
+	if c.err != nil {
+		return out, c.err
+	}
 	v, canceled := ctx.env.ReceiveSignal(ctx.scope, c.name)
 	if canceled {
 		return out, canceledError("signal " + c.name)
@@ -42,6 +51,9 @@ func (c *SignalChannel[T]) Receive(ctx Context) (T, error) {
 
 // ReceiveAsync takes the next signal if one waits, without blocking.
 func (c *SignalChannel[T]) ReceiveAsync() (value T, ok bool, err error) {
+	if c.err != nil {
+		return value, true, c.err
+	}
 	v, ok := c.env.env.TakeSignal(c.name)
 	if !ok {
 		return value, false, nil

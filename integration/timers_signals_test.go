@@ -2,7 +2,9 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -192,5 +194,76 @@ func TestSignalRedeliveredAfterItEndedTheSagaIsNotDeadLettered(t *testing.T) {
 	}
 	if len(dead) != 0 {
 		t.Fatalf("dead letters: %+v", dead)
+	}
+}
+
+// A signal whose headers fill what the server takes is still set aside
+// (without all of them), and the signals behind it move on: one message
+// cannot hold every signal of the fleet.
+func TestSignalWithHugeHeadersDoesNotStallSignals(t *testing.T) {
+	c := newCluster(t)
+	oneSignal := saga.NewWorkflow("one-signal", 1, func(ctx saga.Context, _ int) (string, error) {
+		return saga.GetSignalChannel[string](ctx, "go").Receive(ctx)
+	})
+	c.node(worker.Options{}, oneSignal)
+	cl := c.client()
+	ctx := ctxTimeout(t, 60*time.Second)
+	if _, err := cl.Start(ctx, "one-signal", 0, saga.StartOptions{ID: "after-huge"}); err != nil {
+		t.Fatal(err)
+	}
+	nc := c.srv.Conn()
+	huge := &nats.Msg{Subject: "saga.signal.nobody.go", Data: []byte(`"x"`), Header: nats.Header{
+		"Content-Type": {"application/json"}, "X-Padding": {strings.Repeat("p", 60<<10)}}}
+	if err := nc.PublishMsg(huge); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Signal(ctx, "after-huge", "go", "now"); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := cl.Wait(ctx, "after-huge"); err != nil || d.Status != saga.StatusCompleted {
+		t.Fatalf("the signal behind the huge one: %v %+v", err, d)
+	}
+	var dead []stream.DeadLetter
+	natstest.WaitFor(t, 20*time.Second, "the huge signal set aside", func() bool {
+		var err error
+		dead, err = c.store().DeadLetters(ctx, 0)
+		return err == nil && len(dead) == 1
+	})
+	if !strings.Contains(dead[0].Reason, "does not exist") || dead[0].Headers.Get("Content-Type") != "application/json" {
+		t.Fatalf("dead letter %+v", dead[0])
+	}
+}
+
+// Signals rely on one in flight, fleet-wide: a node refuses a signals
+// consumer that an operator set to allow more.
+func TestNodeRefusesASignalsConsumerAllowingMore(t *testing.T) {
+	c := newCluster(t)
+	c.node(worker.Options{}) // creates the streams and consumers
+	js, err := jetstream.New(c.srv.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxTimeout(t, 30*time.Second)
+	inbox := stream.Config{}.Defaults().InboxStream()
+	cons, err := js.Consumer(ctx, inbox, stream.InboxSignalConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cons.CachedInfo().Config
+	cfg.MaxAckPending = 100
+	if _, err := js.UpdateConsumer(ctx, inbox, cfg); err != nil {
+		t.Fatal(err)
+	}
+	reg := saga.NewRegistry()
+	n, err := worker.New(c.srv.Conn(), reg, worker.Options{Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = n.Start(ctx)
+	if err == nil {
+		_ = n.Stop(ctx)
+	}
+	if !errors.Is(err, stream.ErrIncompatibleSetup) || !strings.Contains(err.Error(), "MaxAckPending is 100") {
+		t.Fatalf("start: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -87,6 +88,7 @@ const (
 	hdrDeadLetterTime       = "Saga-Dead-Letter-Time"
 	hdrDeadLetterSize       = "Saga-Dead-Letter-Size"
 	hdrDeadLetterTruncated  = "Saga-Dead-Letter-Truncated"
+	hdrDeadLetterHeadersCut = "Saga-Dead-Letter-Headers-Cut"
 )
 
 // maxReasonLen bounds the reason header, so that a panic message with its
@@ -135,17 +137,7 @@ func (s *Store) PublishDeadLetter(ctx context.Context, d DeadLetter) error {
 	h.Set(hdrDeadLetterTime, d.Time.UTC().Format(time.RFC3339Nano))
 	h.Set(hdrDeadLetterSize, strconv.Itoa(len(d.Data)))
 	h.Set(hdrDeadLetterTruncated, "false") // measured at its longest
-	for k, vs := range d.Headers {
-		switch {
-		case strings.HasPrefix(k, deadLetterHeaderPrefix):
-			continue // never the original's claim to be a dead letter
-		case strings.HasPrefix(k, "Nats-"):
-			k = originalHeaderPrefix + k
-		}
-		for _, v := range vs {
-			h.Add(k, oneLine(v))
-		}
-	}
+	copyOriginalHeaders(h, d.Headers)
 	data := d.Data
 	// maxMsgSize leaves headerRoom for the headers; headers that take more
 	// (a very long subject or node name) take it from the body instead.
@@ -282,6 +274,39 @@ func (s *Store) readDeadLetters(ctx context.Context, from, to uint64) ([]DeadLet
 		from = msgs[len(msgs)-1].Seq + 1
 	}
 	return out, nil
+}
+
+// maxOriginalHeaders bounds the original's headers a dead letter keeps (a
+// server takes at most 64 KiB of headers, and the dead letter's own need
+// room): past it, the rest are dropped and hdrDeadLetterHeadersCut says so.
+const maxOriginalHeaders = 8 << 10
+
+// copyOriginalHeaders adds the original message's headers to a dead
+// letter's, in a stable order, within maxOriginalHeaders.
+func copyOriginalHeaders(h, original nats.Header) {
+	keys := make([]string, 0, len(original))
+	for k := range original {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	size := 0
+	for _, k := range keys {
+		name := k
+		switch {
+		case strings.HasPrefix(k, deadLetterHeaderPrefix):
+			continue // never the original's claim to be a dead letter
+		case strings.HasPrefix(k, "Nats-"):
+			name = originalHeaderPrefix + k
+		}
+		for _, v := range original[k] {
+			v = oneLine(v)
+			if size += len(name) + len(v) + 4; size > maxOriginalHeaders {
+				h.Set(hdrDeadLetterHeadersCut, "true")
+				return
+			}
+			h.Add(name, v)
+		}
+	}
 }
 
 // decodeDeadLetter reads a dead letter's headers; what does not parse stays

@@ -440,6 +440,9 @@ type SignalReceivedAttrs struct {
 	// InboxSeq is the signal's sequence in the inbox stream: the same
 	// message moved twice is recorded once.
 	InboxSeq uint64 `msgpack:"inbox_seq" json:"inbox_seq"`
+	// InboxEpoch is when the inbox stream was created (Unix nanoseconds):
+	// a stream deleted and created again numbers from 1 anew.
+	InboxEpoch int64 `msgpack:"inbox_epoch,omitempty" json:"inbox_epoch,omitempty"`
 	// MsgID is the sender's Nats-Msg-Id, if it gave one.
 	MsgID string `msgpack:"msg_id,omitempty" json:"msg_id,omitempty"`
 }

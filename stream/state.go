@@ -66,9 +66,11 @@ type State struct {
 	// Timers are the saga's workflow timers by the id of their
 	// TimerCreated event: when each fires, and whether it is still open.
 	Timers map[uint64]TimerState
-	// LastInboxSeq is the inbox sequence of the last signal recorded:
-	// signals are moved in inbox order, so one at or below it is recorded.
-	LastInboxSeq uint64
+	// LastInboxSeq is the inbox sequence of the last signal recorded, in
+	// the inbox created at LastInboxEpoch: signals are moved in inbox
+	// order, so one of that inbox at or below it is recorded.
+	LastInboxSeq   uint64
+	LastInboxEpoch int64
 	// Signals counts the signals recorded.
 	Signals int
 }
@@ -118,6 +120,12 @@ func (s *State) CancelReaches(scheduledEventID uint64) bool {
 func (a OpenActivity) Task(sagaID string, scheduledEventID uint64, attempt int) ActivityTask {
 	return ActivityTask{SagaID: sagaID, ScheduledEventID: scheduledEventID, ActivityType: a.ActivityType,
 		Input: a.Input, Options: a.Options, ScheduledAt: a.ScheduledAt, Attempt: attempt}
+}
+
+// SignalRecorded reports whether the signal at seq of the inbox created at
+// epoch is in the history.
+func (s *State) SignalRecorded(epoch int64, seq uint64) bool {
+	return s.LastInboxEpoch == epoch && s.LastInboxSeq >= seq
 }
 
 // Exists reports whether the saga has any history.
@@ -195,7 +203,11 @@ func (s *State) applyEvent(e Event) {
 	case *TimerCanceledAttrs:
 		s.closeTimer(a.StartedEventID)
 	case *SignalReceivedAttrs:
-		s.LastInboxSeq = max(s.LastInboxSeq, a.InboxSeq)
+		if a.InboxEpoch != s.LastInboxEpoch {
+			s.LastInboxEpoch, s.LastInboxSeq = a.InboxEpoch, a.InboxSeq // a new inbox numbers anew
+		} else {
+			s.LastInboxSeq = max(s.LastInboxSeq, a.InboxSeq)
+		}
 		s.Signals++
 	case *CompensationStepScheduledAttrs:
 		s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a.Activity(), ScheduledAt: e.Time, Step: a.Step}

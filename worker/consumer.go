@@ -447,7 +447,15 @@ func (c *consumer) setAside(ctx context.Context, d *delivery, out outcome) outco
 		Data:       d.msg.Data(),
 		Headers:    d.msg.Headers(),
 	}
-	if err := c.node.store.PublishDeadLetter(ctx, dl); err != nil {
+	err := c.node.store.PublishDeadLetter(ctx, dl)
+	if err != nil && !stream.Transient(err) && len(dl.Headers) > 0 {
+		// The server refuses it as such (the original's headers, say):
+		// set it aside without them rather than retrying for ever.
+		d.logger().Warn("dead letter refused; setting it aside without the original's headers", "err", err)
+		dl.Headers = nil
+		err = c.node.store.PublishDeadLetter(ctx, dl)
+	}
+	if err != nil {
 		return retryLater(d, "set aside in the dead-letter stream", err)
 	}
 	c.node.stats.deadLetters.Add(1)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/api"
+	"github.com/jetsaga/saga/internal/backoff"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -103,6 +104,15 @@ func (n *Node) inboxPayload(what string, h nats.Header, body []byte) (stream.Pay
 // inboxSignals moves published signals into their sagas' histories.
 type inboxSignals struct{ n *Node }
 
+// maxSignalMsgID bounds the sender's message id recorded with a signal.
+const maxSignalMsgID = 256
+
+// signalPatience bounds the in-process retries of recording one signal:
+// signals move one at a time, so a saga whose history cannot be written
+// (its shard has no leader) must not hold the others for long; the
+// signal is then redelivered later.
+const signalPatience = time.Minute
+
 func (h inboxSignals) handle(ctx context.Context, d *delivery) outcome {
 	n := h.n
 	_, tokens, err := n.store.Config().ParseInboxSubject(d.msg.Subject())
@@ -115,41 +125,78 @@ func (h inboxSignals) handle(ctx context.Context, d *delivery) outcome {
 	if err != nil {
 		return deadLetter("undecodable signal", err)
 	}
+	msgID := d.msg.Headers().Get(jetstream.MsgIDHeader)
+	if len(msgID) > maxSignalMsgID {
+		return deadLetter("invalid signal", fmt.Errorf("%s of %d bytes, at most %d", jetstream.MsgIDHeader, len(msgID), maxSignalMsgID))
+	}
+	epoch, err := n.inboxEpoch(ctx, false)
+	if err != nil {
+		return retryLater(d, "read the inbox stream", err)
+	}
 	seq := d.meta.Sequence.Stream
-	signal := &stream.SignalReceivedAttrs{Name: name, Input: payload, InboxSeq: seq, MsgID: d.msg.Headers().Get(jetstream.MsgIDHeader)}
-	open := false
-	err = n.retryInProcess(ctx, d, "record signal", func(ctx context.Context) error {
+	refreshed := false
+	recorded := func(st *stream.State) bool {
+		if st.SignalRecorded(epoch, seq) && !refreshed {
+			// It looks moved already. The inbox may have been created
+			// again since this node read its epoch: read it once more.
+			refreshed = true
+			if e, err := n.inboxEpoch(ctx, true); err == nil {
+				epoch = e
+			}
+		}
+		return st.SignalRecorded(epoch, seq)
+	}
+	err = backoff.Retry{Policy: reportPolicy, Clock: n.clock, MaxElapsed: signalPatience,
+		Retryable: func(err error) bool { return !isHistoryProblem(err) && stream.Transient(err) },
+		OnRetry: func(attempt int, delay time.Duration, err error) {
+			d.logger().Warn("record signal failed; retrying", "err", err, "tries", attempt, "retry_in", delay.Round(time.Millisecond))
+		},
+	}.Do(ctx, func(ctx context.Context) error {
 		return n.advance(ctx, advanceRequest{sagaID: sagaID, inputs: func(st *stream.State) []stream.Event {
-			open = true
-			if st.LastInboxSeq >= seq {
+			if recorded(st) {
 				return nil // moved already, by an earlier delivery
 			}
-			return []stream.Event{{Type: stream.SignalReceived, Attrs: signal}}
+			return []stream.Event{{Type: stream.SignalReceived, Attrs: &stream.SignalReceivedAttrs{
+				Name: name, Input: payload, InboxSeq: seq, InboxEpoch: epoch, MsgID: msgID}}}
 		}})
 	})
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return leave()
+	case errors.Is(err, stream.ErrUnsupported):
+		return nakAfter(unsupportedDelay(d), "record signal (leaving it to a node that can read the history)", err)
+	case err != nil && stream.Transient(err):
+		return retryLater(d, "record signal", err)
 	case err != nil:
-		// Transient errors were retried in-process: this one is permanent
-		// (too large to record, say). Signals move one at a time, so a
-		// signal that cannot be recorded is set aside rather than
+		// Permanent (too large to record, say): set aside rather than
 		// retried, which would hold every signal behind it.
 		return deadLetter("signal cannot be recorded", err)
 	}
-	if open {
-		return ack()
-	}
-	// advance records nothing for a saga that does not exist or has
-	// ended; this signal may have ended it (an earlier delivery recorded
-	// it, and its node died before the ack).
-	return n.unreachableSaga(ctx, d, "signal to", sagaID, func(st *stream.State) bool { return st.LastInboxSeq >= seq })
+	// Whether it landed (advance records nothing for a saga that does not
+	// exist or has ended, and a lost race may have found it ended) is
+	// what the history says.
+	return n.settleInbox(ctx, d, "signal to", sagaID, recorded)
 }
 
-// unreachableSaga sets aside a message for a saga that does not exist or
-// has ended, with that reason, unless done says the history holds its
-// effect already. what heads the reason: "signal to", "cancellation of".
-func (n *Node) unreachableSaga(ctx context.Context, d *delivery, what, sagaID string, done func(*stream.State) bool) outcome {
+// inboxEpoch returns when the inbox stream was created: read once, and
+// again when fresh is set.
+func (n *Node) inboxEpoch(ctx context.Context, fresh bool) (int64, error) {
+	if e := n.inboxCreated.Load(); e != 0 && !fresh {
+		return e, nil
+	}
+	s, err := n.store.JetStream().Stream(ctx, n.store.Config().InboxStream())
+	if err != nil {
+		return 0, stream.MapError(err)
+	}
+	e := s.CachedInfo().Created.UnixNano()
+	n.inboxCreated.Store(e)
+	return e, nil
+}
+
+// settleInbox acks an inbox message whose effect the history holds (done
+// says), and sets aside one for a saga that does not exist or has ended,
+// with that reason. what heads the reason: "signal to", "cancellation of".
+func (n *Node) settleInbox(ctx context.Context, d *delivery, what, sagaID string, done func(*stream.State) bool) outcome {
 	var exists, ended, recorded bool
 	var status stream.Status
 	err := n.withState(ctx, sagaID, 0, func(st *stream.State) {
@@ -196,7 +243,7 @@ func (h inboxCancels) handle(ctx context.Context, d *delivery) outcome {
 	case errors.Is(err, saga.ErrAlreadyEnded):
 		// Canceled, by this request (redelivered after its node died
 		// before the ack) or another: nothing is left to do.
-		return n.unreachableSaga(ctx, d, "cancellation of", sagaID, func(st *stream.State) bool { return st.CancelRequested != nil })
+		return n.settleInbox(ctx, d, "cancellation of", sagaID, func(st *stream.State) bool { return st.CancelRequested != nil })
 	case errors.Is(err, saga.KindValidation):
 		return deadLetter("invalid cancellation", err)
 	}

@@ -45,6 +45,9 @@ func (n *Node) Query(ctx context.Context, sagaID, name string, input stream.Payl
 		return workflowType, nil, &saga.Error{Kind: saga.KindReplay, Message: "query " + sagaID + ": replay", Cause: err}
 	}
 	result, err = m.Query(name, input)
+	if errors.Is(err, replay.ErrDeadlock) {
+		v.dropMachine() // abandoned to the handler that overran
+	}
 	switch {
 	case errors.Is(err, replay.ErrUnknownQuery), errors.Is(err, replay.ErrQueryChangesState):
 		return workflowType, nil, &saga.Error{Kind: saga.KindValidation, Message: "query " + sagaID, Cause: err}

@@ -94,6 +94,9 @@ type cancellable interface {
 // issue records a command from the code. If the history already holds
 // the command at this position, the two are committed at once.
 func (m *Machine) issue(c command) error {
+	if m.inQuery {
+		panic(errQueryChangesState) // a query handler may only read
+	}
 	k := len(m.issued)
 	m.issued = append(m.issued, c)
 	if k >= len(m.recorded) {

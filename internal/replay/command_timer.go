@@ -98,6 +98,9 @@ func (c *timerCancelCommand) commit(*Machine, stream.Event) error {
 	return nil
 }
 
+// MaxTimer bounds a timer's duration: a longer one waits this long.
+const MaxTimer = 100 * 365 * 24 * time.Hour
+
 // NewTimer issues, in scope s, a timer of d (rounded up to whole seconds,
 // the unit of durable timers) and returns the future that is ready when
 // it fires. A d of zero or less is ready at once and issues nothing; in a
@@ -113,6 +116,7 @@ func (e *Env) NewTimer(s *Scope, d time.Duration) *Future {
 		f.resolve(nil, nil)
 		return f
 	}
+	d = min(d, MaxTimer) // rounding a larger one would overflow
 	if r := d % time.Second; r != 0 {
 		d += time.Second - r
 	}

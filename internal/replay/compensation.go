@@ -38,7 +38,10 @@ type compensationState struct {
 }
 
 // SetCompensationOptions sets how compensations run, for this saga.
-func (e *Env) SetCompensationOptions(o CompensationOptions) { e.m.comp.opts = o }
+func (e *Env) SetCompensationOptions(o CompensationOptions) {
+	e.checkAlive()
+	e.m.comp.opts = o
+}
 
 // AddCompensation registers reg as the undo of a step that succeeded: it
 // records a compensation marker and pushes reg on the saga's stack. A

@@ -138,6 +138,9 @@ func (m *Machine) resume(co *coroutine) error {
 // it or a condition that blocks is caught like any bug in workflow code,
 // and the driver resumes the coroutine to re-check it.
 func (m *Machine) await(cond func() bool, internal bool) {
+	if m.inQuery {
+		panic(errQueryChangesState) // a query handler may not wait
+	}
 	co := m.current
 	if co == nil {
 		panic("saga: a blocking workflow call was made outside workflow code (from a native goroutine?)")

@@ -117,6 +117,7 @@ func New(cfg Config) *Machine {
 		versions:   map[string]int{},
 		stop:       make(chan struct{}),
 	}
+	m.root.m = m
 	m.env = &Env{m: m}
 	m.env.logger = slog.New(replayAwareHandler{inner: cfg.Logger.Handler(), m: m}).With("saga_id", cfg.SagaID, "workflow_type", cfg.WorkflowType)
 	return m

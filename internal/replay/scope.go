@@ -8,6 +8,8 @@ import "slices"
 // other: canceled only by workflow code, so replay cancels it at the same
 // point. Its methods must be called from workflow code.
 type Scope struct {
+	// m is the machine of the scope: a query handler may not cancel.
+	m        *Machine
 	canceled bool
 	// detached is set for a disconnected scope and its children: the
 	// saga's cancellation does not reach them.
@@ -25,7 +27,8 @@ func (e *Env) RootScope() *Scope { return e.m.root }
 // NewScope returns a scope canceled when parent is, or by its own Cancel.
 // A scope made under a canceled parent starts canceled.
 func (e *Env) NewScope(parent *Scope) *Scope {
-	s := &Scope{canceled: parent.canceled, detached: parent.detached}
+	e.checkAlive()
+	s := &Scope{m: e.m, canceled: parent.canceled, detached: parent.detached}
 	if !s.canceled {
 		parent.children = appendPruned(parent.children, s, func(c *Scope) bool { return c.canceled })
 	}
@@ -35,13 +38,19 @@ func (e *Env) NewScope(parent *Scope) *Scope {
 // NewDisconnectedScope returns a scope that no parent's cancellation
 // reaches: for cleanup (compensation) that must run after the rest of the
 // workflow was canceled.
-func (e *Env) NewDisconnectedScope() *Scope { return &Scope{detached: true} }
+func (e *Env) NewDisconnectedScope() *Scope {
+	e.checkAlive()
+	return &Scope{m: e.m, detached: true}
+}
 
 // Cancel cancels the scope and, in creation order, its commands and its
 // child scopes. Canceling a canceled scope does nothing.
 func (s *Scope) Cancel() {
 	if s.canceled {
 		return
+	}
+	if s.m != nil && s.m.inQuery {
+		panic(errQueryChangesState) // a query handler may only read
 	}
 	s.canceled = true
 	for _, c := range s.commands {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"slices"
+	"time"
 
 	"github.com/jetsaga/saga/stream"
 )
@@ -61,7 +62,10 @@ var (
 
 // Query runs the named handler on the workflow's current state. It must
 // be called by the machine's driver, between inputs; it changes nothing.
-func (m *Machine) Query(name string, input stream.Payload) (out stream.Payload, err error) {
+// A handler that does not return within DeadlockTimeout makes Query fail
+// with ErrDeadlock and leaves the machine unusable: the driver must drop
+// it (the handler may still be reading its state).
+func (m *Machine) Query(name string, input stream.Payload) (stream.Payload, error) {
 	if err := m.Err(); err != nil {
 		return nil, err
 	}
@@ -69,18 +73,36 @@ func (m *Machine) Query(name string, input stream.Payload) (out stream.Payload, 
 	if !ok {
 		return nil, fmt.Errorf("%w %q (the workflow answers: %v)", ErrUnknownQuery, name, m.QueryNames())
 	}
+	type answer struct {
+		out stream.Payload
+		err error
+	}
+	done := make(chan answer, 1)
 	m.inQuery = true
-	defer func() {
-		m.inQuery = false
-		if p := recover(); p != nil {
-			if p == errQueryChangesState {
-				err = ErrQueryChangesState
-				return
+	go func() {
+		var a answer
+		defer func() {
+			if p := recover(); p != nil {
+				if p == errQueryChangesState {
+					a.err = ErrQueryChangesState
+				} else {
+					a.err = &PanicError{Value: p, Stack: string(debug.Stack())}
+				}
 			}
-			err = &PanicError{Value: p, Stack: string(debug.Stack())}
-		}
+			done <- a
+		}()
+		a.out, a.err = fn(input)
 	}()
-	return fn(input)
+	timer := time.NewTimer(m.cfg.DeadlockTimeout)
+	defer timer.Stop()
+	select {
+	case a := <-done:
+		m.inQuery = false
+		return a.out, a.err
+	case <-timer.C:
+		m.abandoned = fmt.Errorf("%w: query %s did not return within %s", ErrDeadlock, name, m.cfg.DeadlockTimeout)
+		return nil, m.abandoned
+	}
 }
 
 // errQueryChangesState unwinds a query handler that called into the engine.

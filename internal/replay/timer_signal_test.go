@@ -184,3 +184,41 @@ func TestQueryReadsStateAndChangesNothing(t *testing.T) {
 		t.Fatalf("the query changed the machine: pending %d, err %v", d.m.Pending(), d.m.Err())
 	}
 }
+
+// A query handler that cancels a scope, waits, or never returns changes
+// nothing: the first two fail the query, the last fails it after the
+// deadlock timeout and leaves the machine for the driver to drop.
+func TestQueryHandlersCannotChangeOrHoldTheSaga(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	wf := func(env *replay.Env, _ stream.Payload) (stream.Payload, *stream.Failure) {
+		s := env.NewScope(env.RootScope())
+		timer := env.NewTimer(s, time.Hour)
+		env.SetQueryHandler("cancel", func(stream.Payload) (stream.Payload, error) { s.Cancel(); return nil, nil })
+		env.SetQueryHandler("wait", func(stream.Payload) (stream.Payload, error) { timer.Get(s); return nil, nil })
+		env.SetQueryHandler("hang", func(stream.Payload) (stream.Payload, error) { <-release; return nil, nil })
+		env.ReceiveSignal(env.RootScope(), "never")
+		return nil, nil
+	}
+	m := replay.New(replay.Config{SagaID: "s", WorkflowType: "w", Workflow: wf, DeadlockTimeout: 200 * time.Millisecond})
+	defer m.Close()
+	start := stream.Event{ID: 0, SagaID: "s", Type: stream.WorkflowExecutionStarted, Time: t0, Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: "w"}}
+	if err := m.Feed(t.Context(), start); err != nil {
+		t.Fatal(err)
+	}
+	pending := m.Pending()
+	for _, name := range []string{"cancel", "wait"} {
+		if _, err := m.Query(name, nil); !errors.Is(err, replay.ErrQueryChangesState) {
+			t.Fatalf("query %s: %v", name, err)
+		}
+		if m.Pending() != pending || m.Err() != nil {
+			t.Fatalf("query %s changed the machine: pending %d, err %v", name, m.Pending(), m.Err())
+		}
+	}
+	if _, err := m.Query("hang", nil); !errors.Is(err, replay.ErrDeadlock) {
+		t.Fatalf("query hang: %v", err)
+	}
+	if m.Err() == nil {
+		t.Fatal("a machine whose query overran is still usable")
+	}
+}
