@@ -286,6 +286,9 @@ func (c *Client) SignalPayload(ctx context.Context, id, name string, value strea
 	if err := c.store.Config().CheckPayload("signal "+name, value); err != nil {
 		return 0, wrapStreamError("signal", err)
 	}
+	if len(msgID) > MaxSignalMsgID {
+		return 0, NewError(KindValidation, fmt.Sprintf("signal %s: message id of %d bytes, at most %d", id, len(msgID), MaxSignalMsgID))
+	}
 	msg := &nats.Msg{Subject: c.store.Config().InboxSignalSubject(id, name), Data: value,
 		Header: nats.Header{"Content-Type": {"application/msgpack"}}}
 	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(c.store.Config().InboxStream())}
@@ -298,6 +301,9 @@ func (c *Client) SignalPayload(ctx context.Context, id, name string, value strea
 	}
 	return ack.Sequence, nil
 }
+
+// MaxSignalMsgID bounds a signal's message id, which its history records.
+const MaxSignalMsgID = 256
 
 // Run is a handle to a started saga of a typed workflow.
 type Run[Out any] struct {

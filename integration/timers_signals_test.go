@@ -267,3 +267,57 @@ func TestNodeRefusesASignalsConsumerAllowingMore(t *testing.T) {
 		t.Fatalf("start: %v", err)
 	}
 }
+
+// An inbox deleted and created again numbers its messages from 1 anew: a
+// signal from it is recorded, not taken for one moved already.
+func TestSignalsOfARecreatedInboxAreRecorded(t *testing.T) {
+	c := newCluster(t)
+	twoSignals := saga.NewWorkflow("two-signals", 1, func(ctx saga.Context, _ int) ([]string, error) {
+		ch := saga.GetSignalChannel[string](ctx, "go")
+		var got []string
+		for range 2 {
+			s, err := ch.Receive(ctx)
+			if err != nil {
+				return got, err
+			}
+			got = append(got, s)
+		}
+		return got, nil
+	})
+	first := c.node(worker.Options{NodeName: "first"}, twoSignals)
+	cl := c.client()
+	ctx := ctxTimeout(t, 60*time.Second)
+	if _, err := cl.Start(ctx, "two-signals", 0, saga.StartOptions{ID: "epochs"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Signal(ctx, "epochs", "go", "before"); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 20*time.Second, "the first signal recorded", func() bool {
+		events, err := cl.History(ctx, "epochs")
+		return err == nil && len(findSignals(events)) == 1
+	})
+	if err := first.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(c.srv.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(ctx, stream.Config{}.Defaults().InboxStream()); err != nil {
+		t.Fatal(err)
+	}
+	c.node(worker.Options{NodeName: "second"}, twoSignals) // creates the inbox again
+	if err := cl.Signal(ctx, "epochs", "go", "after"); err != nil {
+		t.Fatal(err)
+	}
+	d, err := cl.Wait(ctx, "epochs")
+	if err != nil || d.Status != saga.StatusCompleted {
+		t.Fatalf("saga %v %+v", err, d)
+	}
+	events, _ := cl.History(ctx, "epochs")
+	signals := findSignals(events)
+	if len(signals) != 2 || signals[0].InboxSeq != signals[1].InboxSeq || signals[0].InboxEpoch == signals[1].InboxEpoch {
+		t.Fatalf("signals %+v", signals)
+	}
+}

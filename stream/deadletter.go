@@ -278,7 +278,8 @@ func (s *Store) readDeadLetters(ctx context.Context, from, to uint64) ([]DeadLet
 
 // maxOriginalHeaders bounds the original's headers a dead letter keeps (a
 // server takes at most 64 KiB of headers, and the dead letter's own need
-// room): past it, the rest are dropped and hdrDeadLetterHeadersCut says so.
+// room): a header that does not fit is dropped, and hdrDeadLetterHeadersCut
+// says so.
 const maxOriginalHeaders = 8 << 10
 
 // copyOriginalHeaders adds the original message's headers to a dead
@@ -300,10 +301,12 @@ func copyOriginalHeaders(h, original nats.Header) {
 		}
 		for _, v := range original[k] {
 			v = oneLine(v)
-			if size += len(name) + len(v) + 4; size > maxOriginalHeaders {
-				h.Set(hdrDeadLetterHeadersCut, "true")
-				return
+			n := len(name) + len(v) + 4
+			if size+n > maxOriginalHeaders {
+				h.Set(hdrDeadLetterHeadersCut, "true") // this one goes; smaller ones may still fit
+				continue
 			}
+			size += n
 			h.Add(name, v)
 		}
 	}

@@ -125,7 +125,9 @@ func (a OpenActivity) Task(sagaID string, scheduledEventID uint64, attempt int) 
 // SignalRecorded reports whether the signal at seq of the inbox created at
 // epoch is in the history.
 func (s *State) SignalRecorded(epoch int64, seq uint64) bool {
-	return s.LastInboxEpoch == epoch && s.LastInboxSeq >= seq
+	// A history without an epoch was written before epochs were recorded:
+	// its sequence is taken as the current inbox's.
+	return (s.LastInboxEpoch == epoch || s.LastInboxEpoch == 0) && s.LastInboxSeq >= seq
 }
 
 // Exists reports whether the saga has any history.
@@ -203,10 +205,10 @@ func (s *State) applyEvent(e Event) {
 	case *TimerCanceledAttrs:
 		s.closeTimer(a.StartedEventID)
 	case *SignalReceivedAttrs:
-		if a.InboxEpoch != s.LastInboxEpoch {
+		if a.InboxEpoch != s.LastInboxEpoch && s.LastInboxEpoch != 0 {
 			s.LastInboxEpoch, s.LastInboxSeq = a.InboxEpoch, a.InboxSeq // a new inbox numbers anew
 		} else {
-			s.LastInboxSeq = max(s.LastInboxSeq, a.InboxSeq)
+			s.LastInboxEpoch, s.LastInboxSeq = a.InboxEpoch, max(s.LastInboxSeq, a.InboxSeq)
 		}
 		s.Signals++
 	case *CompensationStepScheduledAttrs:

@@ -421,13 +421,22 @@ func (n *Node) lookupActivity(ctx context.Context, sagaID string, scheduledEvent
 // withState runs fn on the saga's state, read up to at least the given
 // event, under the saga's lock; fn must not keep the state.
 func (n *Node) withState(ctx context.Context, sagaID string, eventID uint64, fn func(*stream.State)) error {
+	return n.withStateFresh(ctx, sagaID, eventID, readLatest, fn)
+}
+
+// withStateFresh is withState with the view read as fresh says: trustCache
+// takes the node's view as it is when it holds the saga (after an advance
+// of the node's own, say).
+func (n *Node) withStateFresh(ctx context.Context, sagaID string, eventID uint64, fresh freshness, fn func(*stream.State)) error {
 	return backoff.Retry{Policy: reportPolicy, Clock: n.clock, MaxElapsed: behindPatience,
 		Retryable: func(err error) bool { return !isHistoryProblem(err) && stream.Transient(err) },
 	}.Do(ctx, func(ctx context.Context) error {
 		e := n.cache.acquire(sagaID)
 		defer n.cache.release(e, false)
 		v := &e.view
-		if err := n.catchUp(ctx, v, nil, readLatest); err != nil {
+		f := fresh
+		fresh = readLatest // a retry reads what the view lacked
+		if err := n.catchUp(ctx, v, nil, f); err != nil {
 			v.reset()
 			return err
 		}

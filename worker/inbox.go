@@ -104,9 +104,6 @@ func (n *Node) inboxPayload(what string, h nats.Header, body []byte) (stream.Pay
 // inboxSignals moves published signals into their sagas' histories.
 type inboxSignals struct{ n *Node }
 
-// maxSignalMsgID bounds the sender's message id recorded with a signal.
-const maxSignalMsgID = 256
-
 // signalPatience bounds the in-process retries of recording one signal:
 // signals move one at a time, so a saga whose history cannot be written
 // (its shard has no leader) must not hold the others for long; the
@@ -126,40 +123,50 @@ func (h inboxSignals) handle(ctx context.Context, d *delivery) outcome {
 		return deadLetter("undecodable signal", err)
 	}
 	msgID := d.msg.Headers().Get(jetstream.MsgIDHeader)
-	if len(msgID) > maxSignalMsgID {
-		return deadLetter("invalid signal", fmt.Errorf("%s of %d bytes, at most %d", jetstream.MsgIDHeader, len(msgID), maxSignalMsgID))
-	}
-	epoch, err := n.inboxEpoch(ctx, false)
-	if err != nil {
-		return retryLater(d, "read the inbox stream", err)
+	if len(msgID) > saga.MaxSignalMsgID {
+		return deadLetter("invalid signal", fmt.Errorf("%s of %d bytes, at most %d", jetstream.MsgIDHeader, len(msgID), saga.MaxSignalMsgID))
 	}
 	seq := d.meta.Sequence.Stream
-	refreshed := false
-	recorded := func(st *stream.State) bool {
-		if st.SignalRecorded(epoch, seq) && !refreshed {
-			// It looks moved already. The inbox may have been created
-			// again since this node read its epoch: read it once more.
-			refreshed = true
-			if e, err := n.inboxEpoch(ctx, true); err == nil {
-				epoch = e
-			}
-		}
-		return st.SignalRecorded(epoch, seq)
+	var epoch int64
+	record := func(checkEpoch bool) (suspect bool, err error) {
+		err = backoff.Retry{Policy: reportPolicy, Clock: n.clock, MaxElapsed: signalPatience,
+			Retryable: func(err error) bool { return !isHistoryProblem(err) && stream.Transient(err) },
+			OnRetry: func(attempt int, delay time.Duration, err error) {
+				d.logger().Warn("record signal failed; retrying", "err", err, "tries", attempt, "retry_in", delay.Round(time.Millisecond))
+			},
+		}.Do(ctx, func(ctx context.Context) error {
+			suspect = false
+			return n.advance(ctx, advanceRequest{sagaID: sagaID, inputs: func(st *stream.State) []stream.Event {
+				if checkEpoch && st.LastInboxEpoch != 0 && st.LastInboxEpoch != epoch {
+					// Recorded from another inbox than the one this node
+					// knows.
+					suspect = true
+					return nil
+				}
+				if st.SignalRecorded(epoch, seq) {
+					return nil // moved already, by an earlier delivery
+				}
+				return []stream.Event{{Type: stream.SignalReceived, Attrs: &stream.SignalReceivedAttrs{
+					Name: name, Input: payload, InboxSeq: seq, InboxEpoch: epoch, MsgID: msgID}}}
+			}})
+		})
+		return suspect, err
 	}
-	err = backoff.Retry{Policy: reportPolicy, Clock: n.clock, MaxElapsed: signalPatience,
-		Retryable: func(err error) bool { return !isHistoryProblem(err) && stream.Transient(err) },
-		OnRetry: func(attempt int, delay time.Duration, err error) {
-			d.logger().Warn("record signal failed; retrying", "err", err, "tries", attempt, "retry_in", delay.Round(time.Millisecond))
-		},
-	}.Do(ctx, func(ctx context.Context) error {
-		return n.advance(ctx, advanceRequest{sagaID: sagaID, inputs: func(st *stream.State) []stream.Event {
-			if recorded(st) {
-				return nil // moved already, by an earlier delivery
-			}
-			return []stream.Event{{Type: stream.SignalReceived, Attrs: &stream.SignalReceivedAttrs{
-				Name: name, Input: payload, InboxSeq: seq, InboxEpoch: epoch, MsgID: msgID}}}
-		}})
-	})
+	if epoch, err = n.inboxEpoch(ctx, false); err != nil {
+		return retryLater(d, "read the inbox stream", err)
+	}
+	suspect, err := record(true)
+	if err == nil && suspect {
+		// The history names another inbox than the one this node knows:
+		// the inbox may have been created again since this node read it.
+		// Read its epoch afresh (outside the saga's lock) and decide on
+		// that: the history's is then an older inbox's, whose numbering
+		// says nothing of this one's.
+		if epoch, err = n.inboxEpoch(ctx, true); err != nil {
+			return retryLater(d, "read the inbox stream", err)
+		}
+		_, err = record(false)
+	}
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return leave()
@@ -174,32 +181,43 @@ func (h inboxSignals) handle(ctx context.Context, d *delivery) outcome {
 	}
 	// Whether it landed (advance records nothing for a saga that does not
 	// exist or has ended, and a lost race may have found it ended) is
-	// what the history says.
-	return n.settleInbox(ctx, d, "signal to", sagaID, recorded)
+	// what the history says, as the node's view holds it after advance.
+	return n.settleInbox(ctx, d, "signal to", sagaID, trustCache, func(st *stream.State) bool { return st.SignalRecorded(epoch, seq) })
 }
 
-// inboxEpoch returns when the inbox stream was created: read once, and
-// again when fresh is set.
+// inboxEpochTTL bounds how long a node trusts the inbox epoch it read: an
+// inbox deleted and created again is noticed within it, or at once when a
+// history names another epoch.
+const inboxEpochTTL = 30 * time.Second
+
+// inboxEpoch returns when the inbox stream was created, as read within
+// inboxEpochTTL, or afresh when fresh is set.
 func (n *Node) inboxEpoch(ctx context.Context, fresh bool) (int64, error) {
-	if e := n.inboxCreated.Load(); e != 0 && !fresh {
-		return e, nil
+	if c := n.inboxCreated.Load(); c != nil && !fresh && n.clock.Now().Sub(c.read) < inboxEpochTTL {
+		return c.epoch, nil
 	}
 	s, err := n.store.JetStream().Stream(ctx, n.store.Config().InboxStream())
 	if err != nil {
 		return 0, stream.MapError(err)
 	}
 	e := s.CachedInfo().Created.UnixNano()
-	n.inboxCreated.Store(e)
+	n.inboxCreated.Store(&inboxEpochRead{epoch: e, read: n.clock.Now()})
 	return e, nil
+}
+
+// inboxEpochRead is the inbox epoch and when it was read.
+type inboxEpochRead struct {
+	epoch int64
+	read  time.Time
 }
 
 // settleInbox acks an inbox message whose effect the history holds (done
 // says), and sets aside one for a saga that does not exist or has ended,
 // with that reason. what heads the reason: "signal to", "cancellation of".
-func (n *Node) settleInbox(ctx context.Context, d *delivery, what, sagaID string, done func(*stream.State) bool) outcome {
+func (n *Node) settleInbox(ctx context.Context, d *delivery, what, sagaID string, fresh freshness, done func(*stream.State) bool) outcome {
 	var exists, ended, recorded bool
 	var status stream.Status
-	err := n.withState(ctx, sagaID, 0, func(st *stream.State) {
+	err := n.withStateFresh(ctx, sagaID, 0, fresh, func(st *stream.State) {
 		exists, ended, status, recorded = st.Exists(), st.Status.Terminal(), st.Status, done(st)
 	})
 	switch {
@@ -243,7 +261,7 @@ func (h inboxCancels) handle(ctx context.Context, d *delivery) outcome {
 	case errors.Is(err, saga.ErrAlreadyEnded):
 		// Canceled, by this request (redelivered after its node died
 		// before the ack) or another: nothing is left to do.
-		return n.settleInbox(ctx, d, "cancellation of", sagaID, func(st *stream.State) bool { return st.CancelRequested != nil })
+		return n.settleInbox(ctx, d, "cancellation of", sagaID, readLatest, func(st *stream.State) bool { return st.CancelRequested != nil })
 	case errors.Is(err, saga.KindValidation):
 		return deadLetter("invalid cancellation", err)
 	}

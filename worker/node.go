@@ -37,7 +37,7 @@ type Node struct {
 	timersCfg kv.TimersConfig
 	// inboxCreated caches the inbox stream's creation time (see
 	// inboxEpoch).
-	inboxCreated atomic.Int64
+	inboxCreated atomic.Pointer[inboxEpochRead]
 	// timers is set up with the bucket's settings in force when the node
 	// starts (see setUp); until then, with the node's own.
 	timers   atomic.Pointer[kv.Timers]
@@ -296,13 +296,17 @@ func (n *Node) addConsumerPending(ctx context.Context, streamName, durable, desc
 	if err != nil {
 		return &saga.Error{Kind: saga.KindTaskQueue, Message: "set up consumer " + durable + " on " + streamName, Cause: err}
 	}
-	if info := cons.CachedInfo(); maxAckPending == 1 && info != nil && info.Config.MaxAckPending != 1 {
+	if info := cons.CachedInfo(); maxAckPending == 1 && (info == nil || info.Config.MaxAckPending != 1) {
+		found := -1
+		if info != nil {
+			found = info.Config.MaxAckPending
+		}
 		// Such a consumer's handler relies on one message in flight,
 		// fleet-wide (signals: their order, and telling one moved
 		// already): one that allows more, an operator's edit, is refused.
 		return &saga.Error{Kind: saga.KindConfiguration, Message: "consumer " + durable,
 			Cause: fmt.Errorf("%w: MaxAckPending is %d, and it must be 1 (nats consumer edit %s %s --max-pending 1)",
-				stream.ErrIncompatibleSetup, info.Config.MaxAckPending, streamName, durable)}
+				stream.ErrIncompatibleSetup, found, streamName, durable)}
 	}
 	c := newConsumer(n, streamName, cons, slots, h)
 	if err := n.checkAckWait(streamName, c); err != nil {

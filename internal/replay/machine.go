@@ -74,9 +74,12 @@ type Machine struct {
 	allTimers  []*timerCommand             // in the order issued
 	signals    map[string][]stream.Payload // received, not yet taken, by name
 	queries    map[string]QueryFunc
-	inQuery    bool           // a query handler runs: the code may not decide
-	versions   map[string]int // change id -> version in use
-	comp       compensationState
+	inQuery    bool // a query handler runs: the code may not decide
+	// queryRunning is set when a query handler overran: closed when it
+	// returns (see Close).
+	queryRunning chan struct{}
+	versions     map[string]int // change id -> version in use
+	comp         compensationState
 	// cancel is the saga's cancellation request, once fed; closingStarted
 	// is set once the saga's end is under way (the code returned, or the
 	// run timeout passed), so that it is decided once.
@@ -370,6 +373,18 @@ func (m *Machine) Close() {
 	case <-m.stop:
 		return
 	default:
+	}
+	if m.queryRunning != nil {
+		// A query handler that overran still reads the workflow's state:
+		// the coroutines unwind (running the code's deferred calls) only
+		// once it returns. Its goroutine is the handler's, which is gone
+		// when the handler returns.
+		go func(done <-chan struct{}) {
+			<-done
+			close(m.stop)
+		}(m.queryRunning)
+		m.queryRunning = nil
+		return
 	}
 	close(m.stop)
 	if m.abandoned != nil {

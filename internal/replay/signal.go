@@ -78,9 +78,11 @@ func (m *Machine) Query(name string, input stream.Payload) (stream.Payload, erro
 		err error
 	}
 	done := make(chan answer, 1)
+	returned := make(chan struct{})
 	m.inQuery = true
 	go func() {
 		var a answer
+		defer close(returned)
 		defer func() {
 			if p := recover(); p != nil {
 				if p == errQueryChangesState {
@@ -101,6 +103,7 @@ func (m *Machine) Query(name string, input stream.Payload) (stream.Payload, erro
 		return a.out, a.err
 	case <-timer.C:
 		m.abandoned = fmt.Errorf("%w: query %s did not return within %s", ErrDeadlock, name, m.cfg.DeadlockTimeout)
+		m.queryRunning = returned
 		return nil, m.abandoned
 	}
 }
