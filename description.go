@@ -107,6 +107,10 @@ type CompensationStepInfo struct {
 	Error  *StructuredError `json:"error,omitempty"`
 }
 
+// DescribeState describes a saga from its folded history, read from
+// anywhere (the streams, or an archive).
+func DescribeState(st *stream.State) *Description { return newDescription(st) }
+
 func newDescription(st *stream.State) *Description {
 	d := &Description{
 		ID:        st.SagaID,

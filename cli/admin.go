@@ -16,6 +16,7 @@ import (
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/api"
+	"github.com/jetsaga/saga/pgarchive"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -153,11 +154,14 @@ func (e *apiError) context(key string) string {
 }
 
 // clientCommand parses "<command> <saga-id> [--json]" and opens a client.
-func clientCommand(name string, args []string, env Env) (*saga.Client, func(), string, bool, error) {
+func clientCommand(name string, args []string, env Env, pgURL *string) (*saga.Client, func(), string, bool, error) {
 	fs := newFlagSet(name, env)
 	var conn connFlags
 	conn.register(fs, env)
 	asJSON := fs.Bool("json", false, "print JSON")
+	if pgURL != nil {
+		fs.StringVar(pgURL, "pg-url", env.Getenv("SAGA_PG_URL"), "PostgreSQL URL of the projection (env SAGA_PG_URL): read there a saga the streams no longer hold")
+	}
 	pos, err := parseArgs(fs, args, "saga-id")
 	if err != nil {
 		return nil, nil, "", false, err
@@ -178,12 +182,20 @@ func clientCommand(name string, args []string, env Env) (*saga.Client, func(), s
 }
 
 func runDescribe(ctx context.Context, args []string, env Env) error {
-	cl, done, id, asJSON, err := clientCommand("describe", args, env)
+	var pgURL string
+	cl, done, id, asJSON, err := clientCommand("describe", args, env, &pgURL)
 	if err != nil {
 		return err
 	}
 	defer done()
 	d, err := cl.Describe(ctx, id)
+	d, err = fromProjection(ctx, pgURL, id, d, err, func(st *pgarchive.Store) (*saga.Description, error) {
+		s, err := st.State(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return saga.DescribeState(s), nil
+	})
 	if err != nil {
 		return err
 	}
@@ -194,12 +206,14 @@ func runDescribe(ctx context.Context, args []string, env Env) error {
 }
 
 func runHistory(ctx context.Context, args []string, env Env) error {
-	cl, done, id, asJSON, err := clientCommand("history", args, env)
+	var pgURL string
+	cl, done, id, asJSON, err := clientCommand("history", args, env, &pgURL)
 	if err != nil {
 		return err
 	}
 	defer done()
 	events, err := cl.History(ctx, id)
+	events, err = fromProjection(ctx, pgURL, id, events, err, func(st *pgarchive.Store) ([]stream.Event, error) { return st.History(ctx, id) })
 	if err != nil {
 		return err
 	}

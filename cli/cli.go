@@ -46,20 +46,25 @@ const DefaultNATSURL = "nats://127.0.0.1:4222"
 const usage = `saga-node: a durable saga engine on NATS JetStream
 
 Usage:
-  saga-node run      [--data DIR] [--listen HOST:PORT] [--nats-url URL] [--sync always|interval]
+  saga-node run      [--data DIR] [--listen HOST:PORT] [--nats-url URL] [--sync always|interval] [--pg-url URL]
   saga-node demo
   saga-node start    <workflow-type> [--id ID] [--input JSON] [--wait] [--timeout D] [--request-id R] [--run-timeout D]
-  saga-node describe <saga-id> [--json]
-  saga-node history  <saga-id> [--json]
+  saga-node describe <saga-id> [--json] [--pg-url URL]
+  saga-node history  <saga-id> [--json] [--pg-url URL]
+  saga-node list     [--status S] [--type T] [--since D] [--compensation C] [--waiting-on-timer] [--limit N] [--after CURSOR] [--json]
+  saga-node migrate
   saga-node wake     <saga-id>
   saga-node cancel   <saga-id> [--reason R]
   saga-node signal   <saga-id> <name> [--input JSON] [--msg-id ID]
   saga-node query    <saga-id> <name> [--input JSON] [--json]
   saga-node dead-letters [--json] [--limit N]
+  saga-node replay-check [--type T] [--since D] [--from stream|archive] [--json] [--limit N]
   saga-node bench    [--sagas N] [--in-flight N] [--sync interval|always] [--nats-url URL]
 
 Admin commands reach the engine at --nats-url, else $SAGA_NATS_URL, else
-nats://127.0.0.1:4222. "saga-node <command> -h" lists a command's flags.
+nats://127.0.0.1:4222. The Postgres projection (list, migrate, and describe
+or history of sagas the streams no longer hold) is at --pg-url, else
+$SAGA_PG_URL. "saga-node <command> -h" lists a command's flags.
 `
 
 // errUsage marks errors that deserve the usage text.
@@ -88,8 +93,11 @@ func Run(ctx context.Context, args []string, env Env) int {
 		"signal":   runSignal,
 		"query":    runQuery,
 		"bench":    runBench,
+		"migrate":  runMigrate,
+		"list":     runList,
 
 		"dead-letters": runDeadLetters,
+		"replay-check": runReplayCheck,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

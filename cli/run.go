@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/jetsaga/saga/internal/embeddednats"
+	"github.com/jetsaga/saga/pgarchive"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
@@ -34,6 +35,7 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	replicas := fs.Int("replicas", 1, "replicas of the streams this node creates (3 in a production cluster); existing streams keep theirs")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "how long a stop waits for work in progress")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	pgURL := pgFlag(fs, env)
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
@@ -81,11 +83,23 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	}
 	defer nc.Close()
 
-	node, err := worker.New(nc, env.Registry, worker.Options{
+	opts := worker.Options{
 		Stream:   stream.Config{Prefix: conn.prefix, HistoryShards: *shards, Replicas: *replicas},
 		NodeName: *name,
 		Logger:   log,
-	})
+	}
+	if *pgURL != "" {
+		// The projection migrates on first use: Postgres may be away now,
+		// and sagas never wait for it.
+		pg, err := pgarchive.Open(ctx, *pgURL)
+		if err != nil {
+			return err
+		}
+		defer pg.Close()
+		opts.Projection = pg
+		log.Info("projecting histories to Postgres")
+	}
+	node, err := worker.New(nc, env.Registry, opts)
 	if err != nil {
 		return err
 	}

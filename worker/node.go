@@ -265,6 +265,17 @@ func (n *Node) startConsumers(ctx context.Context) error {
 	if err := n.startInboxConsumers(ctx, dispatchSlots); err != nil {
 		return err
 	}
+	if p := n.opts.Projection; p != nil {
+		// Its own slots: a batch fills only if many commits are in hand at
+		// once, and a slow Postgres must not take the dispatcher's.
+		projectSlots := make(chan struct{}, projectionBatch)
+		h := &projector{n: n, p: p}
+		for shard := range cfg.HistoryShards {
+			if err := n.addConsumer(ctx, cfg.HistoryStream(shard), projectorName, "commits to project", cfg.HistoryFilter(shard), projectSlots, h); err != nil {
+				return err
+			}
+		}
+	}
 	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
 	for _, name := range n.reg.ActivityNames() {
 		if err := n.addConsumer(ctx, cfg.TaskStream(), stream.ActivityTaskConsumer(name), "tasks of activity "+name, cfg.ActivityTaskFilter(name), activitySlots, activityTasks{n}); err != nil {

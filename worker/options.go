@@ -60,6 +60,11 @@ type Options struct {
 	DisableAPI bool
 	// Hooks are test seams; nil in production.
 	Hooks *Hooks
+	// Projection, when set, receives every history commit (package
+	// pgarchive writes them to Postgres); the node then shares the
+	// projector consumer with the other nodes that have one. Sagas never
+	// wait for it.
+	Projection Projection
 	// Clock tells the node the time; tests may move it by hand. Defaults
 	// to the system clock.
 	Clock clock.Clock

@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jetsaga/saga/pgarchive"
+	"github.com/jetsaga/saga/stream"
+)
+
+// pgFlag registers --pg-url, defaulting to SAGA_PG_URL.
+func pgFlag(fs *flag.FlagSet, env Env) *string {
+	return fs.String("pg-url", env.Getenv("SAGA_PG_URL"), "PostgreSQL URL of the projection (env SAGA_PG_URL); empty: none")
+}
+
+// openProjection opens the projection, or says clearly that none is set.
+func openProjection(ctx context.Context, url, command string) (*pgarchive.Store, error) {
+	if url == "" {
+		return nil, fmt.Errorf("%s needs the Postgres projection: %w", command, pgarchive.ErrNotConfigured)
+	}
+	return pgarchive.Open(ctx, url)
+}
+
+// runMigrate applies the projection's schema migrations.
+func runMigrate(ctx context.Context, args []string, env Env) error {
+	fs := newFlagSet("migrate", env)
+	url := pgFlag(fs, env)
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	st, err := openProjection(ctx, *url, "migrate")
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	v, err := st.Migrate(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "projection schema at version %d\n", v)
+	return nil
+}
+
+// runList lists sagas from the projection, newest first.
+func runList(ctx context.Context, args []string, env Env) error {
+	fs := newFlagSet("list", env)
+	url := pgFlag(fs, env)
+	status := fs.String("status", "", "only sagas with this status (running, completed, failed, canceled, timed_out, blocked)")
+	typ := fs.String("type", "", "only sagas of this workflow type")
+	since := fs.Duration("since", 0, "only sagas started within this long (e.g. 24h)")
+	comp := fs.String("compensation", "", "only sagas whose compensation is running, completed, failed or skipped")
+	timers := fs.Bool("waiting-on-timer", false, "only running sagas with an open timer")
+	limit := fs.Int("limit", 100, "sagas per page (at most 1000)")
+	after := fs.String("after", "", "the cursor a previous page printed, for the next page")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	switch stream.Status(*status) {
+	case "", stream.StatusRunning, stream.StatusCompleted, stream.StatusFailed, stream.StatusCanceled, stream.StatusTimedOut, stream.StatusBlocked:
+	default:
+		return fmt.Errorf("%w: --status %q is not a saga status", errUsage, *status)
+	}
+	switch *comp {
+	case "", "running", stream.CompensationCompleted, stream.CompensationFailed, stream.CompensationSkipped:
+	default:
+		return fmt.Errorf("%w: --compensation %q is not running, completed, failed or skipped", errUsage, *comp)
+	}
+	if *limit < 1 || *limit > 1000 {
+		return fmt.Errorf("%w: --limit must be 1 to 1000", errUsage)
+	}
+	st, err := openProjection(ctx, *url, "list")
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	f := pgarchive.Filter{Status: stream.Status(*status), Type: *typ, Compensation: *comp, WaitingOnTimer: *timers, Limit: *limit, After: *after}
+	if *since > 0 {
+		f.Since = time.Now().Add(-*since)
+	}
+	rows, next, err := st.List(ctx, f)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return writeJSON(env.Stdout, struct {
+			Sagas []pgarchive.Row `json:"sagas"`
+			Next  string          `json:"next,omitempty"`
+		}{rows, next})
+	}
+	tw := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTYPE\tSTATUS\tCOMPENSATION\tSTARTED\tEVENTS")
+	for _, r := range rows {
+		comp := ""
+		if r.Compensation != nil {
+			comp = *r.Compensation
+		}
+		fmt.Fprintf(tw, "%s\t%s v%d\t%s\t%s\t%s\t%d\n", r.SagaID, r.WorkflowType, r.Version, r.Status, comp,
+			r.StartedAt.UTC().Format(time.RFC3339), r.Events)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if next != "" {
+		fmt.Fprintf(env.Stdout, "more: --after %s\n", next)
+	}
+	return nil
+}
+
+// fromProjection reads what the streams no longer hold from the
+// projection, when there is one.
+func fromProjection[T any](ctx context.Context, url, id string, fromStream T, streamErr error, read func(*pgarchive.Store) (T, error)) (T, error) {
+	var zero T
+	if url == "" || !isNotFound(streamErr) {
+		return fromStream, streamErr
+	}
+	st, err := pgarchive.Open(ctx, url)
+	if err != nil {
+		return zero, errors.Join(streamErr, err)
+	}
+	defer st.Close()
+	v, err := read(st)
+	if errors.Is(err, pgarchive.ErrNotFound) {
+		return zero, streamErr
+	}
+	return v, err
+}
+
+func isNotFound(err error) bool { return errors.Is(err, stream.ErrNotFound) }

@@ -1,0 +1,182 @@
+package pgarchive
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/jetsaga/saga/stream"
+)
+
+// Filter selects sagas for List. Zero fields select everything.
+type Filter struct {
+	Status stream.Status
+	Type   string
+	// Since keeps sagas started at or after it.
+	Since time.Time
+	// Compensation keeps sagas whose compensation is in that state
+	// (running, completed, failed, skipped).
+	Compensation string
+	// WaitingOnTimer keeps running sagas with an open timer.
+	WaitingOnTimer bool
+	// Limit bounds the page: default 100, at most 1,000.
+	Limit int
+	// After is the cursor of the previous page's last row.
+	After string
+}
+
+// maxPage bounds one page of List.
+const maxPage = 1000
+
+// ErrBadCursor: a cursor List did not make.
+var ErrBadCursor = errors.New("pgarchive: invalid cursor")
+
+// List returns sagas newest first (by start time, then id), a page at a
+// time: next is the cursor of the next page, empty after the last. Pages
+// are found by keyset (no OFFSET), on indexes that fit each filter.
+func (s *Store) List(ctx context.Context, f Filter) (rows []Row, next string, err error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, maxPage)
+	var where []string
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	if f.Status != "" {
+		where = append(where, "status = "+arg(string(f.Status)))
+	}
+	if f.Type != "" {
+		where = append(where, "workflow_type = "+arg(f.Type))
+	}
+	if !f.Since.IsZero() {
+		where = append(where, "started_at >= "+arg(f.Since))
+	}
+	if f.Compensation != "" {
+		where = append(where, "compensation = "+arg(f.Compensation))
+	}
+	if f.WaitingOnTimer {
+		where = append(where, "open_timers > 0", "status = 'running'")
+	}
+	if f.After != "" {
+		at, id, err := decodeCursor(f.After)
+		if err != nil {
+			return nil, "", err
+		}
+		where = append(where, fmt.Sprintf("(started_at, saga_id) < (%s, %s)", arg(at), arg(id)))
+	}
+	q := "SELECT " + rowColumns + " FROM saga_sagas"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY started_at DESC, saga_id DESC LIMIT " + arg(limit+1)
+	pgRows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("pgarchive: list: %w", err)
+	}
+	rows, err = pgx.CollectRows(pgRows, scanRow)
+	if err != nil {
+		return nil, "", fmt.Errorf("pgarchive: list: %w", err)
+	}
+	if len(rows) > limit {
+		rows = rows[:limit]
+		last := rows[len(rows)-1]
+		next = encodeCursor(last.StartedAt, last.SagaID)
+	}
+	return rows, next, nil
+}
+
+const rowColumns = `saga_id, workflow_type, version, status, compensation, started_at, updated_at, closed_at,
+	open_timers, next_timer_at, events, last_seq, archived_at, error`
+
+func scanRow(row pgx.CollectableRow) (Row, error) {
+	var r Row
+	var status string
+	var events, lastSeq int64
+	var errJSON []byte
+	err := row.Scan(&r.SagaID, &r.WorkflowType, &r.Version, &status, &r.Compensation, &r.StartedAt, &r.UpdatedAt,
+		&r.ClosedAt, &r.OpenTimers, &r.NextTimerAt, &events, &lastSeq, &r.ArchivedAt, &errJSON)
+	r.Status, r.Events, r.LastSeq = stream.Status(status), uint64(events), uint64(lastSeq)
+	if len(errJSON) > 0 {
+		r.Error = json.RawMessage(errJSON)
+	}
+	return r, err
+}
+
+func encodeCursor(at time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
+}
+
+func decodeCursor(c string) (time.Time, string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return time.Time{}, "", fmt.Errorf("%w: %v", ErrBadCursor, err)
+	}
+	at, id, ok := strings.Cut(string(raw), "|")
+	t, err := time.Parse(time.RFC3339Nano, at)
+	if !ok || err != nil {
+		return time.Time{}, "", fmt.Errorf("%w: %q", ErrBadCursor, c)
+	}
+	return t, id, nil
+}
+
+// Saga returns a saga's row.
+func (s *Store) Saga(ctx context.Context, id string) (Row, error) {
+	rows, err := s.pool.Query(ctx, "SELECT "+rowColumns+" FROM saga_sagas WHERE saga_id = $1", id)
+	if err != nil {
+		return Row{}, fmt.Errorf("pgarchive: read %s: %w", id, err)
+	}
+	r, err := pgx.CollectExactlyOneRow(rows, scanRow)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Row{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return Row{}, fmt.Errorf("pgarchive: read %s: %w", id, err)
+	}
+	return r, nil
+}
+
+// Commits returns a saga's history as the projection holds it: the
+// commits as they were appended, in order. ErrNotFound when it holds
+// none.
+func (s *Store) Commits(ctx context.Context, id string) ([]stream.StoredCommit, error) {
+	commits, err := readCommits(ctx, s.pool, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(commits) == 0 {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return commits, nil
+}
+
+// History returns a saga's events as the projection holds them.
+func (s *Store) History(ctx context.Context, id string) ([]stream.Event, error) {
+	commits, err := s.Commits(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var events []stream.Event
+	for _, c := range commits {
+		events = append(events, c.Commit.Events...)
+	}
+	return events, nil
+}
+
+// State folds a saga's history as the projection holds it.
+func (s *Store) State(ctx context.Context, id string) (*stream.State, error) {
+	commits, err := s.Commits(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return stream.Fold(commits)
+}

@@ -1,0 +1,107 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jetsaga/saga/stream"
+)
+
+// Projection receives every history commit, in batches, to keep a
+// projection of the sagas (package pgarchive is one). Apply must be
+// idempotent: a commit may come again, and commits of different sagas come
+// in any order.
+type Projection interface {
+	Apply(ctx context.Context, commits []stream.StoredCommit) error
+}
+
+// projectorName is the durable consumer of every history stream that
+// feeds the projection; nodes with a projection share it.
+const projectorName = "saga-projector"
+
+// Batching of the projection: a batch is written when it holds
+// projectionBatch commits, or projectionWait after its first.
+const (
+	projectionBatch = 256
+	projectionWait  = 5 * time.Millisecond
+)
+
+// projector hands the commits of the projector consumer to the
+// projection, a batch at a time: each handler adds its commit to the
+// batch being filled and waits for the batch to be written. The first
+// handler of a batch writes it, so there is no goroutine of its own.
+type projector struct {
+	n *Node
+	p Projection
+
+	mu  sync.Mutex
+	cur *projectionBatchState
+}
+
+type projectionBatchState struct {
+	commits []stream.StoredCommit
+	full    chan struct{} // closed when the batch holds projectionBatch commits
+	done    chan struct{} // closed once written; err says how
+	err     error
+}
+
+func (h *projector) handle(ctx context.Context, d *delivery) outcome {
+	n := h.n
+	sagaID, err := n.store.Config().SagaIDFromSubject(d.msg.Subject())
+	if err != nil {
+		return deadLetter("history message on an invalid subject", err)
+	}
+	d.with(slog.String("saga_id", sagaID))
+	commit, err := n.store.DecodeDelivered(sagaID, d.msg.Subject(), d.meta.Sequence.Stream, d.msg.Data())
+	switch {
+	case errors.Is(err, stream.ErrUnsupported):
+		return nakAfter(unsupportedDelay(d), "decode commit (leaving it to a node that can)", err)
+	case err != nil:
+		return deadLetter("undecodable history message", err)
+	}
+	if err := h.apply(ctx, stream.StoredCommit{Seq: d.meta.Sequence.Stream, Commit: commit}); err != nil {
+		// Postgres away: the commit comes back after a backoff, and the
+		// sagas run on meanwhile.
+		return n.handlingFailed(ctx, d, "project commit", err)
+	}
+	return ack()
+}
+
+// apply adds c to the batch being filled and returns once that batch is
+// written.
+func (h *projector) apply(ctx context.Context, c stream.StoredCommit) error {
+	h.mu.Lock()
+	b := h.cur
+	leader := b == nil
+	if leader {
+		b = &projectionBatchState{full: make(chan struct{}), done: make(chan struct{})}
+		h.cur = b
+	}
+	b.commits = append(b.commits, c)
+	if len(b.commits) >= projectionBatch {
+		h.cur = nil
+		close(b.full)
+	}
+	h.mu.Unlock()
+	if leader {
+		wait := time.NewTimer(projectionWait)
+		select {
+		case <-b.full:
+		case <-wait.C:
+		case <-ctx.Done():
+		}
+		wait.Stop()
+		h.mu.Lock()
+		if h.cur == b {
+			h.cur = nil // closed to newcomers: they start the next batch
+		}
+		h.mu.Unlock()
+		b.err = h.p.Apply(ctx, b.commits)
+		close(b.done)
+	}
+	<-b.done // the leader is a handler too: it returns once it wrote the batch
+	return b.err
+}
