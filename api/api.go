@@ -87,3 +87,26 @@ const (
 	CodeInternal    = "500"
 	CodeUnavailable = "503"
 )
+
+// ListRequest is the body of <prefix>.api.list, served by the nodes that
+// have the Postgres projection. Zero fields select everything.
+type ListRequest struct {
+	Status string `json:"status,omitempty"`
+	Type   string `json:"type,omitempty"`
+	// Since is a Go duration: sagas started within it.
+	Since        string `json:"since,omitempty"`
+	Compensation string `json:"compensation,omitempty"`
+	// WaitingOnTimer keeps running sagas with an open timer.
+	WaitingOnTimer bool `json:"waiting_on_timer,omitempty"`
+	// Limit is the page size (default 100, at most 1,000); After the
+	// cursor of the previous page.
+	Limit int    `json:"limit,omitempty"`
+	After string `json:"after,omitempty"`
+}
+
+// ListResponse is a page of sagas, newest first; Next is the cursor of
+// the next page, empty after the last.
+type ListResponse struct {
+	Sagas json.RawMessage `json:"sagas"`
+	Next  string          `json:"next,omitempty"`
+}

@@ -53,6 +53,7 @@ Usage:
   saga-node history  <saga-id> [--json] [--pg-url URL]
   saga-node list     [--status S] [--type T] [--since D] [--compensation C] [--waiting-on-timer] [--limit N] [--after CURSOR] [--json]
   saga-node migrate
+  saga-node status   [--json]
   saga-node wake     <saga-id>
   saga-node cancel   <saga-id> [--reason R]
   saga-node signal   <saga-id> <name> [--input JSON] [--msg-id ID]
@@ -95,6 +96,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 		"bench":    runBench,
 		"migrate":  runMigrate,
 		"list":     runList,
+		"status":   runStatus,
 
 		"dead-letters": runDeadLetters,
 		"replay-check": runReplayCheck,

@@ -21,11 +21,12 @@ import (
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/examples/order"
 	"github.com/jetsaga/saga/internal/natstest"
+	"github.com/jetsaga/saga/internal/pgtest"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(pgtest.Wrap(m)) }
 
 // syncBuffer is a bytes.Buffer safe for a command writing in one goroutine
 // while the test reads in another.

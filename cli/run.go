@@ -36,6 +36,7 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	drain := fs.Duration("drain-timeout", 30*time.Second, "how long a stop waits for work in progress")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pgURL := pgFlag(fs, env)
+	projectorOnly := fs.Bool("projector-only", false, "only feed the Postgres projection (needs --pg-url) and serve list; run no saga")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
@@ -88,6 +89,10 @@ func runNode(ctx context.Context, args []string, env Env) error {
 		NodeName: *name,
 		Logger:   log,
 	}
+	if *projectorOnly && *pgURL == "" {
+		return fmt.Errorf("%w: --projector-only needs --pg-url (or SAGA_PG_URL)", errUsage)
+	}
+	opts.ProjectorOnly = *projectorOnly
 	if *pgURL != "" {
 		// The projection migrates on first use: Postgres may be away now,
 		// and sagas never wait for it.

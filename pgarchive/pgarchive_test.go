@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/api"
 	"github.com/jetsaga/saga/examples/approval"
 	"github.com/jetsaga/saga/examples/order"
 	"github.com/jetsaga/saga/internal/natstest"
@@ -165,7 +166,7 @@ func (e *engine) waitProjected(ids []string, within time.Duration) {
 // should, a page at a time.
 func TestProjectionEqualsTheHistories(t *testing.T) {
 	e := newEngine(t, pgtest.Start(t).URL())
-	ids := e.mixedSagas(120)
+	ids := e.mixedSagas(500)
 	e.waitProjected(all(ids), time.Minute)
 
 	before, _, err := e.pg.List(e.ctx, pgarchive.Filter{Limit: 1000})
@@ -219,7 +220,7 @@ func TestProjectionEqualsTheHistories(t *testing.T) {
 			t.Fatalf("list %+v: got %d sagas, want %d", f, len(got), len(want))
 		}
 	}
-	check(pgarchive.Filter{Status: saga.StatusFailed, Type: "order", Limit: 7}, ids[saga.StatusFailed])
+	check(pgarchive.Filter{Status: saga.StatusFailed, Type: "order", Limit: 17}, ids[saga.StatusFailed])
 	check(pgarchive.Filter{Compensation: stream.CompensationCompleted, Type: "order", Limit: 10}, ids[saga.StatusFailed])
 	check(pgarchive.Filter{WaitingOnTimer: true, Limit: 9}, ids[saga.StatusRunning])
 	check(pgarchive.Filter{Status: saga.StatusCanceled, Since: time.Now().Add(-time.Hour)}, ids[saga.StatusCanceled])
@@ -251,4 +252,75 @@ func mustJSON(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// A node that only projects serves the API's list; the nodes running sagas
+// have no projection of their own.
+func TestProjectorOnlyNodeServesList(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv := natstest.Start(t)
+	pg, err := pgarchive.Open(ctx, pgtest.Start(t).URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	reg := saga.NewRegistry()
+	reg.MustRegister(order.NewService().Definitions()...)
+	start := func(opts worker.Options) {
+		opts.Logger = natstest.Logger()
+		n, err := worker.New(srv.Conn(), reg, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Stop(context.Background()) })
+	}
+	start(worker.Options{NodeName: "sagas"})
+	start(worker.Options{NodeName: "projector", Projection: pg, ProjectorOnly: true})
+	cl, err := saga.NewClient(srv.Conn(), saga.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for i := range 6 {
+		in := order.Input{OrderID: fmt.Sprint(i), Amount: 1}
+		if i%2 == 1 {
+			in.FailStep = order.StepShipOrder
+		}
+		id := fmt.Sprintf("po-%d", i)
+		if _, err := cl.Start(ctx, "order", in, saga.StartOptions{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Wait(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	request := func(body string) (api.ListResponse, string) {
+		msg, err := srv.Conn().RequestWithContext(ctx, "saga.api.list", []byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r api.ListResponse
+		if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
+			return r, code
+		}
+		if err := json.Unmarshal(msg.Data, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r, ""
+	}
+	natstest.WaitFor(t, 30*time.Second, "three failed orders listed", func() bool {
+		r, code := request(`{"status":"failed","type":"order","compensation":"completed"}`)
+		var rows []pgarchive.Row
+		return code == "" && json.Unmarshal(r.Sagas, &rows) == nil && len(rows) == 3
+	})
+	if _, code := request(`{"status":"sleeping"}`); code != "400" {
+		t.Fatalf("bad filter answered %q", code)
+	}
+	if _, code := request(`{"after":"not-a-cursor"}`); code != "400" {
+		t.Fatalf("bad cursor answered %q", code)
+	}
 }

@@ -37,10 +37,38 @@ const maxPage = 1000
 // ErrBadCursor: a cursor List did not make.
 var ErrBadCursor = errors.New("pgarchive: invalid cursor")
 
+// ErrBadFilter: a filter value no saga can have.
+var ErrBadFilter = errors.New("pgarchive: invalid filter")
+
+func (f Filter) validate() error {
+	switch f.Status {
+	case "", stream.StatusRunning, stream.StatusCompleted, stream.StatusFailed, stream.StatusCanceled, stream.StatusTimedOut, stream.StatusBlocked:
+	default:
+		return fmt.Errorf("%w: status %q", ErrBadFilter, f.Status)
+	}
+	switch f.Compensation {
+	case "", "running", stream.CompensationCompleted, stream.CompensationFailed, stream.CompensationSkipped:
+	default:
+		return fmt.Errorf("%w: compensation %q is not running, completed, failed or skipped", ErrBadFilter, f.Compensation)
+	}
+	if f.Limit < 0 || f.Limit > maxPage {
+		return fmt.Errorf("%w: limit %d is not 0 to %d", ErrBadFilter, f.Limit, maxPage)
+	}
+	if f.Type != "" {
+		if err := stream.ValidateID("workflow type", f.Type); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadFilter, err)
+		}
+	}
+	return nil
+}
+
 // List returns sagas newest first (by start time, then id), a page at a
 // time: next is the cursor of the next page, empty after the last. Pages
 // are found by keyset (no OFFSET), on indexes that fit each filter.
 func (s *Store) List(ctx context.Context, f Filter) (rows []Row, next string, err error) {
+	if err := f.validate(); err != nil {
+		return nil, "", err
+	}
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100

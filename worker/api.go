@@ -46,11 +46,22 @@ func (n *Node) startAPI() error {
 		"signal":   n.apiSignal,
 		"query":    func(ctx context.Context, req *apiRequest) { n.apiQuery(ctx, req, true) },
 	}
+	if n.opts.ProjectorOnly {
+		endpoints = map[string]func(context.Context, *apiRequest){}
+	}
+	if lister, ok := n.opts.Projection.(Lister); ok {
+		// Served only by nodes that have the projection: no responders
+		// means none runs.
+		endpoints["list"] = func(ctx context.Context, req *apiRequest) { n.apiList(ctx, req, lister) }
+	}
 	subjects := map[string]string{}
 	for verb := range endpoints {
 		subjects[verb] = cfg.APISubject(verb)
 	}
 	for _, wf := range n.reg.WorkflowNames() {
+		if n.opts.ProjectorOnly {
+			break
+		}
 		name := "start-" + wf
 		endpoints[name] = func(ctx context.Context, req *apiRequest) { n.apiStart(ctx, req, wf) }
 		subjects[name] = cfg.StartSubject(wf)
@@ -340,6 +351,26 @@ func (n *Node) relayQuery(ctx context.Context, req *apiRequest, workflowType str
 func errorBody(e *saga.Error) []byte {
 	body, _ := json.Marshal(e.Structured())
 	return body
+}
+
+// Lister answers the API's list requests from a projection of the sagas
+// (pgarchive.Store is one).
+type Lister interface {
+	ListSagas(ctx context.Context, r api.ListRequest) (api.ListResponse, error)
+}
+
+func (n *Node) apiList(ctx context.Context, req *apiRequest, l Lister) {
+	var r api.ListRequest
+	if err := decodeRequest(req, &r); err != nil {
+		respondError(req, err)
+		return
+	}
+	res, err := l.ListSagas(ctx, r)
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	req.respondJSON(res)
 }
 
 // respondError answers with an error code, the error's text and its

@@ -245,6 +245,9 @@ const (
 // and of activity tasks per registered activity type.
 func (n *Node) startConsumers(ctx context.Context) error {
 	cfg := n.store.Config()
+	if n.opts.ProjectorOnly {
+		return n.startProjector(ctx)
+	}
 	// One pool of slots per kind of work, shared by its consumers, so that
 	// the concurrency settings bound the node as a whole.
 	dispatchSlots := make(chan struct{}, n.opts.WorkflowConcurrency)
@@ -265,20 +268,32 @@ func (n *Node) startConsumers(ctx context.Context) error {
 	if err := n.startInboxConsumers(ctx, dispatchSlots); err != nil {
 		return err
 	}
-	if p := n.opts.Projection; p != nil {
-		// Its own slots: a batch fills only if many commits are in hand at
-		// once, and a slow Postgres must not take the dispatcher's.
-		projectSlots := make(chan struct{}, projectionBatch)
-		h := &projector{n: n, p: p}
-		for shard := range cfg.HistoryShards {
-			if err := n.addConsumer(ctx, cfg.HistoryStream(shard), projectorName, "commits to project", cfg.HistoryFilter(shard), projectSlots, h); err != nil {
-				return err
-			}
-		}
+	if err := n.startProjector(ctx); err != nil {
+		return err
 	}
 	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
 	for _, name := range n.reg.ActivityNames() {
 		if err := n.addConsumer(ctx, cfg.TaskStream(), stream.ActivityTaskConsumer(name), "tasks of activity "+name, cfg.ActivityTaskFilter(name), activitySlots, activityTasks{n}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startProjector starts the projector consumer on every history shard,
+// when the node has a projection.
+func (n *Node) startProjector(ctx context.Context) error {
+	p := n.opts.Projection
+	if p == nil {
+		return nil
+	}
+	cfg := n.store.Config()
+	// Its own slots: a batch fills only if many commits are in hand at
+	// once, and a slow Postgres must not take the dispatcher's.
+	projectSlots := make(chan struct{}, projectionBatch)
+	h := &projector{n: n, p: p}
+	for shard := range cfg.HistoryShards {
+		if err := n.addConsumer(ctx, cfg.HistoryStream(shard), projectorName, "commits to project", cfg.HistoryFilter(shard), projectSlots, h); err != nil {
 			return err
 		}
 	}

@@ -65,6 +65,9 @@ type Options struct {
 	// projector consumer with the other nodes that have one. Sagas never
 	// wait for it.
 	Projection Projection
+	// ProjectorOnly makes a node with a Projection do nothing else: it
+	// feeds the projection and serves the API's list, and runs no saga.
+	ProjectorOnly bool
 	// Clock tells the node the time; tests may move it by hand. Defaults
 	// to the system clock.
 	Clock clock.Clock
@@ -128,6 +131,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("worker options: WorkflowConcurrency must be positive, got %d", o.WorkflowConcurrency)
 	case o.ActivityConcurrency < 1:
 		return fmt.Errorf("worker options: ActivityConcurrency must be positive, got %d", o.ActivityConcurrency)
+	case o.ProjectorOnly && o.Projection == nil:
+		return fmt.Errorf("worker options: ProjectorOnly needs a Projection")
 	case o.CacheSize < 1:
 		return fmt.Errorf("worker options: CacheSize must be positive, got %d", o.CacheSize)
 	case o.AckWait < time.Second:
