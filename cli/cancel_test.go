@@ -212,16 +212,16 @@ type hold struct {
 	open func()
 }
 
-// holdStep returns a back office whose step holds for the given order
+// holdStep returns a back office whose steps hold for the given order
 // until open is called (it may be called more than once; the test's
 // cleanup calls it too, before the node stops).
-func holdStep(step, orderID string) *hold {
+func holdStep(orderID string, steps ...string) *hold {
 	h := &hold{svc: order.NewService()}
 	release := make(chan struct{})
 	var once sync.Once
 	h.open = func() { once.Do(func() { close(release) }) }
 	h.svc.Hook = func(ctx context.Context, s, id string) error {
-		if s != step || id != orderID {
+		if !slices.Contains(steps, s) || id != orderID {
 			return nil
 		}
 		h.held.Store(true)
@@ -236,7 +236,9 @@ func holdStep(step, orderID string) *hold {
 }
 
 func TestCancel(t *testing.T) {
-	h := holdStep(order.StepProcessPayment, "HOLD-C")
+	// The undo of the reservation holds too, so that the saga cannot end
+	// before the test has tried a second cancel.
+	h := holdStep("HOLD-C", order.StepProcessPayment, order.StepReleaseInventory)
 	url := startEngine(t, h.svc)
 	t.Cleanup(h.open) // registered after the node's: runs before the node stops
 
@@ -477,7 +479,7 @@ func TestStartCompensationFails(t *testing.T) {
 }
 
 func TestStartRunTimeout(t *testing.T) {
-	h := holdStep(order.StepProcessPayment, "HOLD-T")
+	h := holdStep("HOLD-T", order.StepProcessPayment)
 	url := startEngine(t, h.svc)
 	t.Cleanup(h.open)
 

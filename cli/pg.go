@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jetsaga/saga/pgarchive"
+	"github.com/jetsaga/saga/replaycheck"
 	"github.com/jetsaga/saga/stream"
 )
 
@@ -131,3 +132,32 @@ func fromProjection[T any](ctx context.Context, url, id string, fromStream T, st
 }
 
 func isNotFound(err error) bool { return errors.Is(err, stream.ErrNotFound) }
+
+// archiveReplaySource reads the histories replay-check checks from the
+// projection: those the streams still hold and those they do not.
+type archiveReplaySource struct{ st *pgarchive.Store }
+
+func (a archiveReplaySource) SagaIDs(ctx context.Context, f replaycheck.Filter) ([]string, error) {
+	ids, err := a.st.IDs(ctx, pgarchive.Filter{Type: f.Type, Since: f.Since})
+	if err != nil {
+		return nil, err
+	}
+	if f.Limit > 0 && len(ids) > f.Limit {
+		ids = ids[:f.Limit]
+	}
+	return ids, nil
+}
+
+func (a archiveReplaySource) Events(ctx context.Context, id string) ([]stream.Event, error) {
+	return a.st.Events(ctx, id)
+}
+
+func init() {
+	openArchive = func(ctx context.Context, pgURL string) (replaycheck.Source, func(), error) {
+		st, err := pgarchive.Open(ctx, pgURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		return archiveReplaySource{st}, st.Close, nil
+	}
+}

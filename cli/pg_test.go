@@ -116,6 +116,20 @@ func TestProjectionCommands(t *testing.T) {
 	if !strings.Contains(r.stdout, "WorkflowExecutionCompleted") {
 		t.Fatalf("history from the projection: %s", r)
 	}
+
+	// replay-check reads the projection too, the saga the streams no
+	// longer hold included: the unchanged code replays every saga, the
+	// reordered one would block them, pl-a among them.
+	r = replayCheck(t, url, orderDefs(), "--from", "archive", "--pg-url", pgURL)
+	expectCode(t, r, ExitOK)
+	if !strings.HasPrefix(r.stdout, "checked 5 sagas") {
+		t.Fatalf("replay-check of the unchanged code:\n%s", r)
+	}
+	r = replayCheck(t, url, reorderedDefs(), "--from", "archive", "--pg-url", pgURL)
+	expectCode(t, r, ExitError)
+	if !strings.Contains(r.stdout, "pl-a") || !strings.Contains(r.stdout, "history has ActivityTaskScheduled reserve-inventory, code asked for ActivityTaskScheduled process-payment") {
+		t.Fatalf("replay-check of the reordered code:\n%s", r)
+	}
 }
 
 func jetstreamSubject(subject string) jetstream.StreamPurgeOpt {
