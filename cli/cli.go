@@ -53,6 +53,7 @@ Usage:
   saga-node history  <saga-id> [--json] [--pg-url URL]
   saga-node list     [--status S] [--type T] [--since D] [--compensation C] [--waiting-on-timer] [--limit N] [--after CURSOR] [--json]
   saga-node migrate
+  saga-node archive  [--older-than D] [--limit N]
   saga-node status   [--json]
   saga-node wake     <saga-id>
   saga-node cancel   <saga-id> [--reason R]
@@ -97,6 +98,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 		"migrate":  runMigrate,
 		"list":     runList,
 		"status":   runStatus,
+		"archive":  runArchive,
 
 		"dead-letters": runDeadLetters,
 		"replay-check": runReplayCheck,

@@ -161,3 +161,48 @@ func init() {
 		return archiveReplaySource{st}, st.Close, nil
 	}
 }
+
+// runArchive moves ended sagas older than the retention from the streams
+// to the archive, after checking the projection holds each whole.
+func runArchive(ctx context.Context, args []string, env Env) error {
+	fs := newFlagSet("archive", env)
+	var conn connFlags
+	conn.register(fs, env)
+	url := pgFlag(fs, env)
+	olderThan := fs.Duration("older-than", pgarchive.DefaultRetention, "archive sagas that ended longer ago than this")
+	limit := fs.Int("limit", 1000, "archive at most this many sagas")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	if *olderThan < 0 || *limit < 1 {
+		return fmt.Errorf("%w: --older-than must not be negative, --limit must be positive", errUsage)
+	}
+	pg, err := openProjection(ctx, *url, "archive")
+	if err != nil {
+		return err
+	}
+	defer pg.Close()
+	nc, err := conn.connect("archive")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	hist, err := stream.Open(nc, stream.Config{Prefix: conn.prefix})
+	if err != nil {
+		return err
+	}
+	defer hist.Close()
+	res, err := pg.Archive(ctx, hist, time.Now().Add(-*olderThan), *limit)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "archived %d sagas", len(res.Archived))
+	if len(res.Skipped) > 0 {
+		fmt.Fprintf(env.Stdout, "; %d not yet:", len(res.Skipped))
+		for id, why := range res.Skipped {
+			fmt.Fprintf(env.Stdout, "\n  %s: %s", id, why)
+		}
+	}
+	fmt.Fprintln(env.Stdout)
+	return nil
+}

@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -134,4 +136,131 @@ func TestProjectionCommands(t *testing.T) {
 
 func jetstreamSubject(subject string) jetstream.StreamPurgeOpt {
 	return jetstream.WithPurgeSubject(subject)
+}
+
+// An archived saga is gone from JetStream but for its marker; it is still
+// described, listed, read and replay-checked from the archive, its events
+// equal to what it had, and its id is never started again.
+func TestArchive(t *testing.T) {
+	pgURL := pgtest.Start(t).URL()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := natstest.Start(t)
+	pg, err := pgarchive.Open(ctx, pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	reg := saga.NewRegistry()
+	reg.MustRegister(order.NewService().Definitions()...)
+	node, err := worker.New(srv.Conn(), reg, worker.Options{Projection: pg, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = node.Stop(context.Background()) }()
+	cl, err := saga.NewClient(srv.Conn(), saga.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ids := []string{"ar-1", "ar-2"}
+	for i, id := range ids {
+		in := order.Input{OrderID: id, Amount: 1}
+		if i == 1 {
+			in.FailStep = order.StepShipOrder
+		}
+		if _, err := cl.Start(ctx, "order", in, saga.StartOptions{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Wait(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := map[string][]stream.Event{}
+	for _, id := range ids {
+		if before[id], err = cl.History(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	url := srv.ClientURL()
+	withPG := func(string) string { return "" }
+	natstest.WaitFor(t, 30*time.Second, "both sagas archived", func() bool {
+		// Each run archives what the projection holds whole by then.
+		if r := runCLI(t, withPG, "archive", "--nats-url", url, "--pg-url", pgURL, "--older-than", "0s"); r.code != ExitOK {
+			t.Fatalf("archive: %s", r)
+		}
+		for _, id := range ids {
+			if row, err := pg.Saga(ctx, id); err != nil || row.ArchivedAt == nil {
+				return false
+			}
+		}
+		return true
+	})
+
+	hist, err := stream.Open(srv.Conn(), stream.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hist.Close()
+	s, err := hist.JetStream().Stream(ctx, stream.Config{}.Defaults().HistoryStream(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(stream.Config{}.Defaults().HistorySubject(id)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := info.State.Subjects[stream.Config{}.Defaults().HistorySubject(id)]; n != 1 {
+			t.Fatalf("%s keeps %d messages in the stream, want its marker alone", id, n)
+		}
+		if _, err := hist.ReadLatest(ctx, id); !errors.Is(err, stream.ErrArchived) {
+			t.Fatalf("read of archived %s: %v", id, err)
+		}
+		got, err := pg.History(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, before[id]) {
+			t.Fatalf("%s: the archive's events differ from what the saga had", id)
+		}
+		r := withURL(t, url, "describe", id, "--pg-url", pgURL)
+		expectCode(t, r, ExitOK)
+		if !strings.Contains(r.stdout, "id:       "+id) {
+			t.Fatalf("describe of archived %s: %s", id, r)
+		}
+		if _, err := cl.Start(ctx, "order", order.Input{OrderID: id}, saga.StartOptions{ID: id}); !errors.Is(err, saga.ErrAlreadyStarted) {
+			t.Fatalf("a start of archived %s: %v", id, err)
+		}
+	}
+	r := runCLI(t, withPG, "list", "--pg-url", pgURL, "--json")
+	expectCode(t, r, ExitOK)
+	if strings.Count(r.stdout, `"archived_at"`) != 2 {
+		t.Fatalf("list of archived sagas:\n%s", r.stdout)
+	}
+	r = replayCheck(t, url, orderDefs(), "--from", "archive", "--pg-url", pgURL)
+	expectCode(t, r, ExitOK)
+	r = replayCheck(t, url, reorderedDefs(), "--from", "archive", "--pg-url", pgURL)
+	expectCode(t, r, ExitError)
+	if !strings.Contains(r.stdout, "ar-1") || !strings.Contains(r.stdout, "ar-2") {
+		t.Fatalf("replay-check of archived sagas:\n%s", r)
+	}
+	// A signal to an archived saga is set aside, saying so, and the signals
+	// behind it are not held.
+	if err := cl.Signal(ctx, "ar-1", "late", "x"); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 20*time.Second, "the signal to an archived saga set aside", func() bool {
+		dead, err := hist.DeadLetters(ctx, 0)
+		return err == nil && len(dead) == 1 && strings.Contains(dead[0].Reason, "archived")
+	})
+	// A second run has nothing left to do.
+	r = runCLI(t, withPG, "archive", "--nats-url", url, "--pg-url", pgURL, "--older-than", "0s")
+	expectCode(t, r, ExitOK)
+	if !strings.HasPrefix(r.stdout, "archived 0 sagas") {
+		t.Fatalf("second archive: %s", r)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,6 +38,7 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pgURL := pgFlag(fs, env)
 	projectorOnly := fs.Bool("projector-only", false, "only feed the Postgres projection (needs --pg-url) and serve list; run no saga")
+	archiveAfter := fs.Duration("archive-after", pgarchive.DefaultRetention, "with --pg-url: move sagas that ended longer ago than this from the streams to the archive; 0: never")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
@@ -113,6 +115,13 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	if err := node.Start(startCtx); err != nil {
 		return err
 	}
+	if pg, ok := opts.Projection.(*pgarchive.Store); ok && *archiveAfter > 0 {
+		archiveCtx, stopArchiving := context.WithCancel(ctx)
+		var archiving sync.WaitGroup
+		archiving.Go(func() { archiveLoop(archiveCtx, pg, nc, conn.prefix, *archiveAfter, log) })
+		defer archiving.Wait()
+		defer stopArchiving()
+	}
 	<-ctx.Done()
 	log.Info("stopping: draining work in progress", "timeout", *drain)
 	drainCtx, cancelDrain := context.WithTimeout(context.Background(), *drain)
@@ -121,4 +130,35 @@ func runNode(ctx context.Context, args []string, env Env) error {
 		log.Warn("drain did not finish; remaining work goes to other nodes", "err", err)
 	}
 	return nil
+}
+
+// archiveEvery spaces the archive runs of a node.
+const archiveEvery = 10 * time.Minute
+
+// archiveLoop moves ended sagas older than the retention to the archive,
+// now and then, until ctx ends. Several nodes may run it: archiving a
+// saga twice is harmless.
+func archiveLoop(ctx context.Context, pg *pgarchive.Store, nc *nats.Conn, prefix string, retention time.Duration, log *slog.Logger) {
+	hist, err := stream.Open(nc, stream.Config{Prefix: prefix})
+	if err != nil {
+		log.Error("archive: open the streams", "err", err)
+		return
+	}
+	defer hist.Close()
+	tick := time.NewTicker(archiveEvery)
+	defer tick.Stop()
+	for {
+		res, err := pg.Archive(ctx, hist, time.Now().Add(-retention), 1000)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("archive run failed; next run later", "err", err, "retry_in", archiveEvery)
+		case len(res.Archived)+len(res.Skipped) > 0:
+			log.Info("archived sagas", "archived", len(res.Archived), "not_yet", len(res.Skipped))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

@@ -50,7 +50,7 @@ func Transient(err error) bool {
 		return false
 	}
 	switch {
-	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrCodec), errors.Is(err, ErrInvalidID),
+	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrCodec), errors.Is(err, ErrInvalidID), errors.Is(err, ErrNotFound),
 		errors.Is(err, ErrUnsupported), errors.Is(err, ErrNoStream), errors.Is(err, context.Canceled),
 		errors.Is(err, nats.ErrConnectionClosed):
 		return false

@@ -386,6 +386,9 @@ func (s *Store) Last(ctx context.Context, sagaID string) (StoredCommit, error) {
 }
 
 func decodeStored(m storedMsg, sagaID string) (StoredCommit, error) {
+	if IsArchiveMarker(m.Header) {
+		return StoredCommit{}, ErrArchived
+	}
 	c, err := decodeFor(sagaID, m.Data)
 	if err != nil {
 		return StoredCommit{}, &CodecError{Subject: m.Subject, Seq: m.Seq, Err: err}

@@ -55,6 +55,9 @@ func (h *projector) handle(ctx context.Context, d *delivery) outcome {
 		return deadLetter("history message on an invalid subject", err)
 	}
 	d.with(slog.String("saga_id", sagaID))
+	if stream.IsArchiveMarker(d.msg.Headers()) {
+		return ack() // the saga moved to the archive: nothing to derive
+	}
 	commit, err := n.store.DecodeDelivered(sagaID, d.msg.Subject(), d.meta.Sequence.Stream, d.msg.Data())
 	switch {
 	case errors.Is(err, stream.ErrUnsupported):
