@@ -23,7 +23,9 @@ var ErrArchived = &archivedError{}
 
 type archivedError struct{}
 
-func (*archivedError) Error() string { return "saga archived: its history is in the archive, not in the streams" }
+func (*archivedError) Error() string {
+	return "saga archived: its history is in the archive, not in the streams"
+}
 
 func (*archivedError) Is(target error) bool { return target == ErrNotFound }
 
