@@ -62,27 +62,55 @@ func (s *Store) Apply(ctx context.Context, commits []stream.StoredCommit) error 
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("pgarchive: insert commits: %w", err)
 		}
-		for _, id := range ids {
-			if err := refreshSaga(ctx, tx, id); err != nil {
-				return err
-			}
-		}
-		return nil
+		return refreshSagas(ctx, tx, ids)
 	})
 }
 
-// refreshSaga computes a saga's row from the commits the projection holds.
-func refreshSaga(ctx context.Context, tx pgx.Tx, id string) error {
-	commits, err := readCommits(ctx, tx, id)
+// refreshSagas computes the rows of sagas from the commits the projection
+// holds: one read for all of them, one batch of upserts.
+func refreshSagas(ctx context.Context, tx pgx.Tx, ids []string) error {
+	rows, err := tx.Query(ctx, "SELECT saga_id, seq, data FROM saga_commits WHERE saga_id = ANY($1) ORDER BY saga_id, first_event_id", ids)
 	if err != nil {
-		return err
+		return fmt.Errorf("pgarchive: read commits: %w", err)
 	}
-	st, _ := stream.Fold(commits) // a gap: the part before it, for now
-	if !st.Exists() {
-		return nil // the first commit is still on its way
+	bySaga := map[string][]stream.StoredCommit{}
+	for rows.Next() {
+		var id string
+		var seq int64
+		var data []byte
+		if err := rows.Scan(&id, &seq, &data); err != nil {
+			rows.Close()
+			return fmt.Errorf("pgarchive: read commits: %w", err)
+		}
+		c, err := stream.DecodeCommit(data)
+		if err != nil {
+			rows.Close()
+			return fmt.Errorf("pgarchive: commit of %s at %d: %w", id, seq, err)
+		}
+		bySaga[id] = append(bySaga[id], stream.StoredCommit{Seq: uint64(seq), Commit: c})
 	}
-	r := rowOf(st)
-	_, err = tx.Exec(ctx, `INSERT INTO saga_sagas (saga_id, workflow_type, version, status, compensation, started_at, updated_at,
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("pgarchive: read commits: %w", err)
+	}
+	b := &pgx.Batch{}
+	for _, id := range ids {
+		st, _ := stream.Fold(bySaga[id]) // a gap: the part before it, for now
+		if !st.Exists() {
+			continue // the first commit is still on its way
+		}
+		queueRow(b, id, rowOf(st))
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("pgarchive: project sagas: %w", err)
+	}
+	return nil
+}
+
+// queueRow queues the upsert of a saga's row; a row never goes back to
+// fewer events.
+func queueRow(b *pgx.Batch, id string, r Row) {
+	b.Queue(`INSERT INTO saga_sagas (saga_id, workflow_type, version, status, compensation, started_at, updated_at,
 			closed_at, input, output, error, open_timers, next_timer_at, events, last_seq)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 		ON CONFLICT (saga_id) DO UPDATE SET workflow_type = EXCLUDED.workflow_type, version = EXCLUDED.version,
@@ -93,10 +121,6 @@ func refreshSaga(ctx context.Context, tx pgx.Tx, id string) error {
 		WHERE saga_sagas.events <= EXCLUDED.events`,
 		id, r.WorkflowType, r.Version, string(r.Status), r.Compensation, r.StartedAt, r.UpdatedAt, r.ClosedAt,
 		r.input, r.output, r.errorJSON, r.OpenTimers, r.NextTimerAt, int64(r.Events), int64(r.LastSeq))
-	if err != nil {
-		return fmt.Errorf("pgarchive: project saga %s: %w", id, err)
-	}
-	return nil
 }
 
 // readCommits returns a saga's commits as the projection holds them, in

@@ -288,9 +288,10 @@ func (n *Node) startProjector(ctx context.Context) error {
 		return nil
 	}
 	cfg := n.store.Config()
-	// Its own slots: a batch fills only if many commits are in hand at
-	// once, and a slow Postgres must not take the dispatcher's.
-	projectSlots := make(chan struct{}, projectionBatch)
+	// Its own slots, several batches' worth: a batch fills only if many
+	// commits are in hand at once (one full batch must not take every
+	// slot), and a slow Postgres must not take the dispatcher's.
+	projectSlots := make(chan struct{}, 4*projectionBatch)
 	h := &projector{n: n, p: p}
 	for shard := range cfg.HistoryShards {
 		if err := n.addConsumer(ctx, cfg.HistoryStream(shard), projectorName, "commits to project", cfg.HistoryFilter(shard), projectSlots, h); err != nil {
