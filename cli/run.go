@@ -91,6 +91,11 @@ func runNode(ctx context.Context, args []string, env Env) error {
 		NodeName: *name,
 		Logger:   log,
 	}
+	if *archiveAfter != 0 && *archiveAfter < minArchiveAfter {
+		// Each node archives by its own setting: one set too short would
+		// archive the whole fleet's sagas early.
+		return fmt.Errorf("%w: --archive-after must be 0 (never) or at least %s, got %s", errUsage, minArchiveAfter, *archiveAfter)
+	}
 	if *projectorOnly && *pgURL == "" {
 		return fmt.Errorf("%w: --projector-only needs --pg-url (or SAGA_PG_URL)", errUsage)
 	}
@@ -135,6 +140,9 @@ func runNode(ctx context.Context, args []string, env Env) error {
 // archiveEvery spaces the archive runs of a node.
 const archiveEvery = 10 * time.Minute
 
+// minArchiveAfter is the shortest retention a node archives with.
+const minArchiveAfter = time.Hour
+
 // archiveLoop moves ended sagas older than the retention to the archive,
 // now and then, until ctx ends. Several nodes may run it: archiving a
 // saga twice is harmless.
@@ -154,6 +162,13 @@ func archiveLoop(ctx context.Context, pg *pgarchive.Store, nc *nats.Conn, prefix
 			log.Warn("archive run failed; next run later", "err", err, "retry_in", archiveEvery)
 		case len(res.Archived)+len(res.Skipped) > 0:
 			log.Info("archived sagas", "archived", len(res.Archived), "not_yet", len(res.Skipped))
+			shown := 0
+			for id, why := range res.Skipped {
+				if shown++; shown > 5 {
+					break
+				}
+				log.Info("saga not archived yet", "saga_id", id, "reason", why)
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -1,10 +1,10 @@
 package pgarchive
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"reflect"
 	"time"
 
 	"github.com/jetsaga/saga/stream"
@@ -36,33 +36,48 @@ func (s *Store) Archive(ctx context.Context, hist *stream.Store, olderThan time.
 	if err := s.ensureMigrated(ctx); err != nil {
 		return res, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT saga_id FROM saga_sagas
-		WHERE closed_at IS NOT NULL AND archived_at IS NULL AND closed_at < $1 ORDER BY closed_at LIMIT $2`, olderThan, limit)
-	if err != nil {
-		return res, fmt.Errorf("pgarchive: archive candidates: %w", err)
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
+	// Keyset over the candidates, oldest first, so that sagas skipped
+	// (their projection behind) do not hide the ones after them.
+	var afterClosed time.Time
+	var afterID string
+	for scanned := 0; len(res.Archived) < limit && scanned < 10*limit; {
+		rows, err := s.pool.Query(ctx, `SELECT saga_id, closed_at FROM saga_sagas
+			WHERE closed_at IS NOT NULL AND archived_at IS NULL AND closed_at < $1 AND (closed_at, saga_id) > ($2, $3)
+			ORDER BY closed_at, saga_id LIMIT $4`, olderThan, afterClosed, afterID, limit)
+		if err != nil {
+			return res, fmt.Errorf("pgarchive: archive candidates: %w", err)
+		}
+		var ids []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id, &afterClosed); err != nil {
+				rows.Close()
+				return res, err
+			}
+			ids = append(ids, id)
+			afterID = id
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
 			return res, err
 		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return res, err
-	}
-	for _, id := range ids {
-		reason, err := s.archiveOne(ctx, hist, id)
-		switch {
-		case err != nil:
-			return res, err
-		case reason != "":
-			res.Skipped[id] = reason
-		default:
-			res.Archived = append(res.Archived, id)
+		if len(ids) == 0 {
+			break
+		}
+		scanned += len(ids)
+		for _, id := range ids {
+			reason, err := s.archiveOne(ctx, hist, id)
+			switch {
+			case err != nil:
+				return res, err
+			case reason != "":
+				res.Skipped[id] = reason
+			default:
+				res.Archived = append(res.Archived, id)
+			}
+			if len(res.Archived) == limit {
+				break
+			}
 		}
 	}
 	return res, nil
@@ -93,11 +108,16 @@ func (s *Store) archiveOne(ctx context.Context, hist *stream.Store, id string) (
 		return fmt.Sprintf("the projection holds %d commits, the stream %d", len(ours), len(streamCommits)), nil
 	}
 	for i := range ours {
-		if ours[i].Seq != streamCommits[i].Seq || !reflect.DeepEqual(ours[i].Commit, streamCommits[i].Commit) {
+		if ours[i].Seq != streamCommits[i].Seq || !bytes.Equal(ours[i].Data, streamCommits[i].Data) {
 			return fmt.Sprintf("commit %d differs from the stream's", i), nil
 		}
 	}
-	if err := hist.Archive(ctx, id, streamCommits[len(streamCommits)-1].Seq, time.Now()); err != nil {
+	lastSeq := streamCommits[len(streamCommits)-1].Seq
+	if done, err := hist.Dispatched(ctx, id, lastSeq); err != nil || !done {
+		// Its last commit's effects (a timer to delete, say) first.
+		return fmt.Sprintf("the dispatcher has not handled its last commit yet (%v)", err), nil
+	}
+	if err := hist.Archive(ctx, id, lastSeq, time.Now()); err != nil {
 		return "replace by the archive marker: " + err.Error(), nil
 	}
 	return "", s.markArchived(ctx, id)

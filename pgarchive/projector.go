@@ -46,9 +46,12 @@ func (s *Store) Apply(ctx context.Context, commits []stream.StoredCommit) error 
 		}
 		for _, id := range ids {
 			for _, sc := range bySaga[id] {
-				data, err := sc.Commit.Encode()
-				if err != nil {
-					return fmt.Errorf("pgarchive: encode commit of %s at %d: %w", id, sc.Seq, err)
+				data := sc.Data // the bytes as stored, so that the archive is the history
+				if len(data) == 0 {
+					var err error
+					if data, err = sc.Commit.Encode(); err != nil {
+						return fmt.Errorf("pgarchive: encode commit of %s at %d: %w", id, sc.Seq, err)
+					}
 				}
 				b.Queue(`INSERT INTO saga_commits (saga_id, seq, first_event_id, data) VALUES ($1, $2, $3, $4)
 					ON CONFLICT DO NOTHING`, id, int64(sc.Seq), int64(sc.Commit.FirstEventID()), data)
@@ -144,7 +147,7 @@ func readCommits(ctx context.Context, q interface {
 		if err != nil {
 			return nil, fmt.Errorf("pgarchive: commit of %s at %d: %w", id, seq, err)
 		}
-		out = append(out, stream.StoredCommit{Seq: uint64(seq), Commit: c})
+		out = append(out, stream.StoredCommit{Seq: uint64(seq), Commit: c, Data: data})
 	}
 	return out, rows.Err()
 }

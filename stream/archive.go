@@ -64,3 +64,18 @@ func (s *Store) Archive(ctx context.Context, sagaID string, lastSeq uint64, at t
 	}
 	return nil
 }
+
+// Dispatched reports whether the dispatcher has handled every commit of
+// the saga's history shard up to seq: a history is archived only once
+// every effect of its last commit was carried out.
+func (s *Store) Dispatched(ctx context.Context, sagaID string, seq uint64) (bool, error) {
+	c, err := s.js.Consumer(ctx, s.cfg.HistoryStream(s.cfg.Shard(sagaID)), DispatcherConsumer)
+	if err != nil {
+		return false, fmt.Errorf("read the dispatcher of %s: %w", sagaID, mapError(err))
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read the dispatcher of %s: %w", sagaID, mapError(err))
+	}
+	return info.AckFloor.Stream >= seq, nil
+}

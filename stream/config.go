@@ -269,6 +269,10 @@ func (c Config) ParseInboxSubject(subject string) (kind string, tokens []string,
 	return parts[0], parts[1:], nil
 }
 
+// DispatcherConsumer is the durable consumer of every history stream that
+// carries out each commit's effects.
+const DispatcherConsumer = "saga-dispatch"
+
 // InboxStartConsumer names the durable consumer of published starts of a
 // workflow type; only nodes that register the type create it.
 func InboxStartConsumer(workflowType string) string { return "saga-starts-" + workflowType }

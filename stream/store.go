@@ -164,6 +164,9 @@ type StoredCommit struct {
 	Seq    uint64
 	MsgID  string
 	Commit *Commit
+	// Data is the message as stored, when the reader had it: an archive
+	// keeps these bytes, not a new encoding of Commit.
+	Data []byte
 }
 
 // CodecError says which stored message failed to decode.
@@ -393,7 +396,7 @@ func decodeStored(m storedMsg, sagaID string) (StoredCommit, error) {
 	if err != nil {
 		return StoredCommit{}, &CodecError{Subject: m.Subject, Seq: m.Seq, Err: err}
 	}
-	return StoredCommit{Seq: m.Seq, MsgID: m.Header.Get(jetstream.MsgIDHeader), Commit: c}, nil
+	return StoredCommit{Seq: m.Seq, MsgID: m.Header.Get(jetstream.MsgIDHeader), Commit: c, Data: m.Data}, nil
 }
 
 // DecodeDelivered decodes a commit a consumer delivered from the saga's

@@ -235,7 +235,7 @@ func (n *Node) setUp(ctx context.Context) error {
 const (
 	// dispatcherName is the durable consumer of every history stream that
 	// derives effects from commits.
-	dispatcherName = "saga-dispatch"
+	dispatcherName = stream.DispatcherConsumer
 	// timersName is the durable consumer of fired timers.
 	timersName = "saga-timers"
 )

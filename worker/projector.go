@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -65,7 +66,7 @@ func (h *projector) handle(ctx context.Context, d *delivery) outcome {
 	case err != nil:
 		return deadLetter("undecodable history message", err)
 	}
-	if err := h.apply(ctx, stream.StoredCommit{Seq: d.meta.Sequence.Stream, Commit: commit}); err != nil {
+	if err := h.apply(ctx, stream.StoredCommit{Seq: d.meta.Sequence.Stream, Commit: commit, Data: d.msg.Data()}); err != nil {
 		// Postgres away: the commit comes back after a backoff, and the
 		// sagas run on meanwhile.
 		return n.handlingFailed(ctx, d, "project commit", err)
@@ -102,9 +103,27 @@ func (h *projector) apply(ctx context.Context, c stream.StoredCommit) error {
 			h.cur = nil // closed to newcomers: they start the next batch
 		}
 		h.mu.Unlock()
-		b.err = h.p.Apply(ctx, b.commits)
+		b.err = h.write(ctx, b.commits)
 		close(b.done)
 	}
 	<-b.done // the leader is a handler too: it returns once it wrote the batch
 	return b.err
+}
+
+// projectionTimeout bounds the write of one batch: a Postgres that hangs
+// (a black-holed connection, a lock never granted) fails the batch, whose
+// commits come back later, instead of holding every projector slot.
+const projectionTimeout = 20 * time.Second
+
+// write applies a batch within projectionTimeout; a panic in the
+// projection is an error of the batch, so that its waiters are released.
+func (h *projector) write(ctx context.Context, commits []stream.StoredCommit) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, projectionTimeout)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("projection panicked: %v", p)
+		}
+	}()
+	return h.p.Apply(ctx, commits)
 }
