@@ -189,7 +189,7 @@ func runDescribe(ctx context.Context, args []string, env Env) error {
 	}
 	defer done()
 	d, err := cl.Describe(ctx, id)
-	d, err = fromProjection(ctx, pgURL, id, d, err, func(st *pgarchive.Store) (*saga.Description, error) {
+	d, err = fromProjection(ctx, pgURL, d, err, func(st *pgarchive.Store) (*saga.Description, error) {
 		s, err := st.State(ctx, id)
 		if err != nil {
 			return nil, err
@@ -213,7 +213,7 @@ func runHistory(ctx context.Context, args []string, env Env) error {
 	}
 	defer done()
 	events, err := cl.History(ctx, id)
-	events, err = fromProjection(ctx, pgURL, id, events, err, func(st *pgarchive.Store) ([]stream.Event, error) { return st.History(ctx, id) })
+	events, err = fromProjection(ctx, pgURL, events, err, func(st *pgarchive.Store) ([]stream.Event, error) { return st.History(ctx, id) })
 	if err != nil {
 		return err
 	}

@@ -114,7 +114,7 @@ func runList(ctx context.Context, args []string, env Env) error {
 
 // fromProjection reads what the streams no longer hold from the
 // projection, when there is one.
-func fromProjection[T any](ctx context.Context, url, id string, fromStream T, streamErr error, read func(*pgarchive.Store) (T, error)) (T, error) {
+func fromProjection[T any](ctx context.Context, url string, fromStream T, streamErr error, read func(*pgarchive.Store) (T, error)) (T, error) {
 	var zero T
 	if url == "" || !isNotFound(streamErr) {
 		return fromStream, streamErr
