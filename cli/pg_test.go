@@ -39,27 +39,7 @@ func TestProjectionCommands(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv := natstest.Start(t)
-	pg, err := pgarchive.Open(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
-	reg := saga.NewRegistry()
-	reg.MustRegister(order.NewService().Definitions()...)
-	node, err := worker.New(srv.Conn(), reg, worker.Options{Projection: pg, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = node.Stop(context.Background()) }()
-	cl, err := saga.NewClient(srv.Conn(), saga.ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	srv, _, cl := projectedEngine(t, ctx, pgURL)
 	for i, fail := range []string{"", order.StepShipOrder, "", order.StepShipOrder, order.StepShipOrder} {
 		id := "pl-" + string(rune('a'+i))
 		if _, err := cl.Start(ctx, "order", order.Input{OrderID: id, Amount: 1, FailStep: fail}, saga.StartOptions{ID: id}); err != nil {
@@ -145,27 +125,7 @@ func TestArchive(t *testing.T) {
 	pgURL := pgtest.Start(t).URL()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv := natstest.Start(t)
-	pg, err := pgarchive.Open(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
-	reg := saga.NewRegistry()
-	reg.MustRegister(order.NewService().Definitions()...)
-	node, err := worker.New(srv.Conn(), reg, worker.Options{Projection: pg, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = node.Stop(context.Background()) }()
-	cl, err := saga.NewClient(srv.Conn(), saga.ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	srv, pg, cl := projectedEngine(t, ctx, pgURL)
 	ids := []string{"ar-1", "ar-2"}
 	for i, id := range ids {
 		in := order.Input{OrderID: id, Amount: 1}
@@ -181,9 +141,11 @@ func TestArchive(t *testing.T) {
 	}
 	before := map[string][]stream.Event{}
 	for _, id := range ids {
-		if before[id], err = cl.History(ctx, id); err != nil {
+		events, err := cl.History(ctx, id)
+		if err != nil {
 			t.Fatal(err)
 		}
+		before[id] = events
 	}
 	url := srv.ClientURL()
 	withPG := func(string) string { return "" }
@@ -263,4 +225,33 @@ func TestArchive(t *testing.T) {
 	if !strings.HasPrefix(r.stdout, "archived 0 sagas") {
 		t.Fatalf("second archive: %s", r)
 	}
+}
+
+// projectedEngine is a nats-server with a node that runs the order example
+// and projects into the database at pgURL, the projection and a client;
+// all stop when the test ends.
+func projectedEngine(t *testing.T, ctx context.Context, pgURL string) (*natstest.Server, *pgarchive.Store, *saga.Client) {
+	t.Helper()
+	srv := natstest.Start(t)
+	pg, err := pgarchive.Open(ctx, pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Close)
+	reg := saga.NewRegistry()
+	reg.MustRegister(order.NewService().Definitions()...)
+	node, err := worker.New(srv.Conn(), reg, worker.Options{Projection: pg, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = node.Stop(context.Background()) })
+	cl, err := saga.NewClient(srv.Conn(), saga.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return srv, pg, cl
 }

@@ -19,25 +19,9 @@ type dispatcher struct{ n *Node }
 
 func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	n := h.n
-	sagaID, err := n.store.Config().SagaIDFromSubject(d.msg.Subject())
-	if err != nil {
-		return deadLetter("history message on an invalid subject", err)
-	}
-	d.with(slog.String("saga_id", sagaID))
-	if stream.IsArchiveMarker(d.msg.Headers()) {
-		return ack() // the saga moved to the archive: nothing to derive
-	}
-	commit, err := n.store.DecodeDelivered(sagaID, d.msg.Subject(), d.meta.Sequence.Stream, d.msg.Data())
-	switch {
-	case errors.Is(err, stream.ErrUnsupported):
-		// Written by a newer engine, or larger than this node's limit: the
-		// shared dispatcher must leave it to a node that can read it.
-		return nakAfter(unsupportedDelay(d), "decode commit (leaving it to a node that can)", err)
-	case err != nil:
-		// Not written by the engine. The saga's history shows the bad
-		// message to anyone who reads it (describe: blocked,
-		// history_unreadable); the message itself is set aside.
-		return deadLetter("undecodable history message", err)
+	sagaID, commit, out, ok := n.decodeHistoryMessage(d)
+	if !ok {
+		return out
 	}
 	// Every effect, even after one failed: they are idempotent, and one
 	// that fails must not hold back the others until the redelivery.
@@ -74,6 +58,33 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	}
 	n.stats.workflowTasksPublished.Add(1)
 	return ack()
+}
+
+// decodeHistoryMessage reads a commit delivered from a history stream, for
+// the consumers of every history (dispatcher, projector). When there is
+// no commit to handle, ok is false and out says what becomes of the
+// message: an archive marker is acked (nothing to derive or project); a
+// commit written by a newer engine, or larger than this node's limit, is
+// left to a node that can read it; anything else the engine did not
+// write is set aside (the saga's history shows the bad message to anyone
+// who reads it: describe says blocked, history_unreadable).
+func (n *Node) decodeHistoryMessage(d *delivery) (sagaID string, commit *stream.Commit, out outcome, ok bool) {
+	sagaID, err := n.store.Config().SagaIDFromSubject(d.msg.Subject())
+	if err != nil {
+		return "", nil, deadLetter("history message on an invalid subject", err), false
+	}
+	d.with(slog.String("saga_id", sagaID))
+	if stream.IsArchiveMarker(d.msg.Headers()) {
+		return sagaID, nil, ack(), false
+	}
+	commit, err = n.store.DecodeDelivered(sagaID, d.msg.Subject(), d.meta.Sequence.Stream, d.msg.Data())
+	switch {
+	case errors.Is(err, stream.ErrUnsupported):
+		return sagaID, nil, nakAfter(unsupportedDelay(d), "decode commit (leaving it to a node that can)", err), false
+	case err != nil:
+		return sagaID, nil, deadLetter("undecodable history message", err), false
+	}
+	return sagaID, commit, outcome{}, true
 }
 
 // handlingFailed is the outcome of a message whose handling failed: left

@@ -36,7 +36,6 @@ type heartbeats struct {
 	taskSeq  uint64
 	interval time.Duration
 	cancel   context.CancelCauseFunc
-	log      *slog.Logger
 
 	mu      sync.Mutex
 	latest  stream.Payload
@@ -58,8 +57,7 @@ func newHeartbeats(n *Node, task stream.ActivityTask, attempt int, taskSeq uint6
 		// the floor guards against a history written otherwise.
 		interval = max(t/3, 100*time.Millisecond)
 	}
-	return &heartbeats{n: n, task: task, attempt: attempt, taskSeq: taskSeq, interval: interval,
-		log: n.log.With("saga_id", task.SagaID, "activity_type", task.ActivityType, "scheduled_event_id", task.ScheduledEventID, "attempt", attempt)}
+	return &heartbeats{n: n, task: task, attempt: attempt, taskSeq: taskSeq, interval: interval}
 }
 
 var _ saga.HeartbeatRecorder = (*heartbeats)(nil)
@@ -180,19 +178,26 @@ func (h *heartbeats) beat() {
 	switch {
 	case errors.Is(err, errAttemptGone):
 		// A heartbeat timeout gave this attempt up, and a later one runs.
-		h.log.Warn("heartbeat of an attempt given up (its heartbeat timeout passed); stopping it")
+		h.logger().Warn("heartbeat of an attempt given up (its heartbeat timeout passed); stopping it")
 		h.stopAttempt(errAttemptGone)
 		return
 	case err != nil:
-		h.log.Warn("heartbeat not recorded", "err", err)
+		h.logger().Warn("heartbeat not recorded", "err", err)
 	}
 	_, state, err := h.n.lookupActivity(ctx, h.task.SagaID, h.task.ScheduledEventID)
 	switch {
 	case err != nil:
-		h.log.Warn("heartbeat could not read the saga", "err", err)
+		h.logger().Warn("heartbeat could not read the saga", "err", err)
 	case state == activityCancelRequested:
 		h.stopAttempt(saga.ErrCanceled)
 	case state == activityClosed:
 		h.stopAttempt(errActivityClosed)
 	}
+}
+
+// logger is the attempt's logger. Built when a beat has something to
+// report, not for every attempt: most activities never heartbeat.
+func (h *heartbeats) logger() *slog.Logger {
+	return h.n.log.With("saga_id", h.task.SagaID, "activity_type", h.task.ActivityType,
+		"scheduled_event_id", h.task.ScheduledEventID, "attempt", h.attempt)
 }

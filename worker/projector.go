@@ -2,9 +2,7 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -51,20 +49,9 @@ type projectionBatchState struct {
 
 func (h *projector) handle(ctx context.Context, d *delivery) outcome {
 	n := h.n
-	sagaID, err := n.store.Config().SagaIDFromSubject(d.msg.Subject())
-	if err != nil {
-		return deadLetter("history message on an invalid subject", err)
-	}
-	d.with(slog.String("saga_id", sagaID))
-	if stream.IsArchiveMarker(d.msg.Headers()) {
-		return ack() // the saga moved to the archive: nothing to derive
-	}
-	commit, err := n.store.DecodeDelivered(sagaID, d.msg.Subject(), d.meta.Sequence.Stream, d.msg.Data())
-	switch {
-	case errors.Is(err, stream.ErrUnsupported):
-		return nakAfter(unsupportedDelay(d), "decode commit (leaving it to a node that can)", err)
-	case err != nil:
-		return deadLetter("undecodable history message", err)
+	_, commit, out, ok := n.decodeHistoryMessage(d)
+	if !ok {
+		return out
 	}
 	if err := h.apply(ctx, stream.StoredCommit{Seq: d.meta.Sequence.Stream, Commit: commit, Data: d.msg.Data()}); err != nil {
 		// Postgres away: the commit comes back after a backoff, and the
