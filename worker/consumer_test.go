@@ -267,6 +267,8 @@ func TestHandlerPanicIsRecoveredAndSetAside(t *testing.T) {
 	if p := panics.Load(); p != 3 {
 		t.Fatalf("the handler panicked %d times, want 3", p)
 	}
+	// The count follows the dead letter's publication: wait for it.
+	natstest.WaitFor(t, 10*time.Second, "the dead letter counted", func() bool { return n.Stats().DeadLetters >= 1 })
 	if got := n.Stats().DeadLetters; got != 1 {
 		t.Fatalf("Stats().DeadLetters = %d, want 1", got)
 	}
