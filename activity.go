@@ -130,7 +130,7 @@ func (a *Activity[In, Out]) register(r *Registry) error {
 func (a *Activity[In, Out]) erased(ctx context.Context, input stream.Payload) (stream.Payload, error) {
 	var in In
 	if len(input) > 0 {
-		if err := stream.Unmarshal(input, &in); err != nil {
+		if err := decodeValue(codecFrom(ctx), input, &in); err != nil {
 			return nil, Permanent(Errorf(KindCodec, "activity %s: decode input: %w", a.name, err))
 		}
 	}
@@ -138,7 +138,7 @@ func (a *Activity[In, Out]) erased(ctx context.Context, input stream.Payload) (s
 	if err != nil {
 		return nil, err
 	}
-	b, err := stream.Marshal(out)
+	b, err := encodeValue(codecFrom(ctx), out)
 	if err != nil {
 		return nil, Permanent(Errorf(KindCodec, "activity %s: encode result: %w", a.name, err))
 	}

@@ -23,6 +23,11 @@ type ClientOptions struct {
 	Stream stream.Config
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Codec seals the inputs and signal values the client writes and
+	// opens the outputs it reads; it must hold the nodes' keys. A client
+	// without one refuses to write plain values once the fleet seals them
+	// (ErrCodecMismatch, of kind Configuration).
+	Codec PayloadCodec
 }
 
 // Client starts sagas, waits for them and reads their state and history.
@@ -32,6 +37,13 @@ type Client struct {
 	nc     *nats.Conn
 	store  *stream.Store
 	logger *slog.Logger
+	codec  PayloadCodec
+
+	// fleetSeals caches whether the fleet seals payloads, for a client
+	// without a codec: checked before it writes a plain value.
+	fleetMu      sync.Mutex
+	fleetSeals   bool
+	fleetChecked time.Time
 }
 
 // NewClient returns a client using nc, which stays owned by the caller.
@@ -44,7 +56,7 @@ func NewClient(nc *nats.Conn, opts ClientOptions) (*Client, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Client{nc: nc, store: st, logger: logger}, nil
+	return &Client{nc: nc, store: st, logger: logger, codec: opts.Codec}, nil
 }
 
 // Close releases the client's subscription; the connection stays open.
@@ -116,6 +128,10 @@ func (c *Client) Start(ctx context.Context, workflowType string, in any, opts St
 // one append that requires the saga not to exist, so of two starts of one
 // id exactly one creates the history.
 func (c *Client) StartPayload(ctx context.Context, workflowType string, version int, input stream.Payload, opts StartOptions) (StartResult, error) {
+	input, err := c.seal(ctx, "start", input)
+	if err != nil {
+		return StartResult{}, err
+	}
 	if err := c.store.Config().CheckPayload("workflow input", input); err != nil {
 		return StartResult{}, wrapStreamError("start", err)
 	}
@@ -283,6 +299,10 @@ func (c *Client) SignalPayload(ctx context.Context, id, name string, value strea
 			return 0, wrapStreamError("signal", err)
 		}
 	}
+	value, err := c.seal(ctx, "signal", value)
+	if err != nil {
+		return 0, err
+	}
 	if err := c.store.Config().CheckPayload("signal "+name, value); err != nil {
 		return 0, wrapStreamError("signal", err)
 	}
@@ -301,6 +321,42 @@ func (c *Client) SignalPayload(ctx context.Context, id, name string, value strea
 	}
 	return ack.Sequence, nil
 }
+
+// seal seals a value the client is about to write. Without a codec it
+// checks, at most once a minute, that the fleet does not seal payloads:
+// one client writing plain values would leave personal data in histories
+// the operator believes hold none.
+func (c *Client) seal(ctx context.Context, what string, p stream.Payload) (stream.Payload, error) {
+	if len(p) == 0 || stream.IsSealed(p) {
+		return p, nil
+	}
+	if c.codec != nil {
+		sealed, err := stream.SealPayload(c.codec, p)
+		if err != nil {
+			return nil, &Error{Kind: KindCodec, Message: what, Cause: err}
+		}
+		return sealed, nil
+	}
+	c.fleetMu.Lock()
+	defer c.fleetMu.Unlock()
+	if time.Since(c.fleetChecked) > fleetCheckEvery {
+		seals, err := stream.FleetSealsPayloads(ctx, c.store.JetStream(), c.store.Config())
+		if err != nil {
+			// A client may lack the right to read stream settings; the
+			// nodes then check what they record.
+			c.logger.Debug("could not read whether the fleet seals payloads", "err", err)
+		} else {
+			c.fleetSeals, c.fleetChecked = seals, time.Now()
+		}
+	}
+	if c.fleetSeals {
+		return nil, &Error{Kind: KindConfiguration, Message: what, Cause: fmt.Errorf("%w: the fleet seals payloads; give the client a codec (ClientOptions.Codec)", stream.ErrCodecMismatch)}
+	}
+	return p, nil
+}
+
+// fleetCheckEvery spaces a codec-less client's checks of the fleet's codec.
+const fleetCheckEvery = time.Minute
 
 // MaxSignalMsgID bounds a signal's message id, which its history records.
 const MaxSignalMsgID = 256
@@ -323,7 +379,7 @@ func (r *Run[Out]) Get(ctx context.Context) (Out, error) {
 	switch d.Status {
 	case stream.StatusCompleted:
 		if len(d.Output) > 0 {
-			if err := stream.Unmarshal(d.Output, &out); err != nil {
+			if err := decodeValue(r.c.codec, d.Output, &out); err != nil {
 				return out, Errorf(KindCodec, "saga %s: decode output into %T: %w", r.ID, out, err)
 			}
 		}

@@ -60,7 +60,7 @@ func AddCompensation[In, Out any](ctx Context, step string, act *Activity[In, Ou
 		opt(&o)
 	}
 	o = resolveActivityOptions(o, ctx.env.ActivityDefaults())
-	input, err := stream.Marshal(in)
+	input, err := encodeValue(ctx.env.Codec(), in)
 	if err != nil {
 		return Errorf(KindCodec, "compensation %s of step %s: encode input: %w", act.name, step, err)
 	}

@@ -59,7 +59,7 @@ func Heartbeat(ctx context.Context, details any) error {
 	var data stream.Payload
 	if details != nil {
 		var err error
-		if data, err = stream.Marshal(details); err != nil {
+		if data, err = encodeValue(codecFrom(ctx), details); err != nil {
 			return Errorf(KindCodec, "heartbeat: encode details: %w", err)
 		}
 		if len(data) > MaxHeartbeatDetails {
@@ -78,7 +78,7 @@ func HeartbeatDetails(ctx context.Context, out any) (bool, error) {
 	if !ok || len(hb.last) == 0 {
 		return false, nil
 	}
-	if err := stream.Unmarshal(hb.last, out); err != nil {
+	if err := decodeValue(codecFrom(ctx), hb.last, out); err != nil {
 		return false, Errorf(KindCodec, "heartbeat details: decode into %T: %w", out, err)
 	}
 	return true, nil

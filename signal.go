@@ -67,7 +67,7 @@ func (c *SignalChannel[T]) decode(v stream.Payload) (T, error) {
 	if len(v) == 0 {
 		return out, nil
 	}
-	if err := stream.Unmarshal(v, &out); err != nil {
+	if err := decodeValue(c.env.env.Codec(), v, &out); err != nil {
 		return out, Errorf(KindCodec, "signal %s: decode into %T: %w", c.name, out, err)
 	}
 	return out, nil

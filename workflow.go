@@ -67,7 +67,7 @@ func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (strea
 	env.SetCompensationOptions(w.opts.compensation.replay())
 	var in In
 	if len(input) > 0 {
-		if err := stream.Unmarshal(input, &in); err != nil {
+		if err := decodeValue(env.Codec(), input, &in); err != nil {
 			return nil, ToFailure(Errorf(KindCodec, "workflow %s: decode input: %w", w.name, err), KindCodec)
 		}
 	}
@@ -75,7 +75,7 @@ func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (strea
 	if err != nil {
 		return nil, ToFailure(err, KindWorkflowExecution).Bounded()
 	}
-	b, err := stream.Marshal(out)
+	b, err := encodeValue(env.Codec(), out)
 	if err != nil {
 		return nil, ToFailure(Errorf(KindCodec, "workflow %s: encode output: %w", w.name, err), KindCodec)
 	}
@@ -133,7 +133,7 @@ func (f *Future[T]) Get(ctx Context) (T, error) {
 		return out, FromFailure(failure)
 	}
 	if len(value) > 0 {
-		if err := stream.Unmarshal(value, &out); err != nil {
+		if err := decodeValue(ctx.env.Codec(), value, &out); err != nil {
 			return out, Errorf(KindCodec, "activity %s: decode result into %T: %w", f.activity, out, err)
 		}
 	}
@@ -159,7 +159,7 @@ func ExecuteActivity[In, Out any](ctx Context, act *Activity[In, Out], in In, op
 		opt(&o)
 	}
 	o = resolveActivityOptions(o, ctx.env.ActivityDefaults())
-	input, err := stream.Marshal(in)
+	input, err := encodeValue(ctx.env.Codec(), in)
 	if err != nil {
 		return &Future[Out]{err: Errorf(KindCodec, "activity %s: encode input: %w", act.name, err), activity: act.name}
 	}
@@ -178,7 +178,7 @@ func SideEffect[T any](ctx Context, fn func() (T, error)) (T, error) {
 		if err != nil {
 			return nil, ToFailure(err, KindWorkflowExecution).Bounded()
 		}
-		b, err := stream.Marshal(v)
+		b, err := encodeValue(ctx.env.Codec(), v)
 		if err != nil {
 			return nil, ToFailure(Errorf(KindCodec, "side effect: encode %T: %w", v, err), KindCodec)
 		}
@@ -191,7 +191,7 @@ func SideEffect[T any](ctx Context, fn func() (T, error)) (T, error) {
 	if failure != nil {
 		return out, FromFailure(failure)
 	}
-	if err := stream.Unmarshal(value, &out); err != nil {
+	if err := decodeValue(ctx.env.Codec(), value, &out); err != nil {
 		return out, Errorf(KindCodec, "side effect: decode into %T: %w", out, err)
 	}
 	return out, nil

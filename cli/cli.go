@@ -162,10 +162,18 @@ func newFlagSet(name string, env Env) *flag.FlagSet {
 	return fs
 }
 
-// connFlags are the flags of every command that connects to NATS.
+// connFlags are the flags of every command that connects to NATS: where,
+// under which prefix, and with which credentials and TLS settings.
 type connFlags struct {
 	url    string
 	prefix string
+
+	creds, nkeySeed string
+	user, password  string
+	token           string
+	tlsCA           string
+	tlsCert, tlsKey string
+	getenv          func(string) string
 }
 
 func (c *connFlags) register(fs *flag.FlagSet, env Env) {
@@ -173,12 +181,86 @@ func (c *connFlags) register(fs *flag.FlagSet, env Env) {
 	if def == "" {
 		def = DefaultNATSURL
 	}
-	fs.StringVar(&c.url, "nats-url", def, "NATS server URL (env SAGA_NATS_URL)")
+	c.getenv = env.Getenv
+	fs.StringVar(&c.url, "nats-url", def, "NATS server URL, or several separated by commas (env SAGA_NATS_URL)")
 	fs.StringVar(&c.prefix, "prefix", "saga", "subject and stream prefix of the engine")
+	fs.StringVar(&c.creds, "nats-creds", "", "NATS credentials file (user JWT and nkey seed)")
+	fs.StringVar(&c.nkeySeed, "nats-nkey", "", "file holding a NATS user nkey seed")
+	fs.StringVar(&c.user, "nats-user", "", "NATS user name (password from --nats-password or env SAGA_NATS_PASSWORD)")
+	fs.StringVar(&c.password, "nats-password", "", "NATS password; prefer env SAGA_NATS_PASSWORD, which stays out of the process list")
+	fs.StringVar(&c.token, "nats-token", "", "NATS authentication token; prefer env SAGA_NATS_TOKEN")
+	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM file of the CAs that sign the NATS servers' certificates")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM client certificate for NATS (mutual TLS; needs --tls-key)")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+}
+
+// options turns the authentication and TLS flags into connection options.
+// Conflicting or incomplete settings are usage errors: a node that silently
+// connected without the credentials it was given would fail later, on a
+// permission, far from the cause.
+func (c *connFlags) options() ([]nats.Option, error) {
+	password := c.password
+	if password == "" && c.getenv != nil {
+		password = c.getenv("SAGA_NATS_PASSWORD")
+	}
+	token := c.token
+	if token == "" && c.getenv != nil {
+		token = c.getenv("SAGA_NATS_TOKEN")
+	}
+	var opts []nats.Option
+	methods := 0
+	if c.creds != "" {
+		methods++
+		opts = append(opts, nats.UserCredentials(c.creds))
+	}
+	if c.nkeySeed != "" {
+		methods++
+		opt, err := nats.NkeyOptionFromSeed(c.nkeySeed)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --nats-nkey: %v", errUsage, err)
+		}
+		opts = append(opts, opt)
+	}
+	if c.user != "" {
+		methods++
+		if password == "" {
+			return nil, fmt.Errorf("%w: --nats-user needs a password (--nats-password or SAGA_NATS_PASSWORD)", errUsage)
+		}
+		opts = append(opts, nats.UserInfo(c.user, password))
+	} else if c.password != "" {
+		return nil, fmt.Errorf("%w: --nats-password needs --nats-user", errUsage)
+	}
+	if token != "" {
+		methods++
+		opts = append(opts, nats.Token(token))
+	}
+	if methods > 1 {
+		return nil, fmt.Errorf("%w: give one of --nats-creds, --nats-nkey, --nats-user or a token, not several", errUsage)
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return nil, fmt.Errorf("%w: --tls-cert and --tls-key go together", errUsage)
+	}
+	if c.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(c.tlsCA))
+	}
+	if c.tlsCert != "" {
+		opts = append(opts, nats.ClientCert(c.tlsCert, c.tlsKey))
+	}
+	return opts, nil
+}
+
+// usesAuth reports whether any credential or TLS flag is set.
+func (c *connFlags) usesAuth() bool {
+	return c.creds != "" || c.nkeySeed != "" || c.user != "" || c.password != "" || c.token != "" || c.tlsCA != "" || c.tlsCert != "" || c.tlsKey != ""
 }
 
 func (c *connFlags) connect(name string, opts ...nats.Option) (*nats.Conn, error) {
-	nc, err := nats.Connect(c.url, append([]nats.Option{nats.Name("saga-node " + name), nats.Timeout(5 * time.Second)}, opts...)...)
+	auth, err := c.options()
+	if err != nil {
+		return nil, err
+	}
+	base := []nats.Option{nats.Name("saga-node " + name), nats.Timeout(5 * time.Second)}
+	nc, err := nats.Connect(c.url, append(append(base, auth...), opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w (is \"saga-node run\" running? set --nats-url or SAGA_NATS_URL)", c.url, err)
 	}
@@ -187,4 +269,17 @@ func (c *connFlags) connect(name string, opts ...nats.Option) (*nats.Conn, error
 
 func newLogger(w io.Writer, level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// newFormattedLogger is newLogger with a choice of format: "text", or
+// "json" (one object per line) for log collectors.
+func newFormattedLogger(w io.Writer, level slog.Level, format string) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("%w: --log-format must be \"text\" or \"json\", got %q", errUsage, format)
 }

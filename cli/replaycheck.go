@@ -38,7 +38,13 @@ func runReplayCheck(ctx context.Context, args []string, env Env) error {
 	deadlock := fs.Duration("deadlock-timeout", replaycheck.DefaultDeadlockTimeout, "how long the code of one saga may take to settle after an input")
 	shards := fs.Int("history-shards", 1, "number of history streams, as the nodes run with")
 	pgURL := fs.String("pg-url", env.Getenv("SAGA_PG_URL"), "Postgres URL of the archive, for --from archive (env SAGA_PG_URL)")
+	var keys codecFlags
+	keys.register(fs)
 	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	codec, err := keys.codec()
+	if err != nil {
 		return err
 	}
 	filter := replaycheck.Filter{Type: *wfType, Limit: *limit}
@@ -92,7 +98,7 @@ func runReplayCheck(ctx context.Context, args []string, env Env) error {
 		src = replaycheck.NewStreamSource(st)
 	}
 
-	rep, err := replaycheck.Check(ctx, src, env.Registry, replaycheck.Options{Filter: filter, DeadlockTimeout: *deadlock})
+	rep, err := replaycheck.Check(ctx, src, env.Registry, replaycheck.Options{Filter: filter, DeadlockTimeout: *deadlock, Codec: codec})
 	if err != nil {
 		return err
 	}

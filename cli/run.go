@@ -36,10 +36,18 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	replicas := fs.Int("replicas", 1, "replicas of the streams this node creates (3 in a production cluster); existing streams keep theirs")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "how long a stop waits for work in progress")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", `"text" or "json" (one object per line)`)
+	ackWait := fs.Duration("ack-wait", 0, "how long a delivered task stays with a node that does not acknowledge it (default 30s; applies to consumers this node creates, existing ones keep theirs)")
 	pgURL := pgFlag(fs, env)
 	projectorOnly := fs.Bool("projector-only", false, "only feed the Postgres projection (needs --pg-url) and serve list; run no saga")
 	archiveAfter := fs.Duration("archive-after", pgarchive.DefaultRetention, "with --pg-url: move sagas that ended longer ago than this from the streams to the archive; 0: never")
+	var keys codecFlags
+	keys.register(fs)
 	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	codec, err := keys.codec()
+	if err != nil {
 		return err
 	}
 	fs.Visit(func(f *flag.Flag) {
@@ -54,14 +62,19 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	if *syncMode != "always" && *syncMode != "interval" {
 		return fmt.Errorf(`%w: --sync must be "always" or "interval", got %q`, errUsage, *syncMode)
 	}
-	log := newLogger(env.Stderr, level)
+	log, err := newFormattedLogger(env.Stderr, level, *logFormat)
+	if err != nil {
+		return err
+	}
+	if !urlSet && conn.usesAuth() {
+		return fmt.Errorf("%w: the NATS credential and TLS flags are for --nats-url; the embedded server has no authentication", errUsage)
+	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	var nc *nats.Conn
 	if urlSet {
-		var err error
 		// A node outlives NATS outages: it reconnects for as long as it runs.
 		if nc, err = conn.connect("run", nats.MaxReconnects(-1)); err != nil {
 			return err
@@ -90,6 +103,8 @@ func runNode(ctx context.Context, args []string, env Env) error {
 		Stream:   stream.Config{Prefix: conn.prefix, HistoryShards: *shards, Replicas: *replicas},
 		NodeName: *name,
 		Logger:   log,
+		AckWait:  *ackWait,
+		Codec:    codec,
 	}
 	if *archiveAfter != 0 && *archiveAfter < minArchiveAfter {
 		// Each node archives by its own setting: one set too short would

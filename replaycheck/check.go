@@ -149,6 +149,9 @@ type Options struct {
 	// Logger hears what workflow code logs while it runs past the end of a
 	// history. Defaults to discarding it: the check's output is the report.
 	Logger *slog.Logger
+	// Codec opens sealed payloads, as the nodes do; without it a saga
+	// whose values are sealed fails to replay with a codec error.
+	Codec stream.PayloadCodec
 }
 
 // DefaultDeadlockTimeout is Options.DeadlockTimeout's default.
@@ -261,6 +264,7 @@ func replayHistory(ctx context.Context, id string, wf *saga.RegisteredWorkflow, 
 		// Values are only bounded when they are written; what was recorded
 		// fit then, and the check writes nothing.
 		MaxPayloadSize: 0,
+		Codec:          opts.Codec,
 	})
 	defer m.Close()
 	return m.Feed(ctx, events...)

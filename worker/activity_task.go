@@ -527,6 +527,7 @@ func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, ta
 		SagaID: task.SagaID, ActivityType: task.ActivityType, ScheduledEventID: task.ScheduledEventID, Attempt: attempt,
 	})
 	actx = saga.WithHeartbeat(actx, hb, details)
+	actx = saga.WithPayloadCodec(actx, n.opts.Codec)
 	type result struct {
 		value stream.Payload
 		err   error

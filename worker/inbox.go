@@ -95,6 +95,12 @@ func (n *Node) inboxPayload(what string, h nats.Header, body []byte) (stream.Pay
 	default:
 		return nil, fmt.Errorf("%w: %s %q is not %s or %s", stream.ErrCodec, HeaderContentType, ct, ContentTypeMsgpack, ContentTypeJSON)
 	}
+	// A value published plain (by a client without the codec, or as JSON)
+	// is sealed before it reaches the history.
+	p, err := stream.SealPayload(n.opts.Codec, p)
+	if err != nil {
+		return nil, err
+	}
 	if err := n.store.Config().CheckPayload(what, p); err != nil {
 		return nil, err
 	}
@@ -361,7 +367,11 @@ func (n *Node) startFromInbox(wf *saga.RegisteredWorkflow, h nats.Header, body [
 	if err := stream.ValidateID("saga id", env.ID); err != nil {
 		return env, err
 	}
-	if err := wf.CheckInput(env.Input); err != nil {
+	plain, err := stream.OpenPayload(n.opts.Codec, env.Input)
+	if err != nil {
+		return env, err
+	}
+	if err := wf.CheckInput(plain); err != nil {
 		return env, err
 	}
 	return env, n.store.Config().CheckPayload("workflow input", env.Input)

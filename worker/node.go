@@ -106,7 +106,7 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 	if err != nil {
 		return nil, &saga.Error{Kind: saga.KindConfiguration, Message: "worker", Cause: err}
 	}
-	client, err := saga.NewClient(nc, saga.ClientOptions{Stream: opts.Stream, Logger: opts.Logger})
+	client, err := saga.NewClient(nc, saga.ClientOptions{Stream: opts.Stream, Logger: opts.Logger, Codec: opts.Codec})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -204,6 +204,17 @@ func (n *Node) setUp(ctx context.Context) error {
 		return &saga.Error{Kind: kind, Message: "set up streams", Cause: err}
 	}
 	js := n.store.JetStream()
+	if !n.opts.ProjectorOnly {
+		// A projector never reads a payload's content; every other node
+		// must read what the fleet seals.
+		if err := stream.CheckPayloadCodec(ctx, js, n.store.Config(), n.opts.Codec); err != nil {
+			kind := saga.KindEventStore
+			if errors.Is(err, stream.ErrCodecMismatch) {
+				kind = saga.KindConfiguration
+			}
+			return &saga.Error{Kind: kind, Message: "payload codec", Cause: err}
+		}
+	}
 	timersCfg := n.timersCfg
 	timersCfg.Replicas = n.store.Replicas()
 	timersKV, err := stream.EnsureKeyValue(ctx, js, timersCfg.KeyValueConfig(), n.log)

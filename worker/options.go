@@ -60,6 +60,13 @@ type Options struct {
 	DisableAPI bool
 	// Hooks are test seams; nil in production.
 	Hooks *Hooks
+	// Codec seals the payloads the node writes (workflow outputs, activity
+	// inputs and results, signal values published as plain JSON, side
+	// effects, heartbeat details) and opens those its code reads. The first
+	// node started with one turns sealing on for the fleet: nodes without
+	// it, or without every key used so far, then refuse to start
+	// (stream.ErrCodecMismatch). A node with ProjectorOnly needs none.
+	Codec stream.PayloadCodec
 	// Projection, when set, receives every history commit (package
 	// pgarchive writes them to Postgres); the node then shares the
 	// projector consumer with the other nodes that have one. Sagas never

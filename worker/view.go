@@ -253,5 +253,6 @@ func (n *Node) machineConfig(sagaID string, wf *saga.RegisteredWorkflow) replay.
 		DeadlockTimeout:  n.opts.DeadlockTimeout,
 		ActivityDefaults: stream.ActivityOptions{StartToCloseTimeout: n.opts.DefaultActivityTimeout},
 		MaxPayloadSize:   n.store.Config().MaxPayloadSize,
+		Codec:            n.opts.Codec,
 	}
 }

@@ -45,6 +45,9 @@ func (e *Env) CheckPayload(what string, p stream.Payload) error {
 	return stream.CheckValue(what, p, e.m.cfg.MaxPayloadSize)
 }
 
+// Codec is the payload codec of the saga's values (nil: plain).
+func (e *Env) Codec() stream.PayloadCodec { return e.m.cfg.Codec }
+
 // Logger logs from workflow code, once per decision rather than once per
 // replay.
 func (e *Env) Logger() *slog.Logger { return e.logger }

@@ -52,6 +52,9 @@ type Config struct {
 	// MaxPayloadSize bounds the values the code records (activity inputs,
 	// side effect results, its output); 0 means no bound.
 	MaxPayloadSize int
+	// Codec seals the values the code records and opens the values it
+	// reads; nil leaves them plain.
+	Codec stream.PayloadCodec
 }
 
 // Machine replays and drives one saga. It is not safe for concurrent use;
