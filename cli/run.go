@@ -43,7 +43,12 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	archiveAfter := fs.Duration("archive-after", pgarchive.DefaultRetention, "with --pg-url: move sagas that ended longer ago than this from the streams to the archive; 0: never")
 	var keys codecFlags
 	keys.register(fs)
+	var obs observabilityFlags
+	obs.register(fs)
 	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	if err := obs.validate(); err != nil {
 		return err
 	}
 	codec, err := keys.codec()
@@ -126,10 +131,26 @@ func runNode(ctx context.Context, args []string, env Env) error {
 		opts.Projection = pg
 		log.Info("projecting histories to Postgres")
 	}
+	metrics := obs.registry()
+	if metrics != nil {
+		opts.Metrics = metrics
+	}
+	tp, stopTracing, err := obs.tracerProvider(ctx, *name, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	opts.TracerProvider = tp
 	node, err := worker.New(nc, env.Registry, opts)
 	if err != nil {
 		return err
 	}
+	// Served from before the start: /healthz says 503 until the node runs.
+	stopServing, err := obs.serve(metrics, node.Healthy, log)
+	if err != nil {
+		return err
+	}
+	defer stopServing()
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := node.Start(startCtx); err != nil {

@@ -8,11 +8,15 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/examples/order"
 	"github.com/jetsaga/saga/internal/embeddednats"
 	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/telemetry"
 	"github.com/jetsaga/saga/worker"
 )
 
@@ -33,9 +37,20 @@ func BenchmarkOrderSaga(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) { benchOrderSagas(b, syncAlways, 256) })
 	}
+	// The node's telemetry on: metrics registered (not scraped), or spans
+	// made by the OpenTelemetry SDK and batched to an exporter that drops
+	// them.
+	b.Run("sync=interval,metrics=on", func(b *testing.B) {
+		benchOrderSagas(b, false, 256, func(o *worker.Options) { o.Metrics = prometheus.NewRegistry() })
+	})
+	b.Run("sync=interval,tracing=on", func(b *testing.B) {
+		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()), sdktrace.WithIDGenerator(telemetry.IDGenerator{}))
+		defer func() { _ = tp.Shutdown(context.Background()) }()
+		benchOrderSagas(b, false, 256, func(o *worker.Options) { o.TracerProvider = tp })
+	})
 }
 
-func benchOrderSagas(b *testing.B, syncAlways bool, inFlight int) {
+func benchOrderSagas(b *testing.B, syncAlways bool, inFlight int, adjust ...func(*worker.Options)) {
 	srv, err := embeddednats.Start(embeddednats.Options{Dir: b.TempDir(), SyncAlways: syncAlways})
 	if err != nil {
 		b.Fatal(err)
@@ -54,8 +69,12 @@ func benchOrderSagas(b *testing.B, syncAlways bool, inFlight int) {
 
 	reg := saga.NewRegistry()
 	reg.MustRegister(order.NewService().Definitions()...)
-	node, err := worker.New(nodeConn, reg, worker.Options{Logger: testLogger(), DisableAPI: true,
-		WorkflowConcurrency: 128, ActivityConcurrency: 256, CacheSize: 4 * inFlight})
+	opts := worker.Options{Logger: testLogger(), DisableAPI: true,
+		WorkflowConcurrency: 128, ActivityConcurrency: 256, CacheSize: 4 * inFlight}
+	for _, f := range adjust {
+		f(&opts)
+	}
+	node, err := worker.New(nodeConn, reg, opts)
 	if err != nil {
 		b.Fatal(err)
 	}

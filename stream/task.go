@@ -12,6 +12,26 @@ import (
 	"github.com/nats-io/nuid"
 )
 
+// TaskHeaderFunc returns the headers of a task message of a saga (its
+// trace context): a new header each call, to which the publication adds
+// its own.
+type TaskHeaderFunc func(sagaID string) nats.Header
+
+type taskHeaderKey struct{}
+
+// WithTaskHeaders returns a context under which the tasks published carry
+// the headers f returns.
+func WithTaskHeaders(ctx context.Context, f TaskHeaderFunc) context.Context {
+	return context.WithValue(ctx, taskHeaderKey{}, f)
+}
+
+func taskHeader(ctx context.Context, sagaID string) nats.Header {
+	if f, ok := ctx.Value(taskHeaderKey{}).(TaskHeaderFunc); ok && f != nil {
+		return f(sagaID)
+	}
+	return nil
+}
+
 // ActivityTask asks a node to run one scheduled activity. It is derived
 // from an ActivityTaskScheduled event and carries everything needed to run
 // the activity without reading the history.
@@ -66,7 +86,7 @@ func (s *Store) PublishTask(ctx context.Context, t ActivityTask) (queued bool, e
 	if limit := s.maxMsgSize(); len(data) > limit {
 		return false, fmt.Errorf("%w: task of %d bytes, the limit is %d", ErrTooLarge, len(data), limit)
 	}
-	msg := &nats.Msg{Subject: s.cfg.TaskSubject(t.ActivityType, t.SagaID, t.ScheduledEventID), Data: data}
+	msg := &nats.Msg{Subject: s.cfg.TaskSubject(t.ActivityType, t.SagaID, t.ScheduledEventID), Data: data, Header: taskHeader(ctx, t.SagaID)}
 	msgID := t.SagaID + ":act:" + strconv.FormatUint(t.ScheduledEventID, 10) + ":" + strconv.Itoa(t.Attempt)
 	if t.Rederived {
 		// A task queued again replaces one that went (deleted, set aside)
@@ -158,7 +178,7 @@ func (s *Store) PublishWakeTask(ctx context.Context, sagaID, workflowType string
 	if err != nil {
 		return err
 	}
-	msg := &nats.Msg{Subject: s.cfg.WorkflowTaskSubject(workflowType), Data: data}
+	msg := &nats.Msg{Subject: s.cfg.WorkflowTaskSubject(workflowType), Data: data, Header: taskHeader(ctx, sagaID)}
 	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.cfg.TaskStream())); err != nil {
 		return fmt.Errorf("publish wake task for %s: %w", sagaID, mapError(err))
 	}
@@ -181,7 +201,7 @@ func (s *Store) PublishWorkflowTask(ctx context.Context, c *Commit, seq uint64, 
 			return err
 		}
 	}
-	msg := &nats.Msg{Subject: s.cfg.WorkflowTaskSubject(c.WorkflowType), Data: data}
+	msg := &nats.Msg{Subject: s.cfg.WorkflowTaskSubject(c.WorkflowType), Data: data, Header: taskHeader(ctx, c.SagaID)}
 	msgID := c.SagaID + ":wt:" + strconv.FormatUint(seq, 10)
 	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.cfg.TaskStream())); err != nil {
 		return fmt.Errorf("publish workflow task %s: %w", msgID, mapError(err))

@@ -15,6 +15,7 @@ import (
 	"github.com/jetsaga/saga/internal/backoff"
 	"github.com/jetsaga/saga/kv"
 	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/telemetry"
 )
 
 // activityTasks handles the tasks of the activity types a node registers:
@@ -52,6 +53,9 @@ func (h activityTasks) handle(ctx context.Context, d *delivery) outcome {
 	if !run {
 		return out
 	}
+	ctx, span := n.tracer.StartActivity(ctx, d.msg.Headers(), telemetry.ActivityAttempt{
+		SagaID: task.SagaID, ActivityType: task.ActivityType, ScheduledEventID: task.ScheduledEventID, Attempt: attempt})
+	defer span.End()
 	hb := newHeartbeats(n, task, attempt, d.meta.Sequence.Stream)
 	result, runErr := n.runActivity(ctx, act, task, attempt, details, hb)
 	stoppedBy := hb.stoppedBy()
@@ -513,6 +517,7 @@ func abandonGrace(timeout time.Duration) time.Duration { return min(timeout, 5*t
 // heartbeats; it is stopped when runActivity returns.
 func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, task stream.ActivityTask, attempt int, details stream.Payload, hb *heartbeats) (stream.Payload, error) {
 	n.stats.activitiesRun.Add(1)
+	began := time.Now()
 	timeout := task.Options.StartToCloseTimeout
 	if timeout <= 0 {
 		timeout = n.opts.DefaultActivityTimeout
@@ -559,6 +564,7 @@ func (n *Node) runActivity(ctx context.Context, act *saga.RegisteredActivity, ta
 	if r.err != nil && hb.stoppedBy() == nil && errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 		r.err = &saga.Error{Kind: saga.KindTimeout, Message: fmt.Sprintf("activity attempt timed out after %s", timeout), Cause: r.err}
 	}
+	n.observeActivity(ctx, task.ActivityType, time.Since(began), r.err, hb.stoppedBy())
 	return r.value, r.err
 }
 

@@ -81,7 +81,9 @@ func isNewerCode(err error) bool {
 // lets the workflow code decide, and appends inputs and decision as one
 // commit, expecting the saga's last sequence: the optimistic-concurrency
 // loop, and nothing else.
-func (n *Node) advance(ctx context.Context, req advanceRequest) error {
+func (n *Node) advance(ctx context.Context, req advanceRequest) (err error) {
+	step := n.beginStep(ctx, req.sagaID)
+	defer func() { step.end(err) }()
 	e := n.cache.acquire(req.sagaID)
 	done := false
 	defer func() { n.cache.release(e, done) }()
@@ -128,6 +130,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 			d = decision{commit: &stream.Commit{SagaID: v.id, WorkflowType: st.WorkflowType, Events: inputs}}
 		} else {
 			var err error
+			step.decide(st)
 			d, err = n.decideCommit(ctx, e, req, inputs, forceBlock)
 			if errors.Is(err, replay.ErrStale) && attempt < maxConflicts {
 				v.reset() // the view was behind a value recorded elsewhere
@@ -148,6 +151,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 		seq, err := n.store.Append(ctx, d.commit, st.LastSeq)
 		if err == nil {
 			n.hooks.afterAppend(ctx, req.sagaID, d.commit)
+			step.appended(st, d.commit, seq)
 			if err := v.committed(ctx, d.commit, seq, d.fed); err != nil {
 				v.reset()
 				return nil // appended; the next use reads the history again
@@ -160,6 +164,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) error {
 			return nil
 		}
 		v.abandon()
+		step.appendFailed(st, err)
 		if errors.Is(err, stream.ErrTooLarge) && len(d.commit.Events) > len(inputs) {
 			switch {
 			case len(inputs) > 0 && !inputsAlone:

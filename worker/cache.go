@@ -4,6 +4,8 @@ import (
 	"container/list"
 	"sync"
 	"time"
+
+	"github.com/jetsaga/saga/telemetry"
 )
 
 // sagaEntry is a saga in the node's cache. Its mutex serialises all work
@@ -34,6 +36,8 @@ type sagaCache struct {
 	entries  map[string]*sagaEntry
 	lru      *list.List // front: most recently used
 	capacity int
+	// metrics counts lookups; nil when the node has none.
+	metrics *telemetry.Metrics
 }
 
 func newSagaCache(capacity int) *sagaCache {
@@ -54,6 +58,7 @@ func (c *sagaCache) acquire(id string) *sagaEntry {
 	e.refs++
 	c.mu.Unlock()
 	e.mu.Lock()
+	c.metrics.CacheLookup(e.view.known())
 	return e
 }
 

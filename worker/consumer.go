@@ -459,6 +459,7 @@ func (c *consumer) setAside(ctx context.Context, d *delivery, out outcome) outco
 		return retryLater(d, "set aside in the dead-letter stream", err)
 	}
 	c.node.stats.deadLetters.Add(1)
+	c.node.metrics.DeadLetter(c.name)
 	return deadLetter(reason, nil)
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/jetsaga/saga/internal/clock"
 	"github.com/jetsaga/saga/kv"
 	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/telemetry"
 )
 
 // Node runs workflows and activities of a Registry against the engine's
@@ -56,6 +57,12 @@ type Node struct {
 	handlers sync.WaitGroup
 	inflight atomic.Int64
 	api      micro.Service
+
+	// metrics and tracer are nil when not configured (see telemetry.go);
+	// running is set while the node is started and not stopping.
+	metrics *telemetry.Metrics
+	tracer  *telemetry.Tracer
+	running atomic.Bool
 }
 
 type nodeState int
@@ -127,6 +134,11 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 		attempts:  &attemptStore{js: store.JetStream(), bucket: cfg.ActivitiesBucket(), purgeTTL: time.Minute},
 	}
 	n.timers.Store(kv.NewTimers(store.JetStream(), timersCfg, opts.Clock))
+	if err := n.setUpTelemetry(); err != nil {
+		client.Close()
+		store.Close()
+		return nil, &saga.Error{Kind: saga.KindConfiguration, Message: "worker", Cause: err}
+	}
 	return n, nil
 }
 
@@ -167,6 +179,7 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.runCtx, n.cancel = context.WithCancel(context.Background())
+	n.runCtx = n.withTaskHeaders(n.runCtx)
 	n.state = nodeRunning
 	if err := n.startConsumers(ctx); err != nil {
 		n.stopLocked(ctx, true)
@@ -189,6 +202,7 @@ func (n *Node) Start(ctx context.Context) error {
 			return &saga.Error{Kind: saga.KindEventStore, Message: "register API subscriptions", Cause: err}
 		}
 	}
+	n.running.Store(true)
 	n.log.Info("node started", "workflows", n.reg.WorkflowNames(), "activities", n.reg.ActivityNames(),
 		"prefix", n.opts.Stream.Prefix, "history_shards", n.opts.Stream.HistoryShards)
 	return nil
@@ -395,6 +409,8 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	}
 	wasRunning := n.state == nodeRunning
 	n.state = nodeStopped
+	n.running.Store(false)
+	defer n.metrics.Unregister()
 	if !wasRunning {
 		n.trackMu.Lock()
 		n.closing = true

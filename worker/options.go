@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetsaga/saga/internal/clock"
 	"github.com/jetsaga/saga/stream"
@@ -78,6 +80,14 @@ type Options struct {
 	// Clock tells the node the time; tests may move it by hand. Defaults
 	// to the system clock.
 	Clock clock.Clock
+	// Metrics, when set, receives the node's Prometheus metrics (see
+	// docs/observability.md) until it stops: give each node a registry of
+	// its own. Nil: no metrics.
+	Metrics prometheus.Registerer
+	// TracerProvider, when set, makes the node's spans: one trace per saga,
+	// a span per decision and per activity attempt. Nil: no tracing, at no
+	// cost.
+	TracerProvider trace.TracerProvider
 }
 
 // Hooks let tests stop a node at precise points.

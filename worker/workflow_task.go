@@ -34,6 +34,7 @@ func (h workflowTasks) handle(ctx context.Context, d *delivery) outcome {
 		return deadLetter("workflow task does not match its subject", fmt.Errorf("task for %s on %s", task.WorkflowType, d.msg.Subject()))
 	}
 	d.with(slog.String("saga_id", task.SagaID), slog.String("workflow_type", task.WorkflowType))
+	ctx = n.tracer.FromHeader(ctx, d.msg.Headers(), task.SagaID)
 	if task.Wake {
 		err = n.wakeHere(ctx, task.SagaID)
 	} else {
