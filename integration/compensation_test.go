@@ -577,3 +577,44 @@ func TestCancelDuringARetryBackoff(t *testing.T) {
 		t.Fatalf("the activity ran %d times", calls)
 	}
 }
+
+// A saga canceled before its first decision: the code schedules its first
+// step and sees the cancellation in the same decision, which ends the
+// saga. That step must never run: nothing could record its result, and
+// nothing would undo it.
+func TestCancelBeforeTheFirstDecisionRunsNothing(t *testing.T) {
+	c := newCluster(t)
+	bo := newBackOffice()
+	cl := c.client()
+	ctx := ctxTimeout(t, 60*time.Second)
+	st := c.store()
+	if err := st.EnsureStreams(ctx, testLogger()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Start(ctx, "trip", tripInput{Steps: 2}, saga.StartOptions{ID: "trip-early-cancel"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Cancel(ctx, "trip-early-cancel", "changed plans"); err != nil {
+		t.Fatal(err)
+	}
+	c.node(worker.Options{}, bo.definitions()...)
+	d, events := waitTrip(t, ctx, cl, "trip-early-cancel")
+	if d.Status != saga.StatusCanceled {
+		t.Fatalf("status %s", d.Status)
+	}
+	last := events[len(events)-1]
+	commits, err := st.ReadLatest(ctx, "trip-early-cancel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 20*time.Second, "the last commit dispatched", func() bool {
+		done, err := st.Dispatched(ctx, "trip-early-cancel", commits[len(commits)-1].Seq)
+		return err == nil && done
+	})
+	if _, _, queued, err := st.QueuedTask(ctx, "trip-book", "trip-early-cancel", 1); err != nil || queued {
+		t.Fatalf("a task was queued for the step of an ended saga: %v %v (history %v)", queued, err, eventTypes(events))
+	}
+	if booked, _ := bo.calls(); len(booked) != 0 {
+		t.Fatalf("a step of a saga canceled before it began ran: %v (last event %s)", booked, last.Type)
+	}
+}

@@ -373,6 +373,9 @@ func (c *sagaCheck) activities() {
 		case s.compensation:
 			c.add(RuleOneOutcome, "%s scheduled at event %d has no outcome in the ended saga", c.kind(s), id)
 		case c.opts.AllowAbandonedActivities:
+		case s.event.seq == c.end.seq:
+			// Scheduled by the decision that ended the saga: the engine
+			// never runs it, since nothing could record its result.
 		case cancelAt != 0 && id < cancelAt && !s.detached:
 			// The saga's cancellation reached it, and a canceled saga ends
 			// without waiting for such an activity (docs/compensation.md).

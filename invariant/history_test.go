@@ -567,6 +567,14 @@ func TestWhatTheEngineAllowsPasses(t *testing.T) {
 			t.Fatal(r)
 		}
 	})
+	t.Run("an activity scheduled by the decision that ended the saga", func(t *testing.T) {
+		// Canceled before its first decision: the code scheduled a step and
+		// saw the cancellation in one decision; the engine never runs it.
+		h := newHist("x").commit(started("order")).commit(cancelRequested()).commit(scheduled("a"), workflowCanceled(nil))
+		if r := check(t, invariant.Options{}, h); len(r.Violations) > 0 {
+			t.Fatal(r)
+		}
+	})
 	t.Run("but not one scheduled after the request", func(t *testing.T) {
 		h := newHist("x").commit(started("order")).commit(cancelRequested()).commit(scheduled("a")).
 			commit(workflowCanceled(nil))

@@ -26,7 +26,14 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	// Every effect, even after one failed: they are idempotent, and one
 	// that fails must not hold back the others until the redelivery.
 	var errs []error
+	ends := stream.IsTerminal(commit.Events[len(commit.Events)-1].Type)
 	for _, e := range commit.Events {
+		if ends && (e.Type == stream.ActivityTaskScheduled || e.Type == stream.CompensationStepScheduled) {
+			// Scheduled by the decision that ended the saga (code canceled
+			// in the decision that scheduled it, say): no result could be
+			// recorded, and an effect nobody compensates must not happen.
+			continue
+		}
 		if effect := effects[e.Type]; effect != nil {
 			if err := effect(ctx, n, e); err != nil {
 				errs = append(errs, fmt.Errorf("event %d %s: %w", e.ID, e.Type, err))
