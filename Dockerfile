@@ -22,10 +22,12 @@ COPY --from=build /out/saga-node /usr/local/bin/saga-node
 # Numeric, so that runtimes enforcing a non-root user can verify it.
 USER 10001:10001
 WORKDIR /var/lib/saga
-# 9090: metrics and /healthz (--metrics-listen). 4222: the embedded
-# nats-server of the default command; a node given --nats-url has none.
-EXPOSE 9090 4222
+# 9090: metrics and /healthz (--metrics-listen). The embedded nats-server
+# of the default command has no authentication, so it listens inside the
+# container only (admin commands: docker exec ... saga-node describe ...);
+# a fleet joins an authenticated NATS with --nats-url.
+EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/saga-node"]
 # Alone, the image runs the whole engine with an embedded nats-server;
 # docker-compose.yml replaces this command to join its NATS cluster.
-CMD ["run", "--data", "/var/lib/saga", "--listen", "0.0.0.0:4222", "--metrics-listen", "0.0.0.0:9090"]
+CMD ["run", "--data", "/var/lib/saga", "--listen", "127.0.0.1:4222", "--metrics-listen", "0.0.0.0:9090"]

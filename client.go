@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -39,10 +40,10 @@ type Client struct {
 	logger *slog.Logger
 	codec  PayloadCodec
 
-	// fleetSeals caches whether the fleet seals payloads, for a client
-	// without a codec: checked before it writes a plain value.
+	// The fleet's codec as last read (checkFleetCodec).
 	fleetMu      sync.Mutex
-	fleetSeals   bool
+	fleetName    string
+	fleetKeys    []string
 	fleetChecked time.Time
 }
 
@@ -322,38 +323,63 @@ func (c *Client) SignalPayload(ctx context.Context, id, name string, value strea
 	return ack.Sequence, nil
 }
 
-// seal seals a value the client is about to write. Without a codec it
-// checks, at most once a minute, that the fleet does not seal payloads:
-// one client writing plain values would leave personal data in histories
-// the operator believes hold none.
+// seal seals a value the client is about to write, after checking (at
+// most once a minute) that the client fits the fleet's codec: a client
+// without one would leave personal data in histories the operator
+// believes sealed, and one with a key the fleet has not recorded would
+// write values no node can open.
 func (c *Client) seal(ctx context.Context, what string, p stream.Payload) (stream.Payload, error) {
 	if len(p) == 0 || stream.IsSealed(p) {
 		return p, nil
 	}
-	if c.codec != nil {
-		sealed, err := stream.SealPayload(c.codec, p)
-		if err != nil {
-			return nil, &Error{Kind: KindCodec, Message: what, Cause: err}
-		}
-		return sealed, nil
+	if err := c.checkFleetCodec(ctx); err != nil {
+		return nil, &Error{Kind: KindConfiguration, Message: what, Cause: err}
 	}
+	if c.codec == nil {
+		return p, nil
+	}
+	sealed, err := stream.SealPayload(c.codec, p)
+	if err != nil {
+		return nil, &Error{Kind: KindCodec, Message: what, Cause: err}
+	}
+	return sealed, nil
+}
+
+// checkFleetCodec compares the client's codec with the fleet's, reading
+// the fleet's setting at most once a minute and for at most
+// fleetCheckTimeout: a client not allowed to read stream settings (the
+// least-privilege client role) gets no answer, and then writes as it is
+// configured; the nodes open what they can and leave the rest.
+func (c *Client) checkFleetCodec(ctx context.Context) error {
 	c.fleetMu.Lock()
 	defer c.fleetMu.Unlock()
 	if time.Since(c.fleetChecked) > fleetCheckEvery {
-		seals, err := stream.FleetSealsPayloads(ctx, c.store.JetStream(), c.store.Config())
+		readCtx, cancel := context.WithTimeout(ctx, fleetCheckTimeout)
+		name, keys, err := stream.FleetCodec(readCtx, c.store.JetStream(), c.store.Config())
+		cancel()
+		c.fleetChecked = time.Now()
 		if err != nil {
-			// A client may lack the right to read stream settings; the
-			// nodes then check what they record.
-			c.logger.Debug("could not read whether the fleet seals payloads", "err", err)
+			c.logger.Debug("could not read the fleet's payload codec; writing as configured", "err", err)
+			c.fleetName, c.fleetKeys = "", nil
 		} else {
-			c.fleetSeals, c.fleetChecked = seals, time.Now()
+			c.fleetName, c.fleetKeys = name, keys
 		}
 	}
-	if c.fleetSeals {
-		return nil, &Error{Kind: KindConfiguration, Message: what, Cause: fmt.Errorf("%w: the fleet seals payloads; give the client a codec (ClientOptions.Codec)", stream.ErrCodecMismatch)}
+	switch {
+	case c.fleetName == "":
+		return nil
+	case c.codec == nil:
+		return fmt.Errorf("%w: the fleet seals payloads with %s; give the client a codec (ClientOptions.Codec)", stream.ErrCodecMismatch, c.fleetName)
+	case c.codec.Name() != c.fleetName:
+		return fmt.Errorf("%w: the fleet seals payloads with %s, the client with %s", stream.ErrCodecMismatch, c.fleetName, c.codec.Name())
+	case !slices.Contains(c.fleetKeys, c.codec.KeyID()):
+		return fmt.Errorf("%w: the client seals with key %s, which no node has recorded: nodes could not open what it writes", stream.ErrCodecMismatch, c.codec.KeyID())
 	}
-	return p, nil
+	return nil
 }
+
+// fleetCheckTimeout bounds a client's read of the fleet's codec.
+const fleetCheckTimeout = 2 * time.Second
 
 // fleetCheckEvery spaces a codec-less client's checks of the fleet's codec.
 const fleetCheckEvery = time.Minute

@@ -135,6 +135,15 @@ func (c *Codec) Seal(plain []byte) ([]byte, error) {
 	return aead.Seal(out, nonce, plain, out[:headerLen]), nil
 }
 
+// CanOpen reports whether sealed names a key the codec holds.
+func (c *Codec) CanOpen(sealed []byte) bool {
+	if len(sealed) < headerLen || sealed[0] != version {
+		return false
+	}
+	_, ok := c.aeads[hex.EncodeToString(sealed[1:headerLen])]
+	return ok
+}
+
 // Open decrypts what Seal produced, under whichever key sealed it.
 func (c *Codec) Open(sealed []byte) ([]byte, error) {
 	if len(sealed) < headerLen || sealed[0] != version {

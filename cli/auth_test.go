@@ -202,3 +202,14 @@ func writePEM(t *testing.T, dir, name, typ string, der []byte) string {
 	}
 	return p
 }
+
+func TestNATSURLsAreRedacted(t *testing.T) {
+	got := redactURLs("nats://node:s3cret@a:4222,nats://t0ken@b:4222,nats://c:4222")
+	if strings.Contains(got, "s3cret") || strings.Contains(got, "t0ken") || !strings.Contains(got, "nats://c:4222") {
+		t.Errorf("redacted: %s", got)
+	}
+	err := connectWith(t, noEnv, "--nats-url", "nats://node:s3cret@127.0.0.1:1")
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("connection error: %v", err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -249,6 +250,21 @@ func (c *connFlags) options() ([]nats.Option, error) {
 	return opts, nil
 }
 
+// redactURLs hides the password or token a NATS URL list may carry
+// (nats://user:secret@host), for logs and errors.
+func redactURLs(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			if _, hasPassword := u.User.Password(); !hasPassword {
+				u.User = url.User("xxxxx") // a token alone
+			}
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
 // usesAuth reports whether any credential or TLS flag is set.
 func (c *connFlags) usesAuth() bool {
 	return c.creds != "" || c.nkeySeed != "" || c.user != "" || c.password != "" || c.token != "" || c.tlsCA != "" || c.tlsCert != "" || c.tlsKey != ""
@@ -262,7 +278,7 @@ func (c *connFlags) connect(name string, opts ...nats.Option) (*nats.Conn, error
 	base := []nats.Option{nats.Name("saga-node " + name), nats.Timeout(5 * time.Second)}
 	nc, err := nats.Connect(c.url, append(append(base, auth...), opts...)...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w (is \"saga-node run\" running? set --nats-url or SAGA_NATS_URL)", c.url, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w (is \"saga-node run\" running? set --nats-url or SAGA_NATS_URL)", redactURLs(c.url), err)
 	}
 	return nc, nil
 }

@@ -326,6 +326,14 @@ func TestDeploymentFiles(t *testing.T) {
 			if _, problems := checkRunArgs(flags, cmd[1:]); len(problems) > 0 {
 				t.Errorf("Dockerfile: CMD %q: %s", cmd, strings.Join(problems, "; "))
 			}
+			// The embedded server has no authentication: it must not be
+			// reachable from outside the container.
+			if _, urlSet := flagValue(cmd[1:], "--nats-url"); !urlSet {
+				listen, _ := flagValue(cmd[1:], "--listen")
+				if host, _, err := net.SplitHostPort(listen); err != nil || (host != "127.0.0.1" && host != "localhost" && host != "::1") {
+					t.Errorf("Dockerfile: CMD %q: the embedded nats-server listens on %q; it has no authentication, keep it on loopback", cmd, listen)
+				}
+			}
 		}
 		if repo, _ := splitImage(final.base); repo != "alpine" && repo != "busybox" {
 			for _, name := range nodeNames {

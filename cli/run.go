@@ -84,7 +84,7 @@ func runNode(ctx context.Context, args []string, env Env) error {
 		if nc, err = conn.connect("run", nats.MaxReconnects(-1)); err != nil {
 			return err
 		}
-		log.Info("using NATS", "url", conn.url)
+		log.Info("using NATS", "url", redactURLs(conn.url))
 	} else {
 		dir, err := filepath.Abs(*data)
 		if err != nil {

@@ -91,6 +91,9 @@ func details(e stream.Event, activities map[uint64]scheduled) string {
 	case *stream.WorkflowExecutionUnblockedAttrs:
 		return "replays again on " + a.Node
 	case *stream.ActivityTaskScheduledAttrs:
+		if a.Canceled {
+			return fmt.Sprintf("%s input=%s (canceled as scheduled: never runs)", a.ActivityType, short(payloadJSON(a.Input)))
+		}
 		return fmt.Sprintf("%s input=%s", a.ActivityType, short(payloadJSON(a.Input)))
 	case *stream.ActivityTaskStartedAttrs:
 		return fmt.Sprintf("%s (event %d) attempt %d on %s", activities[a.ScheduledEventID].name(), a.ScheduledEventID, a.Attempt, a.Node)

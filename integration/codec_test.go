@@ -6,11 +6,13 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -18,6 +20,8 @@ import (
 	"github.com/jetsaga/saga/aesgcm"
 	"github.com/jetsaga/saga/examples/approval"
 	"github.com/jetsaga/saga/examples/order"
+	"github.com/jetsaga/saga/internal/embeddednats"
+	"github.com/jetsaga/saga/internal/natstest"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
@@ -248,5 +252,158 @@ func TestSealedPayloadsLeaveNoPlaintextInJetStream(t *testing.T) {
 	}
 	if _, err := plainClient.Describe(ctx, "plain-order"); !errors.Is(err, saga.ErrNotFound) {
 		t.Errorf("the refused start left a saga: %v", err)
+	}
+}
+
+// messageLog is a slog handler that keeps the messages logged, so that a
+// test can wait for a node to say something.
+type messageLog struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *messageLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *messageLog) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	l.msgs = append(l.msgs, r.Message)
+	l.mu.Unlock()
+	return nil
+}
+func (l *messageLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *messageLog) WithGroup(string) slog.Handler      { return l }
+
+func (l *messageLog) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if m == msg {
+			n++
+		}
+	}
+	return n
+}
+
+func testCodec(t *testing.T, b byte) *aesgcm.Codec {
+	t.Helper()
+	key := make([]byte, 32)
+	key[0] = b
+	c, err := aesgcm.New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// A node that runs without the key when the fleet turns sealing on (it
+// started before) must not fail the sagas it meets: it leaves them to the
+// nodes that hold the key, and says so.
+func TestNodeWithoutTheKeyLeavesSealedSagasToOthers(t *testing.T) {
+	c := newCluster(t)
+	ctx := ctxTimeout(t, 60*time.Second)
+	codec := testCodec(t, 1)
+	keyless := &messageLog{}
+	svc := order.NewService()
+	c.node(worker.Options{NodeName: "keyless", Logger: slog.New(keyless)}, svc.Definitions()...)
+	keyed := c.node(worker.Options{NodeName: "keyed", Codec: codec}, svc.Definitions()...)
+	stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := keyed.Stop(stopCtx); err != nil { // it recorded the codec; now only the keyless node runs
+		t.Fatal(err)
+	}
+	cl, err := saga.NewClient(c.srv.Conn(), saga.ClientOptions{Codec: codec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	run, err := saga.StartWorkflow(ctx, cl, order.Workflow, orderInput("sealed-1"), saga.StartOptions{ID: "sealed-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 20*time.Second, "the keyless node to leave the saga", func() bool {
+		return keyless.count("leaving the decision to a node that holds the payload key") > 0
+	})
+	if d, err := cl.Describe(ctx, run.ID); err != nil || d.Status != saga.StatusRunning {
+		t.Fatalf("the keyless node decided the saga: %v %v", d.Status, err)
+	}
+	c.node(worker.Options{NodeName: "keyed-again", Codec: codec}, svc.Definitions()...)
+	if out, err := run.Get(ctx); err != nil || out.OrderID != "sealed-1" {
+		t.Fatalf("once a node with the key runs: %+v, %v", out, err)
+	}
+}
+
+// A client whose key the fleet never recorded would write values no node
+// can open: it is refused. A value nested too deep is refused before it is
+// sealed, as a plain one would be.
+func TestClientKeyAndDepthAreCheckedOnWrite(t *testing.T) {
+	c := newCluster(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	c.node(worker.Options{Codec: testCodec(t, 1)}, order.NewService().Definitions()...)
+	wrong, err := saga.NewClient(c.srv.Conn(), saga.ClientOptions{Codec: testCodec(t, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrong.Close()
+	if _, err := wrong.Start(ctx, "order", orderInput("wrong-key"), saga.StartOptions{ID: "wrong-key"}); !errors.Is(err, stream.ErrCodecMismatch) {
+		t.Fatalf("a client with an unrecorded key: %v", err)
+	}
+	right, err := saga.NewClient(c.srv.Conn(), saga.ClientOptions{Codec: testCodec(t, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer right.Close()
+	var deep any = "bottom"
+	for range stream.MaxPayloadDepth + 2 {
+		deep = []any{deep}
+	}
+	if _, err := right.Start(ctx, "order", deep, saga.StartOptions{ID: "too-deep"}); !errors.Is(err, stream.ErrTooLarge) {
+		t.Fatalf("a sealed value nested too deep: %v", err)
+	}
+}
+
+// A client without the right to read stream settings (the least-privilege
+// role) does not spend its caller's deadline on the fleet check.
+func TestFleetCheckWithoutStreamInfoIsBounded(t *testing.T) {
+	srv := natstest.Start(t, func(o *embeddednats.Options) {
+		o.Configure = func(so *server.Options) {
+			so.Users = []*server.User{
+				{Username: "node", Password: "n"},
+				{Username: "client", Password: "c", Permissions: &server.Permissions{
+					Publish: &server.SubjectPermission{Deny: []string{"$JS.API.STREAM.INFO.>"}}}},
+			}
+		}
+	})
+	ctx := ctxTimeout(t, 60*time.Second)
+	connect := func(user, password string) *nats.Conn {
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	reg := saga.NewRegistry()
+	reg.MustRegister(order.NewService().Definitions()...)
+	n, err := worker.New(connect("node", "n"), reg, worker.Options{Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Stop(context.Background()) })
+	cl, err := saga.NewClient(connect("client", "c"), saga.ClientOptions{Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	began := time.Now()
+	if _, err := cl.Start(startCtx, "order", orderInput("limited"), saga.StartOptions{ID: "limited"}); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if took := time.Since(began); took > 15*time.Second {
+		t.Fatalf("the start spent %s of its 30 s deadline on the fleet check", took.Round(time.Millisecond))
 	}
 }

@@ -13,7 +13,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/examples/approval"
 	"github.com/jetsaga/saga/internal/natstest"
+	"github.com/jetsaga/saga/invariant"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
 )
@@ -616,5 +618,66 @@ func TestCancelBeforeTheFirstDecisionRunsNothing(t *testing.T) {
 	}
 	if booked, _ := bo.calls(); len(booked) != 0 {
 		t.Fatalf("a step of a saga canceled before it began ran: %v (last event %s)", booked, last.Type)
+	}
+}
+
+// The same, for a workflow that registers a step's undo before running
+// the step: the cancellation, seen in the first decision, reaches the step
+// as it is scheduled. The step is recorded (replay meets it) but never
+// runs, and its undo runs alone. Before, the step ran after the saga had
+// ended, after its own undo, and its reservation leaked.
+func TestCancelBeforeTheFirstDecisionReachesTheStepItSchedules(t *testing.T) {
+	c := newCluster(t)
+	svc := approval.NewService()
+	cl := c.client()
+	ctx := ctxTimeout(t, 60*time.Second)
+	st := c.store()
+	if err := st.EnsureStreams(ctx, testLogger()); err != nil {
+		t.Fatal(err)
+	}
+	in := approval.Input{RequestID: "early", Amount: 3, Timeout: "1h"}
+	if _, err := saga.StartWorkflow(ctx, cl, approval.Workflow, in, saga.StartOptions{ID: "approval-early-cancel"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Cancel(ctx, "approval-early-cancel", "withdrawn"); err != nil {
+		t.Fatal(err)
+	}
+	c.node(worker.Options{}, svc.Definitions()...)
+	d, err := cl.Wait(ctx, "approval-early-cancel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Status != saga.StatusCanceled {
+		t.Fatalf("status %s", d.Status)
+	}
+	commits, err := st.ReadLatest(ctx, "approval-early-cancel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 20*time.Second, "the last commit dispatched", func() bool {
+		done, err := st.Dispatched(ctx, "approval-early-cancel", commits[len(commits)-1].Seq)
+		return err == nil && done
+	})
+	var scheduled *stream.ActivityTaskScheduledAttrs
+	var scheduledID uint64
+	for _, c := range commits {
+		for _, e := range c.Commit.Events {
+			if a, ok := e.Attrs.(*stream.ActivityTaskScheduledAttrs); ok && a.ActivityType == approval.StepReserveBudget {
+				scheduled, scheduledID = a, e.ID
+			}
+		}
+	}
+	if scheduled == nil || !scheduled.Canceled {
+		t.Fatalf("the reservation is not recorded as canceled as it was scheduled: %+v", scheduled)
+	}
+	if n := svc.Calls(approval.StepReserveBudget); n != 0 {
+		t.Fatalf("the reservation of a saga canceled before it began ran %d times", n)
+	}
+	if _, _, queued, err := st.QueuedTask(ctx, approval.StepReserveBudget, "approval-early-cancel", scheduledID); err != nil || queued {
+		t.Fatalf("a task is queued for it: %v %v", queued, err)
+	}
+	r, err := invariant.Check(ctx, invariant.Options{Histories: st, IDs: []string{"approval-early-cancel"}, RequireEnded: true})
+	if err != nil || len(r.Violations) > 0 {
+		t.Fatalf("%v\n%s", err, r)
 	}
 }

@@ -305,6 +305,8 @@ type scheduled struct {
 	compensation bool
 	step         string
 	detached     bool
+	// canceled: canceled in the decision that scheduled it, never run.
+	canceled bool
 	// outcome is the id of its outcome event; hasOutcome says it has one.
 	outcome    uint64
 	hasOutcome bool
@@ -332,7 +334,7 @@ func (c *sagaCheck) activities() {
 				cancelAt = e.ID
 			}
 		case *stream.ActivityTaskScheduledAttrs:
-			acts[e.ID] = &scheduled{event: e, detached: a.Detached}
+			acts[e.ID] = &scheduled{event: e, detached: a.Detached, canceled: a.Canceled}
 		case *stream.CompensationStepScheduledAttrs:
 			acts[e.ID] = &scheduled{event: e, compensation: true, step: a.Step}
 		case *stream.ActivityTaskStartedAttrs:
@@ -372,10 +374,7 @@ func (c *sagaCheck) activities() {
 		switch {
 		case s.compensation:
 			c.add(RuleOneOutcome, "%s scheduled at event %d has no outcome in the ended saga", c.kind(s), id)
-		case c.opts.AllowAbandonedActivities:
-		case s.event.seq == c.end.seq:
-			// Scheduled by the decision that ended the saga: the engine
-			// never runs it, since nothing could record its result.
+		case c.opts.AllowAbandonedActivities, s.canceled:
 		case cancelAt != 0 && id < cancelAt && !s.detached:
 			// The saga's cancellation reached it, and a canceled saga ends
 			// without waiting for such an activity (docs/compensation.md).
@@ -400,6 +399,10 @@ func (c *sagaCheck) outcome(e located, id uint64, s *scheduled) {
 	forCompensation := stream.CategoryOf(e.Type) == stream.CategoryCompensation
 	if forCompensation != s.compensation {
 		c.add(RuleOneOutcome, "event %d %s names event %d, which scheduled %s", e.ID, e.Type, id, c.kind(s))
+		return
+	}
+	if s.canceled {
+		c.add(RuleOneOutcome, "event %d %s is an outcome of %s (event %d), which was canceled as it was scheduled and must never run", e.ID, e.Type, c.kind(s), id)
 		return
 	}
 	if s.hasOutcome {

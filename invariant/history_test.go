@@ -567,12 +567,20 @@ func TestWhatTheEngineAllowsPasses(t *testing.T) {
 			t.Fatal(r)
 		}
 	})
-	t.Run("an activity scheduled by the decision that ended the saga", func(t *testing.T) {
+	t.Run("an activity canceled as it was scheduled", func(t *testing.T) {
 		// Canceled before its first decision: the code scheduled a step and
 		// saw the cancellation in one decision; the engine never runs it.
-		h := newHist("x").commit(started("order")).commit(cancelRequested()).commit(scheduled("a"), workflowCanceled(nil))
+		a := scheduled("a")
+		a.attrs.(*stream.ActivityTaskScheduledAttrs).Canceled = true
+		h := newHist("x").commit(started("order")).commit(cancelRequested()).commit(a, workflowCanceled(nil))
 		if r := check(t, invariant.Options{}, h); len(r.Violations) > 0 {
 			t.Fatal(r)
+		}
+		// It must never have an outcome.
+		h = newHist("x").commit(started("order")).commit(cancelRequested()).commit(a).commit(attempt(2, 1), completed(2)).commit(workflowCanceled(nil))
+		r := check(t, invariant.Options{}, h)
+		if len(r.Violations) == 0 || !strings.Contains(r.Violations[0].Detail, "canceled as it was scheduled") {
+			t.Fatalf("an outcome of an activity canceled as it was scheduled: %s", r)
 		}
 	})
 	t.Run("but not one scheduled after the request", func(t *testing.T) {

@@ -375,6 +375,11 @@ type ActivityTaskScheduledAttrs struct {
 	// saga's cancellation does not reach (see saga.NewDisconnectedContext):
 	// its heartbeats never report a cancellation.
 	Detached bool `msgpack:"detached,omitempty" json:"detached,omitempty"`
+	// Canceled is set for an activity the code canceled in the decision
+	// that scheduled it (the saga's cancellation, applied in the same
+	// decision, reached it). It is recorded, so that replay meets it where
+	// the code issued it, but it is never run: it was never open.
+	Canceled bool `msgpack:"canceled,omitempty" json:"canceled,omitempty"`
 }
 
 // ActivityTaskStartedAttrs records the attempt that produced the result

@@ -32,6 +32,34 @@ type PayloadCodec interface {
 	KeyIDs() []string
 	Seal(plain []byte) ([]byte, error)
 	Open(sealed []byte) ([]byte, error)
+	// CanOpen reports, without opening it, whether the codec holds the
+	// key that sealed these bytes: a node that cannot open a saga's
+	// values leaves it to one that can, rather than failing it.
+	CanOpen(sealed []byte) bool
+}
+
+// CanOpen reports whether c can open p: p is plain, or sealed with a key c
+// holds.
+func CanOpen(c PayloadCodec, p Payload) bool {
+	data, ok := sealedData(p)
+	return !ok || (c != nil && c.CanOpen(data))
+}
+
+// WorkflowPayloads are the user values of an event that workflow code
+// opens: a start's input, an activity's result, a signal's value, a side
+// effect's value.
+func WorkflowPayloads(e Event) []Payload {
+	switch a := e.Attrs.(type) {
+	case *WorkflowExecutionStartedAttrs:
+		return []Payload{a.Input}
+	case *ActivityTaskCompletedAttrs:
+		return []Payload{a.Result}
+	case *SignalReceivedAttrs:
+		return []Payload{a.Input}
+	case *MarkerRecordedAttrs:
+		return []Payload{a.Data}
+	}
+	return nil
 }
 
 // ErrPayloadCodec marks a payload that cannot be sealed or opened: a
@@ -105,10 +133,15 @@ func IsSealed(p Payload) bool {
 }
 
 // SealPayload seals a plain payload with c. Without a codec, or for an
-// empty or already sealed payload, it returns p unchanged.
+// empty or already sealed payload, it returns p unchanged. The plain
+// value's nesting is checked first: once sealed, no writer's check could
+// see it, and the reader's would fail the saga.
 func SealPayload(c PayloadCodec, p Payload) (Payload, error) {
 	if c == nil || len(p) == 0 || IsSealed(p) {
 		return p, nil
+	}
+	if err := CheckValue("payload", p, 0); err != nil {
+		return nil, err
 	}
 	sealed, err := c.Seal(p)
 	if err != nil {
@@ -162,7 +195,9 @@ var ErrCodecMismatch = errors.New("payload codec does not fit the fleet's")
 func CheckPayloadCodec(ctx context.Context, js jetstream.JetStream, cfg Config, c PayloadCodec) error {
 	name := cfg.HistoryStream(0)
 	for range 5 {
-		s, err := js.Stream(ctx, name)
+		attemptCtx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
+		s, err := js.Stream(attemptCtx, name)
+		cancel()
 		if err != nil {
 			return fmt.Errorf("payload codec: read %s: %w", name, mapError(err))
 		}
@@ -200,22 +235,30 @@ func CheckPayloadCodec(ctx context.Context, js jetstream.JetStream, cfg Config, 
 		// An update has no expected revision: two nodes adding keys at once
 		// may overwrite each other. Reading back and checking again repairs
 		// that.
-		if _, err := js.UpdateStream(ctx, sc); err != nil {
+		attemptCtx, cancel = context.WithTimeout(ctx, setupAttemptTimeout)
+		_, err = js.UpdateStream(attemptCtx, sc)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("payload codec: record it on %s: %w", name, mapError(err))
 		}
 	}
 	return fmt.Errorf("%w: the codec recorded on %s keeps changing", ErrCodecMismatch, name)
 }
 
-// FleetSealsPayloads reports whether the fleet has turned a payload codec
-// on (CheckPayloadCodec records it).
-func FleetSealsPayloads(ctx context.Context, js jetstream.JetStream, cfg Config) (bool, error) {
+// FleetCodec returns the payload codec the fleet records
+// (CheckPayloadCodec): its name, empty when payloads are not sealed, and
+// the ids of the keys it sealed with.
+func FleetCodec(ctx context.Context, js jetstream.JetStream, cfg Config) (name string, keyIDs []string, err error) {
 	s, err := js.Stream(ctx, cfg.HistoryStream(0))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return false, nil
+		return "", nil, nil
 	}
 	if err != nil {
-		return false, mapError(err)
+		return "", nil, mapError(err)
 	}
-	return s.CachedInfo().Config.Metadata[metaCodec] != "", nil
+	meta := s.CachedInfo().Config.Metadata
+	if v := meta[metaKeyIDs]; v != "" {
+		keyIDs = strings.Split(v, ",")
+	}
+	return meta[metaCodec], keyIDs, nil
 }

@@ -17,6 +17,7 @@ func (p padCodec) Seal(b []byte) ([]byte, error) {
 	return append(bytes.Repeat([]byte{0}, p.pad), b...), nil
 }
 func (p padCodec) Open(b []byte) ([]byte, error) { return b[p.pad:], nil }
+func (p padCodec) CanOpen([]byte) bool           { return true }
 
 func TestSealedPayloadOfEveryExtLength(t *testing.T) {
 	plain, _ := Marshal(true) // one byte

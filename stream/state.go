@@ -189,7 +189,9 @@ func (s *State) applyEvent(e Event) {
 			s.Status, s.Blocked = StatusRunning, nil
 		}
 	case *ActivityTaskScheduledAttrs:
-		s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a, ScheduledAt: e.Time}
+		if !a.Canceled {
+			s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a, ScheduledAt: e.Time}
+		}
 	case *ActivityTaskCompletedAttrs:
 		delete(s.OpenActivities, a.ScheduledEventID)
 	case *ActivityTaskFailedAttrs:

@@ -86,7 +86,12 @@ func (s *Store) EnsureStreams(ctx context.Context, log *slog.Logger) error {
 	for _, sc := range cfgs {
 		var have int
 		if err := retryUntil(ctx, func() error {
-			st, err := s.js.Stream(ctx, sc.Name)
+			// Each lookup is bounded: one request lost while a cluster forms
+			// (another node creating this stream) must not use up the
+			// whole start-up.
+			attemptCtx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
+			defer cancel()
+			st, err := s.js.Stream(attemptCtx, sc.Name)
 			switch {
 			case errors.Is(err, jetstream.ErrStreamNotFound):
 				return nil

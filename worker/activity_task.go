@@ -48,6 +48,13 @@ func (h activityTasks) handle(ctx context.Context, d *delivery) outcome {
 		return deadLetter("activity task does not match its subject", fmt.Errorf("task for %s of saga %s event %d on %s", task.ActivityType, task.SagaID, task.ScheduledEventID, d.msg.Subject()))
 	}
 	d.with(slog.String("saga_id", task.SagaID), slog.String("activity_type", task.ActivityType), slog.Uint64("scheduled_event_id", task.ScheduledEventID))
+	if !stream.CanOpen(n.opts.Codec, task.Input) {
+		// Its input is sealed with a key this node lacks: no attempt
+		// starts here, and the task goes to a node that holds the key.
+		delay := newerCodePolicy.Delay(int(d.meta.NumDelivered))
+		d.logger().Error("leaving the activity to a node that holds the payload key", "err", errCannotOpen, "retry_in", delay.Round(time.Millisecond))
+		return nakAfter(delay, "", nil)
+	}
 
 	attempt, recorded, details, out, run := n.startAttempt(ctx, d, task)
 	if !run {

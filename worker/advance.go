@@ -71,10 +71,32 @@ var errBehind = errors.New("history read is behind the commit being processed")
 // this node runs (a rolling deploy): a node with that code decides.
 var errNewerCode = errors.New("saga history is newer than this node's workflow code")
 
-// isNewerCode reports a history that newer workflow code than this node's
-// wrote: a higher workflow version, or a change id the code does not know.
+// isNewerCode reports a history this node must leave to other nodes:
+// newer workflow code than this node's wrote it (a higher workflow
+// version, or a change id the code does not know), or its values are
+// sealed with a key this node lacks.
 func isNewerCode(err error) bool {
-	return errors.Is(err, errNewerCode) || errors.Is(err, replay.ErrNewerHistory)
+	return errors.Is(err, errNewerCode) || errors.Is(err, replay.ErrNewerHistory) || errors.Is(err, errCannotOpen)
+}
+
+// errCannotOpen is a saga whose values are sealed with a key this node
+// does not hold (a node started before the fleet turned sealing on, or
+// during a key rotation). Failing the saga for it would be a verdict on
+// the saga taken from one node's configuration: the node leaves it to
+// the nodes that hold the key, and says so loudly.
+var errCannotOpen = errors.New("the saga's values are sealed with a payload key this node does not hold (give it the fleet's --payload-key)")
+
+// checkCanOpen returns errCannotOpen when an event carries a value the
+// workflow code would open and this node's codec cannot.
+func (n *Node) checkCanOpen(sagaID string, events []stream.Event) error {
+	for _, e := range events {
+		for _, p := range stream.WorkflowPayloads(e) {
+			if !stream.CanOpen(n.opts.Codec, p) {
+				return fmt.Errorf("%w: saga %s, event %d %s", errCannotOpen, sagaID, e.ID, e.Type)
+			}
+		}
+	}
+	return nil
 }
 
 // advance brings the saga's view up to date, adds the requested inputs,
@@ -215,7 +237,14 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceReques
 	st := v.state
 	var d decision
 	events := inputs
-	m, err := n.machineFor(ctx, v, req.decide)
+	var m *replay.Machine
+	err := n.checkCanOpen(v.id, inputs)
+	switch {
+	case err != nil && req.decide:
+		return decision{}, err
+	case err == nil:
+		m, err = n.machineFor(ctx, v, req.decide)
+	}
 	if err == nil && forceBlock != nil {
 		err = forceBlock
 	}

@@ -26,14 +26,7 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	// Every effect, even after one failed: they are idempotent, and one
 	// that fails must not hold back the others until the redelivery.
 	var errs []error
-	ends := stream.IsTerminal(commit.Events[len(commit.Events)-1].Type)
 	for _, e := range commit.Events {
-		if ends && (e.Type == stream.ActivityTaskScheduled || e.Type == stream.CompensationStepScheduled) {
-			// Scheduled by the decision that ended the saga (code canceled
-			// in the decision that scheduled it, say): no result could be
-			// recorded, and an effect nobody compensates must not happen.
-			continue
-		}
 		if effect := effects[e.Type]; effect != nil {
 			if err := effect(ctx, n, e); err != nil {
 				errs = append(errs, fmt.Errorf("event %d %s: %w", e.ID, e.Type, err))
@@ -56,9 +49,14 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 		if !isNewerCode(err) {
 			return n.handlingFailed(ctx, d, "decide", err)
 		}
-		// Newer code wrote this history: a workflow task reaches the
-		// nodes that run the workflow, newer ones among them.
-		d.logger().Info("leaving the decision to a node with newer workflow code", "err", err)
+		// Newer code wrote this history, or this node lacks its payload
+		// key: a workflow task reaches the nodes that run the workflow,
+		// the ones that can among them.
+		if errors.Is(err, errCannotOpen) {
+			d.logger().Error("leaving the decision to a node that holds the payload key", "err", err)
+		} else {
+			d.logger().Info("leaving the decision to a node with newer workflow code", "err", err)
+		}
 	}
 	if err := n.store.PublishWorkflowTask(ctx, commit, d.meta.Sequence.Stream, d.msg.Data()); err != nil {
 		return n.handlingFailed(ctx, d, "publish workflow task", err)

@@ -170,6 +170,9 @@ func (n *Node) cancelIfUndelivered(ctx context.Context, sagaID string, id uint64
 // dispatchActivity queues the first attempt's task of a scheduled activity
 // and arms its schedule-to-start timeout, if it has one.
 func dispatchActivity(ctx context.Context, n *Node, e stream.Event) error {
+	if a, ok := e.Attrs.(*stream.ActivityTaskScheduledAttrs); ok && a.Canceled {
+		return nil // canceled in the decision that scheduled it
+	}
 	task, _ := stream.TaskFor(e)
 	_, err := n.queueActivity(ctx, task)
 	return err

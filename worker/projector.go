@@ -53,17 +53,23 @@ func (h *projector) handle(ctx context.Context, d *delivery) outcome {
 	if !ok {
 		return out
 	}
-	if err := h.apply(ctx, stream.StoredCommit{Seq: d.meta.Sequence.Stream, Commit: commit, Data: d.msg.Data()}); err != nil {
+	wrote, err := h.apply(ctx, stream.StoredCommit{Seq: d.meta.Sequence.Stream, Commit: commit, Data: d.msg.Data()})
+	if err != nil {
 		// Postgres away: the commit comes back after a backoff, and the
-		// sagas run on meanwhile.
-		return n.handlingFailed(ctx, d, "project commit", err)
+		// sagas run on meanwhile. The handler that wrote the batch reports
+		// its failure, once for the batch rather than once per commit.
+		out := n.handlingFailed(ctx, d, "project a batch of commits", err)
+		if !wrote && out.kind == outcomeNak {
+			out.err = nil
+		}
+		return out
 	}
 	return ack()
 }
 
 // apply adds c to the batch being filled and returns once that batch is
-// written.
-func (h *projector) apply(ctx context.Context, c stream.StoredCommit) error {
+// written; wrote reports whether this call wrote it.
+func (h *projector) apply(ctx context.Context, c stream.StoredCommit) (wrote bool, err error) {
 	h.mu.Lock()
 	b := h.cur
 	leader := b == nil
@@ -94,7 +100,7 @@ func (h *projector) apply(ctx context.Context, c stream.StoredCommit) error {
 		close(b.done)
 	}
 	<-b.done // the leader is a handler too: it returns once it wrote the batch
-	return b.err
+	return leader, b.err
 }
 
 // projectionTimeout bounds the write of one batch: a Postgres that hangs

@@ -99,13 +99,14 @@ func (s *step) appended(st *stream.State, c *stream.Commit, seq uint64) {
 	s.rec.Appended, s.rec.WorkflowType = true, st.WorkflowType
 	s.rec.FirstEventID, s.rec.LastEventID, s.rec.Seq = c.FirstEventID(), c.NextEventID()-1, seq
 	m := s.n.metrics
+	label := s.n.typeLabel(st.WorkflowType)
 	if takesUp(st) {
-		m.SagaStarted(st.WorkflowType)
+		m.SagaStarted(label)
 	}
 	for _, e := range c.Events {
 		if stream.IsTerminal(e.Type) {
 			s.ended, s.startedAt = string(terminalStatus(e.Type)), st.StartedAt
-			m.SagaEnded(st.WorkflowType, s.ended)
+			m.SagaEnded(label, s.ended)
 		}
 	}
 }
@@ -114,7 +115,7 @@ func (s *step) appended(st *stream.State, c *stream.Commit, seq uint64) {
 func (s *step) appendFailed(st *stream.State, err error) {
 	if s.n != nil && errors.Is(err, stream.ErrConcurrency) {
 		s.rec.Conflicts++
-		s.n.metrics.Conflict(st.WorkflowType)
+		s.n.metrics.Conflict(s.n.typeLabel(st.WorkflowType))
 	}
 }
 
@@ -126,7 +127,7 @@ func (s *step) end(err error) {
 	}
 	now := time.Now()
 	if s.rec.Decided {
-		s.n.metrics.Decision(s.rec.WorkflowType, now.Sub(s.rec.Start))
+		s.n.metrics.Decision(s.n.typeLabel(s.rec.WorkflowType), now.Sub(s.rec.Start))
 	}
 	if t := s.n.tracer; t != nil {
 		s.rec.End, s.rec.Err = now, err
@@ -190,4 +191,17 @@ func activityOutcome(err, stoppedBy error) string {
 		return telemetry.OutcomeTimedOut
 	}
 	return telemetry.OutcomeFailed
+}
+
+// unregisteredType labels the sagas of workflow types this node does not
+// register: a history's type is whatever its writer chose, and a label per
+// junk type would grow the metrics without bound.
+const unregisteredType = "unregistered"
+
+// typeLabel is the workflow_type label of a saga of type t.
+func (n *Node) typeLabel(t string) string {
+	if _, ok := n.reg.Workflow(t); ok {
+		return t
+	}
+	return unregisteredType
 }

@@ -437,3 +437,51 @@ func histogramSum(fams map[string]*dto.MetricFamily, name string) float64 {
 	}
 	return sum
 }
+
+// A history's workflow type is whatever its writer chose: sagas of types
+// no node registers share one label, so junk types cannot grow the
+// metrics without bound.
+func TestMetricsLabelOnlyRegisteredTypes(t *testing.T) {
+	e := newEnv(t)
+	reg := prometheus.NewRegistry()
+	node, err := worker.New(e.srv.Conn(), saga.NewRegistry(), worker.Options{Logger: logger(), Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Start(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = node.Stop(context.Background()) }()
+	srv, err := telemetry.Serve("127.0.0.1:0", reg, node.Healthy, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = srv.Close(context.Background()) }()
+	for i := range 3 {
+		// The node records a signal to each, though it runs no code: the
+		// first commit after the start counts the saga as started.
+		id := fmt.Sprintf("junk-%d", i)
+		if _, err := e.cl.Start(e.ctx, id, nil, saga.StartOptions{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.cl.Signal(e.ctx, id, "poke", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := "http://" + srv.Addr()
+	var fams map[string]*dto.MetricFamily
+	natstest.WaitFor(t, 20*time.Second, "the three sagas taken up", func() bool {
+		fams = scrape(t, base)
+		n, _ := value(fams, "jetsaga_sagas_started_total", map[string]string{"workflow_type": "unregistered"})
+		return n == 3
+	})
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "workflow_type" && strings.HasPrefix(l.GetValue(), "junk-") {
+					t.Errorf("%s has a series for type %s", f.GetName(), l.GetValue())
+				}
+			}
+		}
+	}
+}

@@ -237,6 +237,9 @@ func (n *Node) machineFor(ctx context.Context, v *sagaView, decide bool) (*repla
 		return nil, fmt.Errorf("%w: the saga runs version %d of workflow %s, this node's code is version %d",
 			errNewerCode, v.state.Version, wf.Name, wf.Version)
 	}
+	if err := n.checkCanOpen(v.id, v.events); err != nil {
+		return nil, err
+	}
 	if err := v.buildMachine(ctx, n.machineConfig(v.id, wf)); err != nil {
 		return nil, err
 	}

@@ -54,7 +54,11 @@ func (h workflowTasks) handle(ctx context.Context, d *delivery) outcome {
 		// A rolling deploy: this node's code is older than the history.
 		// Another node (with the newer code) takes the task meanwhile.
 		delay := newerCodePolicy.Delay(int(d.meta.NumDelivered))
-		d.logger().Info("leaving the decision to a node with newer workflow code", "err", err, "retry_in", delay.Round(time.Millisecond))
+		if errors.Is(err, errCannotOpen) {
+			d.logger().Error("leaving the decision to a node that holds the payload key", "err", err, "retry_in", delay.Round(time.Millisecond))
+		} else {
+			d.logger().Info("leaving the decision to a node with newer workflow code", "err", err, "retry_in", delay.Round(time.Millisecond))
+		}
 		return nakAfter(delay, "", nil)
 	}
 	return n.handlingFailed(ctx, d, "decide", err)

@@ -45,6 +45,10 @@ type Options struct {
 	// that JetStream can replicate streams across servers. Nil: a
 	// standalone server.
 	Cluster *ClusterOptions
+	// Configure, when set, is given the server's options last, to set what
+	// Options does not name (users and their permissions, say). Settings it
+	// makes win over the ones above.
+	Configure func(*server.Options)
 }
 
 // ClusterOptions joins a server to a cluster. Every member needs its own
@@ -104,6 +108,9 @@ func Start(opts Options) (*Server, error) {
 		if err := clusterOptions(sopts, *opts.Cluster); err != nil {
 			return nil, err
 		}
+	}
+	if opts.Configure != nil {
+		opts.Configure(sopts)
 	}
 	srv, err := server.NewServer(sopts)
 	if err != nil {

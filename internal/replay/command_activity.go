@@ -26,6 +26,12 @@ func (c *activityCommand) attrs() any {
 	if c.compensation != nil {
 		return c.compensationAttrs()
 	}
+	if c.state == stateCancelRequested {
+		// Canceled before it was ever proposed: recorded, never run.
+		a := *c.scheduled
+		a.Canceled = true
+		return &a
+	}
 	return c.scheduled
 }
 

@@ -352,3 +352,36 @@ func TestCompensationsDoNotOverlap(t *testing.T) {
 	}
 	replayAll(t, wf, d.history)
 }
+
+// A cancellation fed with the start, before any decision: the code
+// schedules step a, then sees the cancellation in the same decision. a is
+// proposed (replay must meet it where the code issued it) but marked
+// canceled, so that the engine never runs it; the saga ends canceled.
+func TestCancelInTheFirstDecisionMarksTheStepItSchedulesCanceled(t *testing.T) {
+	wf := bookTrip(replay.CompensationOptions{})
+	m := replay.New(replay.Config{SagaID: "s", WorkflowType: "w", Workflow: wf})
+	defer m.Close()
+	inputs := []stream.Event{
+		{ID: 0, SagaID: "s", Type: stream.WorkflowExecutionStarted, Time: t0, Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: "w"}},
+		{ID: 1, SagaID: "s", Type: stream.WorkflowExecutionCancelRequested, Time: t0, Attrs: &stream.WorkflowExecutionCancelRequestedAttrs{Cause: stream.CancelByRequest}},
+	}
+	if err := m.Feed(t.Context(), inputs...); err != nil {
+		t.Fatal(err)
+	}
+	props := m.Propose(m.NextEventID(), t0)
+	if types(props) != string(stream.ActivityTaskScheduled)+" "+string(stream.WorkflowExecutionCanceled) {
+		t.Fatalf("decision: %s", types(props))
+	}
+	if a := props[0].Attrs.(*stream.ActivityTaskScheduledAttrs); !a.Canceled {
+		t.Fatalf("step a is not marked canceled: %+v", a)
+	}
+	if err := m.Feed(t.Context(), props...); err != nil {
+		t.Fatal(err)
+	}
+	replayAll(t, wf, append(inputs, props...))
+	// Without the cancellation, a step is proposed as any other.
+	plain := newDriver(t, wf)
+	if a := plain.start()[0].Attrs.(*stream.ActivityTaskScheduledAttrs); a.Canceled {
+		t.Fatal("a step scheduled without a cancellation is marked canceled")
+	}
+}
