@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -89,6 +90,37 @@ type lagCollector struct {
 	o                                              MetricsOptions
 	pending, ackPending, redelivered, lag, projLag *prometheus.Desc
 	errors                                         prometheus.Counter
+
+	// The last reading, shared by the scrapes within lagReuse of it: a
+	// reading lists every stream and consumer, and /metrics is often open
+	// to anyone who can reach it.
+	mu     sync.Mutex
+	lags   []ConsumerLag
+	readAt time.Time
+}
+
+// lagReuse is MetricsOptions.LagReuse's default.
+const lagReuse = 5 * time.Second
+
+// read returns the lags, read again at most once per lagReuse; concurrent
+// scrapes wait for the one reading.
+func (c *lagCollector) read() []ConsumerLag {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.readAt.IsZero() && time.Since(c.readAt) < c.o.LagReuse {
+		return c.lags
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.o.LagTimeout)
+	defer cancel()
+	lags, err := c.o.Lags(ctx)
+	if err != nil && !errors.Is(err, ErrNoStreams) {
+		// Not kept: the next scrape reads again.
+		c.errors.Inc()
+		c.o.Logger.Warn("reading consumer lag for metrics failed", "err", err)
+		return lags
+	}
+	c.lags, c.readAt = lags, time.Now()
+	return lags
 }
 
 func newLagCollector(o MetricsOptions) *lagCollector {
@@ -120,14 +152,7 @@ func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.o.LagTimeout)
-	defer cancel()
-	lags, err := c.o.Lags(ctx)
-	if err != nil && !errors.Is(err, ErrNoStreams) {
-		c.errors.Inc()
-		c.o.Logger.Warn("reading consumer lag for metrics failed", "err", err)
-	}
-	for _, l := range lags {
+	for _, l := range c.read() {
 		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(l.Pending), l.Stream, l.Consumer)
 		ch <- prometheus.MustNewConstMetric(c.ackPending, prometheus.GaugeValue, float64(l.AckPending), l.Stream, l.Consumer)
 		ch <- prometheus.MustNewConstMetric(c.redelivered, prometheus.GaugeValue, float64(l.Redelivered), l.Stream, l.Consumer)

@@ -50,6 +50,9 @@ type MetricsOptions struct {
 	Lags func(ctx context.Context) ([]ConsumerLag, error)
 	// LagTimeout bounds one reading of the lags. Defaults to 2s.
 	LagTimeout time.Duration
+	// LagReuse is how long one successful reading serves the scrapes that
+	// follow (concurrent ones wait for it). Defaults to 5s.
+	LagReuse time.Duration
 	// ProjectorConsumer names the durable consumer that feeds the
 	// projection, whose lag is also reported as the projector's.
 	ProjectorConsumer string
@@ -70,6 +73,9 @@ var (
 func NewMetrics(reg prometheus.Registerer, o MetricsOptions) (*Metrics, error) {
 	if reg == nil {
 		return nil, errors.New("telemetry: no registerer")
+	}
+	if o.LagReuse <= 0 {
+		o.LagReuse = lagReuse
 	}
 	if o.LagTimeout <= 0 {
 		o.LagTimeout = 2 * time.Second

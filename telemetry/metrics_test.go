@@ -107,6 +107,7 @@ func TestMetricsServer(t *testing.T) {
 		},
 		ProjectorConsumer: "saga-projector",
 		Logger:            natstest.Logger(),
+		LagReuse:          time.Nanosecond, // every scrape reads
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -237,4 +238,29 @@ func httpGet(t *testing.T, url string) (int, string) {
 		t.Fatal(err)
 	}
 	return resp.StatusCode, string(body)
+}
+
+// Scrapes close together share one reading of the lags: each lists every
+// stream and consumer, and /metrics is often open to anyone.
+func TestLagReadingIsShared(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var reads atomic.Int32
+	_, err := telemetry.NewMetrics(reg, telemetry.MetricsOptions{
+		Lags: func(context.Context) ([]telemetry.ConsumerLag, error) {
+			reads.Add(1)
+			return []telemetry.ConsumerLag{{Stream: "SAGA_HISTORY_0", Consumer: "saga-dispatch"}}, nil
+		},
+		Logger: natstest.Logger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if _, err := reg.Gather(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := reads.Load(); got != 1 {
+		t.Fatalf("5 scrapes within the reuse window read the lags %d times", got)
+	}
 }
