@@ -492,10 +492,37 @@ func (n *Node) confirmBehind(ctx context.Context, sagaID string, err error) erro
 		return err
 	}
 	leader, lerr := n.store.LastSeqOnLeader(ctx, sagaID)
+	if seen, ok := seenSeq(ctx, sagaID); ok && lerr == nil && leader < seen {
+		// The message being handled was read from the stream at a later
+		// sequence: the one that answered is behind, not the history.
+		return fmt.Errorf("%w: %w (the leader's last sequence %d is before %d, which this node has seen)", stream.ErrUnavailable, err, leader, seen)
+	}
 	if lerr == nil && leader <= be.have {
 		return fmt.Errorf("%w (saga %s, stream sequence %d)", errNotInHistory, sagaID, leader)
 	}
 	return fmt.Errorf("%w: %w", stream.ErrUnavailable, err)
+}
+
+// notInHistoryConfirmations is how many deliveries of a message must find
+// the event it refers to missing before it is set aside.
+const notInHistoryConfirmations = 3
+
+type seenSeqKey struct{}
+
+type seenSeqValue struct {
+	sagaID string
+	seq    uint64
+}
+
+// withSeenSeq records that the saga's history holds a commit at seq: the
+// message being handled was read there.
+func withSeenSeq(ctx context.Context, sagaID string, seq uint64) context.Context {
+	return context.WithValue(ctx, seenSeqKey{}, seenSeqValue{sagaID, seq})
+}
+
+func seenSeq(ctx context.Context, sagaID string) (uint64, bool) {
+	v, ok := ctx.Value(seenSeqKey{}).(seenSeqValue)
+	return v.seq, ok && v.sagaID == sagaID
 }
 
 // isHistoryProblem reports an error about the saga's history itself: a

@@ -23,6 +23,9 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	if !ok {
 		return out
 	}
+	// The commit being handled exists at its sequence, whatever a read
+	// taken meanwhile says.
+	ctx = withSeenSeq(ctx, sagaID, d.meta.Sequence.Stream)
 	// Every effect, even after one failed: they are idempotent, and one
 	// that fails must not hold back the others until the redelivery.
 	var errs []error
@@ -102,6 +105,11 @@ func (n *Node) handlingFailed(ctx context.Context, d *delivery, what string, err
 		return leave()
 	case errors.Is(err, stream.ErrUnsupported):
 		return nakAfter(unsupportedDelay(d), what+" (leaving it to a node that can read the history)", err)
+	case errors.Is(err, errNotInHistory) && d.meta.NumDelivered < notInHistoryConfirmations:
+		// One reading that the history lacks an event can be a replica, or
+		// a leader just elected, behind the rest: set the message aside
+		// only once later deliveries read the same.
+		return retryLater(d, what, err)
 	case isHistoryProblem(err):
 		return deadLetter(what+": the saga's history cannot take it", err)
 	case errors.Is(err, stream.ErrInvalidID), errors.Is(err, stream.ErrCodec):

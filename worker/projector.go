@@ -38,6 +38,27 @@ type projector struct {
 
 	mu  sync.Mutex
 	cur *projectionBatchState
+
+	// Failed batch writes since the last report.
+	failMu     sync.Mutex
+	failed     int
+	reportedAt time.Time
+}
+
+// failureReportEvery spaces the reports of failing projection writes.
+const failureReportEvery = 10 * time.Second
+
+// reportFailure logs a failed batch write, at most once per
+// failureReportEvery, with the count of those since the last report.
+func (h *projector) reportFailure(err error) {
+	h.failMu.Lock()
+	defer h.failMu.Unlock()
+	h.failed++
+	if time.Since(h.reportedAt) < failureReportEvery {
+		return
+	}
+	h.n.log.Warn("projection writes are failing; their commits come back later, sagas run on", "err", err, "failed_batches", h.failed)
+	h.failed, h.reportedAt = 0, time.Now()
 }
 
 type projectionBatchState struct {
@@ -56,10 +77,13 @@ func (h *projector) handle(ctx context.Context, d *delivery) outcome {
 	wrote, err := h.apply(ctx, stream.StoredCommit{Seq: d.meta.Sequence.Stream, Commit: commit, Data: d.msg.Data()})
 	if err != nil {
 		// Postgres away: the commit comes back after a backoff, and the
-		// sagas run on meanwhile. The handler that wrote the batch reports
-		// its failure, once for the batch rather than once per commit.
+		// sagas run on meanwhile. Failures are reported by the projector,
+		// a few times a minute at most, not once per commit.
 		out := n.handlingFailed(ctx, d, "project a batch of commits", err)
-		if !wrote && out.kind == outcomeNak {
+		if out.kind == outcomeNak {
+			if wrote {
+				h.reportFailure(err)
+			}
 			out.err = nil
 		}
 		return out
