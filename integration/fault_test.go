@@ -59,6 +59,15 @@ type faultSizes struct {
 	outageEvery, outageWindow time.Duration
 	// pgDown: how long PostgreSQL is away, within pgWindow of load.
 	pgDown, pgWindow time.Duration
+	// startSpread is the part of a scenario's window over which its sagas
+	// start: the full run starts its 1,000 within the first tenth, so that
+	// most are open at once. activityDelay bounds the time an activity
+	// execution takes: long enough that kills find activities running,
+	// short enough that a kill every 2 s rarely takes all five attempts of
+	// one activity (with 1 s, two of 1,000 sagas failed so, by design:
+	// an attempt a crash cut short counts).
+	startSpread   float64
+	activityDelay time.Duration
 }
 
 func sizes() faultSizes {
@@ -69,6 +78,7 @@ func sizes() faultSizes {
 			natsKills: 60 * time.Second, natsKillEvery: 10 * time.Second, natsDown: 3 * time.Second,
 			outages: 3, outageEvery: 20 * time.Second, outageWindow: 60 * time.Second,
 			pgDown: 10 * time.Second, pgWindow: 30 * time.Second,
+			startSpread: 0.1, activityDelay: 300 * time.Millisecond,
 		}
 	}
 	return faultSizes{
@@ -77,6 +87,7 @@ func sizes() faultSizes {
 		natsKills: 20 * time.Second, natsKillEvery: 10 * time.Second, natsDown: 3 * time.Second,
 		outages: 1, outageEvery: 20 * time.Second, outageWindow: 12 * time.Second,
 		pgDown: 10 * time.Second, pgWindow: 15 * time.Second,
+		startSpread: 0.6, activityDelay: 300 * time.Millisecond,
 	}
 }
 
@@ -84,10 +95,6 @@ func sizes() faultSizes {
 const (
 	terminalDeadline  = 2 * time.Minute
 	projectorDeadline = time.Minute
-	// activityDelay bounds the time an activity execution takes: long
-	// enough that kills find activities running, short enough that the
-	// AckWait's heartbeats are not what is tested.
-	activityDelay = 300 * time.Millisecond
 	// nodeAckWait is the AckWait of the fleet's consumers: how soon a
 	// killed node's messages go to another.
 	nodeAckWait = "2s"
@@ -308,7 +315,7 @@ func startFaultEnv(t *testing.T) *faultEnv {
 			name: name, bin: bin, dir: e.dir, log: filepath.Join(e.dir, name+".log"),
 			args: []string{"run", "--nats-url", strings.Join(mine, ","), "--replicas", "3", "--pg-url", e.pg.URL(),
 				"--name", name, "--drain-timeout", "5s", "--ack-wait", nodeAckWait},
-			env: []string{envExecutions + "=" + e.execPath, envActivityDelay + "=" + activityDelay.String()},
+			env: []string{envExecutions + "=" + e.execPath, envActivityDelay + "=" + e.size.activityDelay.String()},
 		})
 	}
 	// Registered after the cluster's and PostgreSQL's cleanups, so it runs
@@ -402,7 +409,7 @@ func (e *faultEnv) checkAlive(t *testing.T, n *nodeProc) {
 
 // run runs one scenario: its load and its faults, then the checks.
 func (e *faultEnv) run(t *testing.T, sc faultScenario) {
-	plan := planLoad(sc.prefix, e.size.sagas, sc.window, e.rng)
+	plan := planLoad(sc.prefix, e.size.sagas, sc.window, e.size.startSpread, e.rng)
 	ctx, cancel := context.WithTimeout(context.Background(), sc.window+callBudget+terminalDeadline+projectorDeadline+time.Minute)
 	defer cancel()
 	e.log.Info("faulttest: scenario begins", "scenario", sc.name, "sagas", len(plan), "window", sc.window)

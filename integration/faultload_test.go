@@ -61,15 +61,15 @@ type plannedSaga struct {
 	resend bool
 }
 
-// planLoad plans n sagas over window: starts spread over its first 60%,
-// decisions and timeouts falling before 90% of it, so that the faults hit
-// sagas at every stage and many sagas are open at once.
-func planLoad(prefix string, n int, window time.Duration, rng *rand.Rand) []plannedSaga {
+// planLoad plans n sagas over window: starts spread over its first
+// startSpread part, decisions and timeouts falling before 90% of it, so
+// that the faults hit sagas at every stage and many sagas are open at once.
+func planLoad(prefix string, n int, window time.Duration, startSpread float64, rng *rand.Rand) []plannedSaga {
 	steps := []string{order.StepReserveInventory, order.StepProcessPayment, order.StepShipOrder}
 	plan := make([]plannedSaga, n)
 	for i := range plan {
 		p := plannedSaga{id: fmt.Sprintf("%s-%04d", prefix, i), kind: mix[i%len(mix)]}
-		p.startAt = time.Duration(float64(window) * 0.6 * float64(i) / float64(n))
+		p.startAt = time.Duration(float64(window) * startSpread * float64(i) / float64(n))
 		// The decision comes between half a second after the start and
 		// 90% of the window.
 		latest := max(time.Duration(float64(window)*0.9)-p.startAt, time.Second)
