@@ -41,8 +41,11 @@ type Provider struct {
 }
 
 // NewTracerProvider returns a provider that batches spans and sends them to
-// o.Endpoint. Other exporter settings (headers, compression, timeouts)
-// follow the OTEL_EXPORTER_OTLP_* environment variables.
+// o.Endpoint. Headers and compression follow the OTEL_EXPORTER_OTLP_*
+// environment variables; TLS settings and the timeout do not (the
+// exporter ignores them beside an HTTP client of its own, which Shutdown
+// needs): the system's CAs verify the collector, and a collector behind a
+// private CA or mutual TLS is reached through a local collector.
 func NewTracerProvider(ctx context.Context, o Options) (*Provider, error) {
 	if o.Endpoint == "" {
 		return nil, errors.New("otlp: no endpoint")
