@@ -7,8 +7,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -211,5 +213,23 @@ func TestNATSURLsAreRedacted(t *testing.T) {
 	err := connectWith(t, noEnv, "--nats-url", "nats://node:s3cret@127.0.0.1:1")
 	if err == nil || strings.Contains(err.Error(), "s3cret") {
 		t.Errorf("connection error: %v", err)
+	}
+}
+
+func TestLogFormat(t *testing.T) {
+	var buf syncBuffer
+	log, err := newFormattedLogger(&buf, slog.LevelInfo, "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("node started", "node", "n1")
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(buf.String()), &rec); err != nil || rec["msg"] != "node started" || rec["node"] != "n1" {
+		t.Fatalf("a JSON log line: %q (%v)", buf.String(), err)
+	}
+	r := runCLI(t, noEnv, "run", "--data", t.TempDir(), "--listen", "127.0.0.1:0", "--log-format", "yaml")
+	expectCode(t, r, ExitUsage)
+	if !strings.Contains(r.stderr, "--log-format") {
+		t.Errorf("stderr: %s", r.stderr)
 	}
 }
