@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/aesgcm"
 	"github.com/jetsaga/saga/examples/order"
 	"github.com/jetsaga/saga/internal/embeddednats"
 	"github.com/jetsaga/saga/stream"
@@ -42,6 +43,14 @@ func BenchmarkOrderSaga(b *testing.B) {
 	// them.
 	b.Run("sync=interval,metrics=on", func(b *testing.B) {
 		benchOrderSagas(b, false, 256, func(o *worker.Options) { o.Metrics = prometheus.NewRegistry() })
+	})
+	// User payloads sealed with AES-256-GCM, by the client and the node.
+	b.Run("sync=interval,codec=on", func(b *testing.B) {
+		codec, err := aesgcm.New(make([]byte, 32))
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchOrderSagas(b, false, 256, func(o *worker.Options) { o.Codec = codec })
 	})
 	b.Run("sync=interval,tracing=on", func(b *testing.B) {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()), sdktrace.WithIDGenerator(telemetry.IDGenerator{}))
@@ -84,7 +93,7 @@ func benchOrderSagas(b *testing.B, syncAlways bool, inFlight int, adjust ...func
 		b.Fatal(err)
 	}
 	defer func() { _ = node.Stop(context.Background()) }()
-	cl, err := saga.NewClient(clientConn, saga.ClientOptions{})
+	cl, err := saga.NewClient(clientConn, saga.ClientOptions{Codec: opts.Codec})
 	if err != nil {
 		b.Fatal(err)
 	}
