@@ -2,12 +2,15 @@ package embeddednats_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
@@ -52,6 +55,29 @@ func TestStartReportsAPortInUse(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("got %v", err)
 	}
+}
+
+// Configure reaches settings Options does not name: here, users, so that
+// a connection without credentials is refused and one with them is not.
+func TestConfigureSetsServerOptions(t *testing.T) {
+	srv, err := embeddednats.Start(embeddednats.Options{Dir: t.TempDir(), Listen: "127.0.0.1:0", Configure: func(o *server.Options) {
+		o.Users = []*server.User{{Username: "node", Password: "secret"}}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	if nc, err := nats.Connect(srv.ClientURL()); !errors.Is(err, nats.ErrAuthorization) {
+		if nc != nil {
+			nc.Close()
+		}
+		t.Fatalf("connect without credentials: %v, want %v", err, nats.ErrAuthorization)
+	}
+	nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo("node", "secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
 }
 
 func TestStartNeedsADirectory(t *testing.T) {
