@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,6 +69,10 @@ type Tracer struct {
 	tracer trace.Tracer
 	prefix string
 	node   string
+	// noRoots is set once a root span came out with other ids than the
+	// saga's: the provider does not take its ids from IDGenerator, and
+	// RecordSaga stops starting spans it cannot end.
+	noRoots atomic.Bool
 }
 
 // NewTracer returns the tracer of a node of the engine with the given
@@ -213,7 +218,7 @@ func (t *Tracer) RecordStep(ctx context.Context, s Step) {
 // own, so it is not recorded (the saga's other spans still share their
 // trace, under a root that backends then show as missing).
 func (t *Tracer) RecordSaga(ctx context.Context, sagaID, workflowType, status string, started, ended time.Time) {
-	if t == nil {
+	if t == nil || t.noRoots.Load() {
 		return
 	}
 	want := SagaSpanContext(t.prefix, sagaID)
@@ -221,7 +226,9 @@ func (t *Tracer) RecordSaga(ctx context.Context, sagaID, workflowType, status st
 	_, span := t.tracer.Start(ctx, "saga "+workflowType, trace.WithNewRoot(), trace.WithTimestamp(started),
 		trace.WithAttributes(AttrSagaID.String(sagaID), AttrWorkflowType.String(workflowType), AttrSagaStatus.String(status)))
 	if got := span.SpanContext(); got.TraceID() != want.TraceID() || got.SpanID() != want.SpanID() {
-		// Left unended, it is never exported.
+		// Left unended, it is never exported; being the only one, it
+		// cannot pile up in a processor that tracks open spans.
+		t.noRoots.Store(true)
 		return
 	}
 	if status != "completed" {

@@ -3,6 +3,8 @@ package telemetry_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -201,10 +203,27 @@ func TestSagaRootSpanNeedsTheIDGenerator(t *testing.T) {
 		t.Errorf("activity span %v", sc)
 	}
 
-	// Without it the span would open a trace of its own: none is recorded.
-	plain, plainExp := newTracer(t)
-	plain.RecordSaga(context.Background(), "order-1", "order", "completed", started, ended)
+	// Without it the span would open a trace of its own: none is recorded,
+	// and only the first saga starts one (left open, never exported), so
+	// that open spans cannot pile up, one per saga, in a processor that
+	// tracks them.
+	opened := &startCounter{}
+	plain, plainExp := newTracer(t, sdktrace.WithSpanProcessor(opened))
+	for i := range 3 {
+		plain.RecordSaga(context.Background(), fmt.Sprintf("order-%d", i), "order", "completed", started, ended)
+	}
 	if n := len(plainExp.GetSpans()); n != 0 {
 		t.Fatalf("%d root spans recorded outside the saga's trace", n)
 	}
+	if n := opened.n.Load(); n != 1 {
+		t.Fatalf("%d root spans started and left open for 3 sagas", n)
+	}
 }
+
+// startCounter counts the spans started.
+type startCounter struct{ n atomic.Int32 }
+
+func (c *startCounter) OnStart(context.Context, sdktrace.ReadWriteSpan) { c.n.Add(1) }
+func (c *startCounter) OnEnd(sdktrace.ReadOnlySpan)                     {}
+func (c *startCounter) Shutdown(context.Context) error                  { return nil }
+func (c *startCounter) ForceFlush(context.Context) error                { return nil }
