@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
 	"github.com/jetsaga/saga/internal/embeddednats"
@@ -231,5 +232,51 @@ func TestLogFormat(t *testing.T) {
 	expectCode(t, r, ExitUsage)
 	if !strings.Contains(r.stderr, "--log-format") {
 		t.Errorf("stderr: %s", r.stderr)
+	}
+}
+
+// A user allowed only inboxes of its own prefix (the client roles of
+// docs/security.md) gets its replies with --nats-inbox-prefix.
+func TestInboxPrefixFlag(t *testing.T) {
+	url := authServer(t, func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "svc", Password: "s"},
+			{Username: "cli", Password: "c", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{"echo"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_cli.>"}},
+			}},
+		}
+	})
+	svc, err := nats.Connect(url, nats.UserInfo("svc", "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	if _, err := svc.Subscribe("echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	request := func(args ...string) error {
+		fs := newFlagSet("test", Env{Stderr: &syncBuffer{}})
+		var conn connFlags
+		conn.register(fs, Env{Getenv: noEnv})
+		if err := fs.Parse(append([]string{"--nats-url", url, "--nats-user", "cli", "--nats-password", "c"}, args...)); err != nil {
+			t.Fatal(err)
+		}
+		nc, err := conn.connect("test")
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		_, err = nc.Request("echo", []byte("hi"), time.Second)
+		return err
+	}
+	if err := request("--nats-inbox-prefix", "_INBOX_cli"); err != nil {
+		t.Errorf("with its inbox prefix: %v", err)
+	}
+	if err := request(); err == nil {
+		t.Error("a reply reached an inbox the user may not subscribe to")
 	}
 }

@@ -174,6 +174,7 @@ type connFlags struct {
 	token           string
 	tlsCA           string
 	tlsCert, tlsKey string
+	inboxPrefix     string
 	getenv          func(string) string
 }
 
@@ -193,6 +194,7 @@ func (c *connFlags) register(fs *flag.FlagSet, env Env) {
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM file of the CAs that sign the NATS servers' certificates")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM client certificate for NATS (mutual TLS; needs --tls-key)")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&c.inboxPrefix, "nats-inbox-prefix", "", "subject prefix of the connection's reply inboxes (default _INBOX), for a user whose permissions allow only its own (docs/security.md)")
 }
 
 // options turns the authentication and TLS flags into connection options.
@@ -243,6 +245,9 @@ func (c *connFlags) options() ([]nats.Option, error) {
 	}
 	if c.tlsCA != "" {
 		opts = append(opts, nats.RootCAs(c.tlsCA))
+	}
+	if c.inboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.inboxPrefix))
 	}
 	if c.tlsCert != "" {
 		opts = append(opts, nats.ClientCert(c.tlsCert, c.tlsKey))
