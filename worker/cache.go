@@ -25,23 +25,28 @@ type sagaEntry struct {
 	refs    int
 	elem    *list.Element
 	evicted bool
+	// counted is the view's size as the cache's total counts it.
+	counted int64
 }
 
 func (e *sagaEntry) id() string { return e.view.id }
 
-// sagaCache keeps recently used sagas, bounded in number, so that the next
-// step of a saga usually needs neither a read nor a replay.
+// sagaCache keeps recently used sagas, bounded in number and in estimated
+// bytes, so that the next step of a saga usually needs neither a read nor
+// a replay.
 type sagaCache struct {
 	mu       sync.Mutex
 	entries  map[string]*sagaEntry
 	lru      *list.List // front: most recently used
 	capacity int
+	maxBytes int64
+	bytes    int64 // the sum of the entries' counted sizes
 	// metrics counts lookups; nil when the node has none.
 	metrics *telemetry.Metrics
 }
 
-func newSagaCache(capacity int) *sagaCache {
-	return &sagaCache{entries: map[string]*sagaEntry{}, lru: list.New(), capacity: capacity}
+func newSagaCache(capacity int, maxBytes int64) *sagaCache {
+	return &sagaCache{entries: map[string]*sagaEntry{}, lru: list.New(), capacity: capacity, maxBytes: maxBytes}
 }
 
 // acquire returns the saga's entry, locked.
@@ -69,13 +74,18 @@ func (c *sagaCache) release(e *sagaEntry, done bool) {
 	if done {
 		e.view.reset()
 	}
+	size := e.view.bytes
 	e.mu.Unlock()
 	c.mu.Lock()
 	e.refs--
+	if !e.evicted {
+		c.bytes += size - e.counted
+		e.counted = size
+	}
 	if done && e.refs == 0 && !e.evicted {
 		c.remove(e)
 	}
-	for el := c.lru.Back(); len(c.entries) > c.capacity && el != nil; {
+	for el := c.lru.Back(); (len(c.entries) > c.capacity || c.bytes > c.maxBytes) && el != nil; {
 		old := el.Value.(*sagaEntry)
 		el = el.Prev()
 		if old.refs == 0 {
@@ -91,6 +101,8 @@ func (c *sagaCache) release(e *sagaEntry, done bool) {
 }
 
 func (c *sagaCache) remove(e *sagaEntry) {
+	c.bytes -= e.counted
+	e.counted = 0
 	e.evicted = true
 	c.lru.Remove(e.elem)
 	delete(c.entries, e.id())
@@ -105,4 +117,12 @@ func (c *sagaCache) close() {
 	}
 	c.entries = map[string]*sagaEntry{}
 	c.lru.Init()
+	c.bytes = 0
+}
+
+// size reports the cache's sagas and their estimated bytes.
+func (c *sagaCache) size() (sagas int, bytes int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries), c.bytes
 }

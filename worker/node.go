@@ -100,6 +100,10 @@ type Stats struct {
 	ActivityRetries int64
 	// DeadLetters: messages this node set aside in the dead-letter stream.
 	DeadLetters int64
+	// CachedSagas and CacheBytes: the sagas in the node's cache now, and
+	// the memory they hold, estimated (see Options.CacheBytes).
+	CachedSagas int
+	CacheBytes  int64
 }
 
 // New returns a node for the definitions in reg, using nc, which stays
@@ -129,7 +133,7 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 		log:       opts.Logger.With("node", opts.NodeName),
 		hooks:     opts.Hooks,
 		clock:     opts.Clock,
-		cache:     newSagaCache(opts.CacheSize),
+		cache:     newSagaCache(opts.CacheSize, opts.CacheBytes),
 		timersCfg: timersCfg,
 		attempts:  &attemptStore{js: store.JetStream(), bucket: cfg.ActivitiesBucket(), purgeTTL: time.Minute},
 	}
@@ -150,7 +154,10 @@ func (n *Node) Client() *saga.Client { return n.client }
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
+	sagas, bytes := n.cache.size()
 	return Stats{
+		CachedSagas:            sagas,
+		CacheBytes:             bytes,
 		Commits:                n.stats.commits.Load(),
 		Conflicts:              n.stats.conflicts.Load(),
 		Replays:                n.stats.replays.Load(),

@@ -38,6 +38,11 @@ type Options struct {
 	// that the next step of a saga does not replay its history. Defaults
 	// to 1000.
 	CacheSize int
+	// CacheBytes bounds the memory of those states as well, estimated
+	// from their events and values (a long saga can hold megabytes):
+	// least recently used sagas go first when either bound is passed.
+	// Defaults to 256 MiB.
+	CacheBytes int64
 	// AckWait is how long JetStream waits for a node to acknowledge a
 	// message before giving it to another node: the time to take over from
 	// a node that died. Nodes heartbeat what they hold at a third of it.
@@ -118,6 +123,9 @@ func (o Options) withDefaults() Options {
 	if o.ActivityConcurrency == 0 {
 		o.ActivityConcurrency = 100
 	}
+	if o.CacheBytes == 0 {
+		o.CacheBytes = 256 << 20
+	}
 	if o.CacheSize == 0 {
 		o.CacheSize = 1000
 	}
@@ -152,6 +160,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("worker options: ProjectorOnly needs a Projection")
 	case o.CacheSize < 1:
 		return fmt.Errorf("worker options: CacheSize must be positive, got %d", o.CacheSize)
+	case o.CacheBytes < 0:
+		return fmt.Errorf("worker options: CacheBytes must be positive, got %d", o.CacheBytes)
 	case o.AckWait < time.Second:
 		return fmt.Errorf("worker options: AckWait must be at least 1s, got %s", o.AckWait)
 	case o.AckWait >= o.Stream.DuplicateWindow/2:
