@@ -62,7 +62,7 @@ Usage:
   saga-node query    <saga-id> <name> [--input JSON] [--json]
   saga-node dead-letters [--json] [--limit N]
   saga-node replay-check [--type T] [--since D] [--from stream|archive] [--json] [--limit N]
-  saga-node bench    [--sagas N] [--in-flight N] [--sync interval|always] [--nats-url URL]
+  saga-node bench    [--sagas N] [--in-flight N] [--sync interval|always] [--shards K] [--idle N] [--json] [--nats-url URL]
 
 Admin commands reach the engine at --nats-url, else $SAGA_NATS_URL, else
 nats://127.0.0.1:4222. The Postgres projection (list, migrate, and describe

@@ -877,7 +877,7 @@ func TestRunBadFlags(t *testing.T) {
 }
 
 func TestBench(t *testing.T) {
-	r := runCLI(t, noEnv, "bench", "--sagas", "30", "--in-flight", "5")
+	r := runCLI(t, noEnv, "bench", "--sagas", "30", "--in-flight", "5", "--idle", "5", "--raw-duration", "100ms")
 	expectCode(t, r, ExitOK)
 	for _, want := range []string{"running 30 order sagas, 5 in flight", "30 sagas in", "sagas/s", "start to end: p50", "0 conflicts"} {
 		if !strings.Contains(r.stdout, want) {
