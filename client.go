@@ -495,6 +495,45 @@ func (c *Client) describe(ctx context.Context, id string) (*Description, error) 
 	return d, nil
 }
 
+// follower describes a saga again and again, reading only the commits
+// after those it has folded: a client waiting for a long saga would
+// otherwise read its whole history at every commit, which doubled the
+// saga's duration. Whatever is not a plain continuation (a history that
+// does not decode or fold, an archived saga) is read whole by describe.
+type follower struct {
+	st      *stream.State
+	lastSeq uint64
+}
+
+func (f *follower) describe(ctx context.Context, c *Client, id string) (*Description, error) {
+	if f.st == nil {
+		f.st = &stream.State{}
+	}
+	commits, err := c.store.ReadLatestAfter(ctx, id, f.lastSeq)
+	if err != nil {
+		f.st, f.lastSeq = nil, 0
+		if errors.Is(err, stream.ErrArchived) || errors.As(err, new(*stream.CodecError)) {
+			return c.describe(ctx, id)
+		}
+		return nil, wrapStreamError("describe "+id, err)
+	}
+	for _, sc := range commits {
+		if err := f.st.Apply(sc); err != nil {
+			f.st, f.lastSeq = nil, 0
+			return c.describe(ctx, id)
+		}
+		f.lastSeq = sc.Seq
+	}
+	if !f.st.Exists() {
+		return nil, (&Error{Kind: KindValidation, Message: "saga " + id, Cause: ErrNotFound}).WithContext("saga_id", id)
+	}
+	d := newDescription(f.st)
+	if d.ID == "" {
+		d.ID = id
+	}
+	return d, nil
+}
+
 // rereadPolicy spaces Wait's reads of a history that is behind what its
 // notifications promised, for at most maxRereads reads in a row.
 var rereadPolicy = backoff.Policy{Initial: time.Millisecond, Max: 100 * time.Millisecond}
@@ -532,8 +571,9 @@ func (c *Client) Wait(ctx context.Context, id string) (*Description, error) {
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	rereads := 0
+	var follow follower
 	for {
-		d, err := c.describe(ctx, id)
+		d, err := follow.describe(ctx, c, id)
 		switch {
 		case err == nil && (d.Status.Terminal() || d.Status == stream.StatusBlocked):
 			return d, nil

@@ -440,6 +440,12 @@ func decodeFor(sagaID string, data []byte) (*Commit, error) {
 // If the leader does not answer (an election), the read is as good as a
 // replica's.
 func (s *Store) ReadLatest(ctx context.Context, sagaID string) ([]StoredCommit, error) {
+	return s.ReadLatestAfter(ctx, sagaID, 0)
+}
+
+// ReadLatestAfter is ReadLatest for the commits after afterSeq: a reader
+// that holds a history's beginning reads only what is new.
+func (s *Store) ReadLatestAfter(ctx context.Context, sagaID string, afterSeq uint64) ([]StoredCommit, error) {
 	if err := ValidateID("saga id", sagaID); err != nil {
 		return nil, err
 	}
@@ -447,8 +453,8 @@ func (s *Store) ReadLatest(ctx context.Context, sagaID string) ([]StoredCommit, 
 	// Bounded: the saga's subject may also have been purged in between.
 	giveUp := time.After(catchUpTimeout)
 	for tries := 1; ; tries++ {
-		commits, err := s.Read(ctx, sagaID, 0)
-		if err != nil || leaderErr != nil || len(commits) > 0 && commits[len(commits)-1].Seq >= last || len(commits) == 0 && last == 0 {
+		commits, err := s.Read(ctx, sagaID, afterSeq)
+		if err != nil || leaderErr != nil || len(commits) > 0 && commits[len(commits)-1].Seq >= last || len(commits) == 0 && last <= afterSeq {
 			return commits, err
 		}
 		select {
