@@ -1,0 +1,317 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/internal/natstest"
+	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/worker"
+)
+
+// growthStep is the no-op activity every step of growthWorkflow runs: the
+// benchmark measures the engine's cost of a step, not an activity's.
+var growthStep = saga.NewActivity("growth-step", func(_ context.Context, i int) (int, error) { return i, nil })
+
+// growthWorkflow runs n steps back to back, which takes its history to
+// 1 + 3n events (started, then scheduled, started and completed per step)
+// as fast as the engine goes, then runs one more step for every "go"
+// signal, forever: each signal is a step the benchmark can time at the
+// length the history has reached.
+var growthWorkflow = saga.NewWorkflow("growth", 1, func(ctx saga.Context, n int) (int, error) {
+	for i := range n {
+		if _, err := saga.ExecuteActivity(ctx, growthStep, i).Get(ctx); err != nil {
+			return i, err
+		}
+	}
+	next := saga.GetSignalChannel[struct{}](ctx, "go")
+	for i := n; ; i++ {
+		if _, err := next.Receive(ctx); err != nil {
+			return i, err
+		}
+		if _, err := saga.ExecuteActivity(ctx, growthStep, i).Get(ctx); err != nil {
+			return i, err
+		}
+	}
+})
+
+// growthEventsPerStep is what a signaled step adds to the history:
+// SignalReceived, then the activity's scheduled, started and completed.
+const growthEventsPerStep = 4
+
+// Samples per round of BenchmarkHistoryGrowth. Cold steps are fewer: each
+// one stops a node and starts another.
+const (
+	growthWarmSteps = 9
+	growthColdSteps = 5
+	growthReads     = 9
+)
+
+// BenchmarkHistoryGrowth measures how the cost of a saga grows with the
+// length of its history: one saga of growthWorkflow is taken to about 10,
+// 100, 1,000 and 10,000 events, then timed, on one node and an embedded
+// server (sync interval, the default):
+//
+//	go test ./integration -run '^$' -bench HistoryGrowth -benchtime 1x
+//
+// Each round (b.N of them; one with -benchtime 1x) reports medians:
+// describe_ms and history_read_ms are saga.Client.Describe and
+// Client.History of the saga; cold_step_ms is a step (a signal, then an
+// activity) on a fresh node, on a connection of its own, that has never
+// seen the saga, so it reads the whole history and replays it (the node
+// before it is stopped first); warm_step_ms is the same step on the node
+// that has the saga cached. A step is timed from the signal's publish to
+// the commit recording the activity's completion, as a client watching
+// the saga sees it. build_s is how long the saga took to reach the
+// length, events the length at which the measurements began. Each round's
+// steps add 56 events, so later rounds measure a longer saga: -benchtime
+// 1x keeps the figures at the lengths named.
+func BenchmarkHistoryGrowth(b *testing.B) {
+	for _, events := range []int{10, 100, 1_000, 10_000} {
+		b.Run(fmt.Sprintf("events=%d", events), func(b *testing.B) {
+			benchHistoryGrowth(b, (events-1)/3)
+		})
+	}
+}
+
+func benchHistoryGrowth(b *testing.B, steps int) {
+	srv := natstest.Start(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// Everything connects in-process, as in the other benchmarks of
+	// docs/benchmarks.md: the figures are the engine's and the server's,
+	// not the loopback interface's.
+	cl, err := saga.NewClient(growthConn(b, srv), saga.ClientOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	const id = "growth-1"
+	watch := watchGrowth(b, growthConn(b, srv), id)
+
+	node := startGrowthNode(b, srv)
+	began := time.Now()
+	if _, err := saga.StartWorkflow(ctx, cl, growthWorkflow, steps, saga.StartOptions{ID: id}); err != nil {
+		b.Fatal(err)
+	}
+	completed := steps
+	// Ten milliseconds a step is many times what a step takes here: a
+	// build slower than that has gone wrong rather than slow.
+	watch.waitCompleted(b, completed, time.Minute+time.Duration(steps)*10*time.Millisecond)
+	built := time.Since(began)
+	length := growthLength(b, ctx, cl, id, 1+3*steps)
+
+	var warm, cold, describe, history []time.Duration
+	step := func(n *worker.Node) time.Duration {
+		completed++
+		t0 := time.Now()
+		if err := cl.Signal(ctx, id, "go", struct{}{}); err != nil {
+			b.Fatal(err)
+		}
+		watch.waitCompleted(b, completed, time.Minute)
+		return time.Since(t0)
+	}
+	b.ResetTimer()
+	for range b.N {
+		for range growthReads {
+			t0 := time.Now()
+			d, err := cl.Describe(ctx, id)
+			if err != nil {
+				b.Fatal(err)
+			}
+			describe = append(describe, time.Since(t0))
+			if d.Status != saga.StatusRunning {
+				b.Fatalf("saga %s is %s, want running", id, d.Status)
+			}
+		}
+		for range growthReads {
+			t0 := time.Now()
+			events, err := cl.History(ctx, id)
+			if err != nil {
+				b.Fatal(err)
+			}
+			history = append(history, time.Since(t0))
+			if len(events) < length {
+				b.Fatalf("history of %d events, want at least %d", len(events), length)
+			}
+		}
+		for range growthColdSteps {
+			node.stop(b)
+			node = startGrowthNode(b, srv)
+			cold = append(cold, step(node.Node))
+			// The step is cold only if the node had to rebuild the saga
+			// from its history.
+			if st := node.Stats(); st.Replays < 1 || st.HistoryReads < 1 {
+				b.Fatalf("fresh node: %d replays, %d history reads, want at least one of each", st.Replays, st.HistoryReads)
+			}
+		}
+		replays := node.Stats().Replays
+		for range growthWarmSteps {
+			warm = append(warm, step(node.Node))
+		}
+		// A warm step replays nothing: the saga stays in the cache.
+		if n := node.Stats().Replays - replays; n != 0 {
+			b.Fatalf("%d replays during warm steps, want 0", n)
+		}
+	}
+	b.StopTimer()
+	growthLength(b, ctx, cl, id, length+b.N*(growthColdSteps+growthWarmSteps)*growthEventsPerStep)
+	node.stop(b)
+
+	b.ReportMetric(medianMs(warm), "warm_step_ms")
+	b.ReportMetric(medianMs(cold), "cold_step_ms")
+	b.ReportMetric(medianMs(describe), "describe_ms")
+	b.ReportMetric(medianMs(history), "history_read_ms")
+	b.ReportMetric(built.Seconds(), "build_s")
+	b.ReportMetric(float64(length), "events")
+}
+
+// growthNode is a node on a connection of its own, so that a node that
+// stops takes its subscriptions (and the pull requests they answer) with
+// it.
+type growthNode struct {
+	*worker.Node
+	nc *nats.Conn
+}
+
+// growthConn is an in-process connection to srv, closed when b ends.
+func growthConn(b *testing.B, srv *natstest.Server) *nats.Conn {
+	b.Helper()
+	nc, err := srv.Connect()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	return nc
+}
+
+func startGrowthNode(b *testing.B, srv *natstest.Server) *growthNode {
+	b.Helper()
+	nc := growthConn(b, srv)
+	reg := saga.NewRegistry()
+	reg.MustRegister(growthWorkflow, growthStep)
+	// Replaying 10,000 events runs the workflow code for a while before
+	// its first new decision: the deadlock timeout allows it generously.
+	n, err := worker.New(nc, reg, worker.Options{Logger: testLogger(), DisableAPI: true, DeadlockTimeout: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	gn := &growthNode{Node: n, nc: nc}
+	b.Cleanup(func() { gn.stop(b) })
+	return gn
+}
+
+// stop drains the node and closes its connection. Safe to call again.
+func (n *growthNode) stop(b *testing.B) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.Stop(ctx); err != nil {
+		b.Errorf("stop node: %v", err)
+	}
+	n.nc.Close()
+}
+
+// growthLength checks that the saga's history holds want events and
+// returns how many it holds.
+func growthLength(b *testing.B, ctx context.Context, cl *saga.Client, id string, want int) int {
+	b.Helper()
+	events, err := cl.History(ctx, id)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if len(events) != want {
+		b.Fatalf("history of %d events, want %d", len(events), want)
+	}
+	return len(events)
+}
+
+// growthWatch counts the activity completions committed to one saga, as
+// published on its history subject: a commit's publish reaches a core
+// subscriber as the stream stores it, which is when the step is done.
+type growthWatch struct {
+	mu        sync.Mutex
+	next      uint64 // the first event id of the commit expected next
+	completed int
+	changed   chan struct{}
+}
+
+func watchGrowth(b *testing.B, nc *nats.Conn, id string) *growthWatch {
+	b.Helper()
+	w := &growthWatch{changed: make(chan struct{}, 1)}
+	subject := stream.Config{}.Defaults().HistorySubject(id)
+	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		c, err := stream.DecodeCommit(m.Data)
+		if err != nil {
+			return
+		}
+		w.mu.Lock()
+		// A core subscriber also sees publishes the stream refused (a
+		// retry, a lost race): only a commit continuing the last one
+		// counts.
+		if c.FirstEventID() == w.next {
+			w.next = c.NextEventID()
+			for _, e := range c.Events {
+				if e.Type == stream.ActivityTaskCompleted {
+					w.completed++
+				}
+			}
+		}
+		w.mu.Unlock()
+		select {
+		case w.changed <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sub.Unsubscribe() })
+	return w
+}
+
+// waitCompleted waits until n activity completions are committed.
+func (w *growthWatch) waitCompleted(b *testing.B, n int, d time.Duration) {
+	b.Helper()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		w.mu.Lock()
+		got := w.completed
+		w.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-w.changed:
+		case <-deadline.C:
+			b.Fatalf("%d activity completions after %s, want %d", got, d, n)
+		}
+	}
+}
+
+// medianMs is the median of ds in milliseconds.
+func medianMs(ds []time.Duration) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + m) / 2
+	}
+	return float64(m) / float64(time.Millisecond)
+}
