@@ -174,15 +174,20 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
-	if err := node.Start(ctx); err != nil {
-		return fmt.Errorf("bench: start node: %w", err)
-	}
+	// Registered before Start, so that streams a failed start created on a
+	// borrowed server go too; the stop is bounded, so that a server gone
+	// away cannot keep them there by hanging it.
 	defer func() {
-		_ = node.Stop(context.Background())
+		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = node.StopAndCancel(stopCtx)
 		if *url != "" {
 			removeStreams(adminConn, cfg)
 		}
 	}()
+	if err := node.Start(ctx); err != nil {
+		return fmt.Errorf("bench: start node: %w", err)
+	}
 	cl, err := saga.NewClient(clientConn, saga.ClientOptions{Stream: cfg, Logger: log})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)

@@ -504,8 +504,13 @@ func (n *Node) confirmBehind(ctx context.Context, sagaID string, err error) erro
 }
 
 // notInHistoryConfirmations is how many deliveries of a message must find
-// the event it refers to missing before it is set aside.
-const notInHistoryConfirmations = 3
+// the event it refers to missing before it is set aside, notInHistoryRetry
+// apart: long enough for a server that lags, or a leader just elected,
+// to catch up.
+const (
+	notInHistoryConfirmations = 3
+	notInHistoryRetry         = 2 * time.Second
+)
 
 type seenSeqKey struct{}
 

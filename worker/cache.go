@@ -74,16 +74,24 @@ func (c *sagaCache) release(e *sagaEntry, done bool) {
 	if done {
 		e.view.reset()
 	}
-	size := e.view.bytes
-	e.mu.Unlock()
+	// Counted while the entry is still locked, so that another holder's
+	// newer figure is never overwritten by this one's (nothing takes an
+	// entry's lock while holding the cache's).
 	c.mu.Lock()
-	e.refs--
 	if !e.evicted {
-		c.bytes += size - e.counted
-		e.counted = size
+		c.bytes += e.view.bytes - e.counted
+		e.counted = e.view.bytes
 	}
+	e.mu.Unlock()
+	e.refs--
 	if done && e.refs == 0 && !e.evicted {
 		c.remove(e)
+	}
+	if e.counted > c.maxBytes && e.refs == 0 && !e.evicted {
+		// A saga larger than the bound alone goes alone: evicting every
+		// other saga for it would not make it fit.
+		c.remove(e)
+		closing = append(closing, e)
 	}
 	for el := c.lru.Back(); (len(c.entries) > c.capacity || c.bytes > c.maxBytes) && el != nil; {
 		old := el.Value.(*sagaEntry)

@@ -39,6 +39,31 @@ func TestCacheIsBoundedByBytes(t *testing.T) {
 	if n, b := c.size(); n != 1 || b != eventOverhead {
 		t.Fatalf("after b ended: %d sagas, %d bytes", n, b)
 	}
+	// A saga larger than the bound alone goes alone; the others stay.
+	huge := c.acquire("huge")
+	huge.view.addEvents([]stream.Event{{Type: stream.ActivityTaskScheduled, Attrs: &stream.ActivityTaskScheduledAttrs{ActivityType: "a", Input: make(stream.Payload, 20_000)}}})
+	c.release(huge, false)
+	if _, ok := c.entries["c"]; !ok {
+		t.Fatal("a saga larger than the bound emptied the cache")
+	}
+	if n, b := c.size(); n != 1 || b != eventOverhead {
+		t.Fatalf("after the oversized saga: %d sagas, %d bytes", n, b)
+	}
+	// Two holders of one saga: the last to release counts what the view
+	// holds then, not what it held when the first let go.
+	x1 := c.acquire("x")
+	x1.view.addEvents([]stream.Event{{Type: stream.TimerFired, Attrs: &stream.TimerFiredAttrs{}}})
+	c.mu.Lock()
+	x := c.entries["x"]
+	x.refs++ // a second holder, waiting for the lock
+	c.mu.Unlock()
+	c.release(x1, false)
+	x.mu.Lock()
+	x.view.reset()
+	c.release(x, false)
+	if n, b := c.size(); n != 2 || b != eventOverhead {
+		t.Fatalf("after two holders: %d sagas, %d bytes, want the second holder's figure", n, b)
+	}
 	c.close()
 	if n, b := c.size(); n != 0 || b != 0 {
 		t.Fatalf("closed: %d sagas, %d bytes", n, b)

@@ -108,8 +108,8 @@ func (n *Node) handlingFailed(ctx context.Context, d *delivery, what string, err
 	case errors.Is(err, errNotInHistory) && d.meta.NumDelivered < notInHistoryConfirmations:
 		// One reading that the history lacks an event can be a replica, or
 		// a leader just elected, behind the rest: set the message aside
-		// only once later deliveries read the same.
-		return retryLater(d, what, err)
+		// only once later deliveries, seconds apart, read the same.
+		return nakAfter(notInHistoryRetry, what, err)
 	case isHistoryProblem(err):
 		return deadLetter(what+": the saga's history cannot take it", err)
 	case errors.Is(err, stream.ErrInvalidID), errors.Is(err, stream.ErrCodec):

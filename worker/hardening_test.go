@@ -191,7 +191,7 @@ func TestWakeQueuesLostTasksAgain(t *testing.T) {
 }
 
 // A task that refers to an event its saga's history does not hold (no
-// engine derived it) is set aside within a second, with the reason:
+// engine derived it) is set aside within seconds, with the reason:
 // before, it was redelivered for minutes and then dropped without a
 // trace. Three deliveries must read the same, so that one reading from a
 // lagging server is not taken for a verdict.

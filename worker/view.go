@@ -55,8 +55,31 @@ func eventBytes(e stream.Event) int64 {
 		n += int64(len(a.Input))
 	case *stream.CompensationStepScheduledAttrs:
 		n += int64(len(a.Input))
+	case *stream.CompensationStepCompletedAttrs:
+		n += int64(len(a.Result))
+	case *stream.WorkflowExecutionCompletedAttrs:
+		n += int64(len(a.Output))
+	case *stream.ActivityTaskFailedAttrs:
+		n += failureBytes(a.Failure)
+	case *stream.CompensationStepFailedAttrs:
+		n += failureBytes(a.Failure)
+	case *stream.WorkflowExecutionFailedAttrs:
+		n += failureBytes(a.Failure)
 	}
 	return n
+}
+
+// failureBytes estimates a recorded failure: its text and details, which
+// may hold a stack.
+func failureBytes(f *stream.Failure) int64 {
+	if f == nil {
+		return 0
+	}
+	n := int64(len(f.Message))
+	for k, v := range f.Context {
+		n += int64(len(k) + len(v))
+	}
+	return n + failureBytes(f.Cause)
 }
 
 // addEvents appends events to the view and counts their bytes.
