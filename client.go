@@ -475,7 +475,7 @@ func (c *Client) describe(ctx context.Context, id string) (*Description, error) 
 		return nil, wrapStreamError("describe "+id, readErr)
 	}
 	if len(commits) == 0 && readErr == nil {
-		return nil, (&Error{Kind: KindValidation, Message: "saga " + id, Cause: ErrNotFound}).WithContext("saga_id", id)
+		return nil, notFound(id)
 	}
 	st, foldErr := stream.Fold(commits)
 	if readErr == nil {
@@ -488,11 +488,21 @@ func (c *Client) describe(ctx context.Context, id string) (*Description, error) 
 		st.Status = stream.StatusBlocked
 		st.Blocked = &stream.WorkflowExecutionBlockedAttrs{Reason: stream.BlockedHistoryUnreadable, Message: readErr.Error(), AtEventID: st.NextEventID}
 	}
+	return describeState(st, id), nil
+}
+
+// describeState describes a folded saga; id names it when the state does
+// not (a history without its start).
+func describeState(st *stream.State, id string) *Description {
 	d := newDescription(st)
 	if d.ID == "" {
 		d.ID = id
 	}
-	return d, nil
+	return d
+}
+
+func notFound(id string) error {
+	return (&Error{Kind: KindValidation, Message: "saga " + id, Cause: ErrNotFound}).WithContext("saga_id", id)
 }
 
 // follower describes a saga again and again, reading only the commits
@@ -525,13 +535,9 @@ func (f *follower) describe(ctx context.Context, c *Client, id string) (*Descrip
 		f.lastSeq = sc.Seq
 	}
 	if !f.st.Exists() {
-		return nil, (&Error{Kind: KindValidation, Message: "saga " + id, Cause: ErrNotFound}).WithContext("saga_id", id)
+		return nil, notFound(id)
 	}
-	d := newDescription(f.st)
-	if d.ID == "" {
-		d.ID = id
-	}
-	return d, nil
+	return describeState(f.st, id), nil
 }
 
 // rereadPolicy spaces Wait's reads of a history that is behind what its

@@ -1,13 +1,9 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +11,7 @@ import (
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/internal/natstest"
+	"github.com/jetsaga/saga/internal/procmem"
 	"github.com/jetsaga/saga/kv"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/worker"
@@ -106,32 +103,9 @@ func waitGoroutinesAtMost(tb testing.TB, bound int, why string) int {
 	return n
 }
 
-// rssMiB reads the process's resident set size from /proc/self/status;
-// ok is false where there is no such file.
-func rssMiB() (mib float64, ok bool) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, found := strings.CutPrefix(sc.Text(), "VmRSS:")
-		if !found {
-			continue
-		}
-		fields := strings.Fields(rest) // "123456 kB"
-		if len(fields) != 2 || fields[1] != "kB" {
-			return 0, false
-		}
-		kb, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return 0, false
-		}
-		return kb / 1024, true
-	}
-	return 0, false
-}
+// rssMiB is the process's resident set size; ok is false where the
+// kernel does not report it.
+func rssMiB() (mib float64, ok bool) { return procmem.StatusMiB("VmRSS") }
 
 // heapInUseMiB is the Go heap in use after a collection: the node's, the
 // client's and the in-process nats-server's together.

@@ -202,11 +202,7 @@ func CheckPayloadCodec(ctx context.Context, js jetstream.JetStream, cfg Config, 
 			return fmt.Errorf("payload codec: read %s: %w", name, mapError(err))
 		}
 		sc := s.CachedInfo().Config
-		recorded := sc.Metadata[metaCodec]
-		var keys []string
-		if v := sc.Metadata[metaKeyIDs]; v != "" {
-			keys = strings.Split(v, ",")
-		}
+		recorded, keys := recordedCodec(sc.Metadata)
 		if c == nil {
 			if recorded != "" {
 				return fmt.Errorf("%w: the fleet seals payloads with %s (stream %s); start this node with its key (--payload-key)", ErrCodecMismatch, recorded, name)
@@ -256,9 +252,14 @@ func FleetCodec(ctx context.Context, js jetstream.JetStream, cfg Config) (name s
 	if err != nil {
 		return "", nil, mapError(err)
 	}
-	meta := s.CachedInfo().Config.Metadata
+	name, keyIDs = recordedCodec(s.CachedInfo().Config.Metadata)
+	return name, keyIDs, nil
+}
+
+// recordedCodec reads the codec a stream's metadata records.
+func recordedCodec(meta map[string]string) (name string, keyIDs []string) {
 	if v := meta[metaKeyIDs]; v != "" {
 		keyIDs = strings.Split(v, ",")
 	}
-	return meta[metaCodec], keyIDs, nil
+	return meta[metaCodec], keyIDs
 }
