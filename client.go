@@ -29,6 +29,11 @@ type ClientOptions struct {
 	// without one refuses to write plain values once the fleet seals them
 	// (ErrCodecMismatch, of kind Configuration).
 	Codec PayloadCodec
+	// AppendStart, when set, appends the commit that starts a saga in the
+	// client's stead, with the same contract as the plain append
+	// (expected sequence 0, stream errors). A node sets it on the client
+	// it owns, to decide the saga's first step in the start's own commit.
+	AppendStart func(ctx context.Context, start *stream.Commit) (seq uint64, err error)
 }
 
 // Client starts sagas, waits for them and reads their state and history.
@@ -39,6 +44,8 @@ type Client struct {
 	store  *stream.Store
 	logger *slog.Logger
 	codec  PayloadCodec
+	// appendStart appends start commits (ClientOptions.AppendStart).
+	appendStart func(ctx context.Context, start *stream.Commit) (uint64, error)
 
 	// The fleet's codec as last read (checkFleetCodec).
 	fleetMu      sync.Mutex
@@ -57,7 +64,7 @@ func NewClient(nc *nats.Conn, opts ClientOptions) (*Client, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Client{nc: nc, store: st, logger: logger, codec: opts.Codec}, nil
+	return &Client{nc: nc, store: st, logger: logger, codec: opts.Codec, appendStart: opts.AppendStart}, nil
 }
 
 // Close releases the client's subscription; the connection stays open.
@@ -141,7 +148,11 @@ func (c *Client) StartPayload(ctx context.Context, workflowType string, version 
 		return StartResult{}, err
 	}
 	id := commit.SagaID
-	_, err = c.store.Append(ctx, commit, 0)
+	if c.appendStart != nil {
+		_, err = c.appendStart(ctx, commit)
+	} else {
+		_, err = c.store.Append(ctx, commit, 0)
+	}
 	if errors.Is(err, stream.ErrConcurrency) && opts.RequestID != "" && c.startedBy(ctx, id, opts.RequestID) {
 		return StartResult{ID: id}, nil // our own earlier attempt
 	}

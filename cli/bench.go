@@ -34,6 +34,8 @@ type benchReport struct {
 	Shards   int    `json:"shards"`
 	Replicas int    `json:"replicas"`
 	InFlight int    `json:"in_flight"`
+	StartVia string `json:"start_via"`
+	Eager    bool   `json:"eager"`
 
 	// The loaded run.
 	Sagas        int     `json:"sagas"`
@@ -98,6 +100,8 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	idle := fs.Int("idle", 200, "sagas run one at a time after the loaded run, for idle latency (0: none)")
 	rawDuration := fs.Duration("raw-duration", 2*time.Second, "how long to measure raw appends on the server")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	eager := fs.Bool("eager", true, "run activities eagerly on the node that dispatches their scheduling commit (false: every activity goes through a task)")
+	startVia := fs.String("start-via", "client", `who appends the starts: "client", a separate client as another service would (the start alone), or "node", the node's own client as an application embedding the node, the API and the inbox do (the start with its first decision)`)
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
@@ -114,12 +118,14 @@ func runBench(ctx context.Context, args []string, env Env) error {
 		return fmt.Errorf("%w: --raw-duration must be positive, got %s", errUsage, *rawDuration)
 	case *replicas < 1 || *replicas > 5:
 		return fmt.Errorf("%w: --replicas must be 1..5, got %d", errUsage, *replicas)
+	case *startVia != "client" && *startVia != "node":
+		return fmt.Errorf(`%w: --start-via must be "client" or "node", got %q`, errUsage, *startVia)
 	}
 	log := newLogger(env.Stderr, slog.LevelWarn)
 	connect := func(opts ...nats.Option) (*nats.Conn, error) {
 		return nats.Connect(*url, append([]nats.Option{nats.Name("saga-node bench")}, opts...)...)
 	}
-	rep := benchReport{Where: *url, Sync: *syncMode, Shards: *shards, Replicas: *replicas, InFlight: *inFlight}
+	rep := benchReport{Where: *url, Sync: *syncMode, Shards: *shards, Replicas: *replicas, InFlight: *inFlight, StartVia: *startVia, Eager: *eager}
 	if *url == "" {
 		dir, err := os.MkdirTemp("", "saga-bench-")
 		if err != nil {
@@ -170,7 +176,8 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	reg := saga.NewRegistry()
 	reg.MustRegister(order.NewService().Definitions()...)
 	node, err := worker.New(nodeConn, reg, worker.Options{Stream: cfg, Logger: log, DisableAPI: true,
-		WorkflowConcurrency: 128, ActivityConcurrency: 256, CacheSize: 4 * max(*inFlight, 1)})
+		WorkflowConcurrency: 128, ActivityConcurrency: 256, CacheSize: 4 * max(*inFlight, 1),
+		DisableEagerActivities: !*eager})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
@@ -188,11 +195,13 @@ func runBench(ctx context.Context, args []string, env Env) error {
 	if err := node.Start(ctx); err != nil {
 		return fmt.Errorf("bench: start node: %w", err)
 	}
-	cl, err := saga.NewClient(clientConn, saga.ClientOptions{Stream: cfg, Logger: log})
-	if err != nil {
-		return fmt.Errorf("bench: %w", err)
+	cl := node.Client()
+	if *startVia == "client" {
+		if cl, err = saga.NewClient(clientConn, saga.ClientOptions{Stream: cfg, Logger: log}); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer cl.Close()
 	}
-	defer cl.Close()
 	runner, err := newSagaRunner(adminConn, cl, cfg)
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)

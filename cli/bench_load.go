@@ -32,6 +32,9 @@ type sagaRunner struct {
 	done      chan struct{}
 }
 
+// maxStarters bounds the goroutines that start sagas in a loaded run.
+const maxStarters = 16
+
 func newSagaRunner(nc *nats.Conn, cl *saga.Client, cfg stream.Config) (*sagaRunner, error) {
 	r := &sagaRunner{cl: cl, startedAt: map[string]time.Time{}}
 	sub, err := nc.Subscribe(cfg.Prefix+".h.*.*", r.observe)
@@ -102,30 +105,44 @@ func (r *sagaRunner) run(ctx context.Context, idPrefix string, n, inFlight int, 
 	startErr := make(chan error, 1)
 	began := time.Now()
 	p.show(func() string { return bar(label, r.ended.Load(), int64(n), began) })
-	// The starter stops and is waited for before the client it uses closes.
+	// The starters stop and are waited for before the client they use
+	// closes. Several start at once, as a fleet's clients do: one start
+	// is a round trip and an fsync, and a single starter would cap the
+	// rate at one start per round trip rather than let the window fill.
 	startCtx, stopStarting := context.WithCancel(ctx)
-	var starter sync.WaitGroup
-	defer starter.Wait()
+	var starters sync.WaitGroup
+	defer starters.Wait()
 	defer stopStarting()
-	starter.Go(func() {
-		ctx := startCtx
-		for i := range n {
-			select {
-			case window <- struct{}{}:
-			case <-ctx.Done():
-				return
+	var next atomic.Int64
+	for range min(inFlight, maxStarters) {
+		starters.Go(func() {
+			ctx := startCtx
+			for {
+				select {
+				case window <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					<-window
+					return
+				}
+				id := idPrefix + "-" + strconv.FormatInt(i, 10)
+				r.mu.Lock()
+				r.startedAt[id] = time.Now()
+				r.mu.Unlock()
+				in := order.Input{OrderID: id, Items: []order.Item{{SKU: "sku", Qty: 1}}, Amount: 10}
+				if _, err := saga.StartWorkflow(ctx, r.cl, order.Workflow, in, saga.StartOptions{ID: id}); err != nil {
+					select {
+					case startErr <- fmt.Errorf("start %s: %w", id, err):
+					default:
+					}
+					return
+				}
 			}
-			id := idPrefix + "-" + strconv.Itoa(i)
-			r.mu.Lock()
-			r.startedAt[id] = time.Now()
-			r.mu.Unlock()
-			in := order.Input{OrderID: id, Items: []order.Item{{SKU: "sku", Qty: 1}}, Amount: 10}
-			if _, err := saga.StartWorkflow(ctx, r.cl, order.Workflow, in, saga.StartOptions{ID: id}); err != nil {
-				startErr <- fmt.Errorf("start %s: %w", id, err)
-				return
-			}
-		}
-	})
+		})
+	}
 	for range n {
 		select {
 		case <-r.done:

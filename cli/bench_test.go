@@ -5,8 +5,31 @@ import (
 	"testing"
 )
 
+// benchWrites is what one order saga should write, by kind, under a
+// bench's options.
+type benchWrites struct {
+	args           []string
+	history, task  float64 // exactly, per saga
+	minAcks        float64
+	eager          bool
+	startVia       string
+	appendsPerSaga float64
+}
+
 func TestBenchJSONReportsEveryFigure(t *testing.T) {
-	r := runCLI(t, noEnv, "bench", "--sagas", "50", "--in-flight", "8", "--idle", "5", "--raw-duration", "200ms", "--json")
+	for name, want := range map[string]benchWrites{
+		// Eager activities: no task; a client's start is appended alone.
+		"default": {history: 5, task: 0, minAcks: 5, eager: true, startVia: "client", appendsPerSaga: 5},
+		// Tasks, and starts appended with their first decision.
+		"tasks, starts by the node": {args: []string{"--eager=false", "--start-via", "node"}, history: 4, task: 3, minAcks: 7, startVia: "node", appendsPerSaga: 4},
+	} {
+		t.Run(name, func(t *testing.T) { checkBenchJSON(t, want) })
+	}
+}
+
+func checkBenchJSON(t *testing.T, want benchWrites) {
+	args := append([]string{"bench", "--sagas", "50", "--in-flight", "8", "--idle", "5", "--raw-duration", "200ms", "--json"}, want.args...)
+	r := runCLI(t, noEnv, args...)
 	expectCode(t, r, ExitOK)
 	m := decodeObject(t, r.stdout)
 	requireKeys(t, m, "sagas", "sagas_per_sec", "events_per_sec", "p50_ms", "p99_ms", "idle_p50_ms", "idle_p99_ms",
@@ -34,9 +57,13 @@ func TestBenchJSONReportsEveryFigure(t *testing.T) {
 	if num("p99_ms") < num("p50_ms") || num("idle_p99_ms") < num("idle_p50_ms") {
 		t.Errorf("p99 below p50: %s", r.stdout)
 	}
-	// An order saga is 5 commits (events/s counts its 13 events).
-	if got := num("appends_per_saga"); got < 5 {
-		t.Errorf("appends_per_saga = %v, want >= 5", got)
+	if m["eager"] != want.eager || m["start_via"] != want.startVia {
+		t.Errorf("eager %v, start_via %v not reported as given", m["eager"], m["start_via"])
+	}
+	// An order saga is 5 commits, or 4 when its start carries its first
+	// decision (events/s counts its 13 events).
+	if got := num("appends_per_saga"); got < want.appendsPerSaga-0.01 || got > want.appendsPerSaga+0.01 {
+		t.Errorf("appends_per_saga = %v, want %v", got, want.appendsPerSaga)
 	}
 	if got := num("events_per_sec") / num("sagas_per_sec"); got < 12.99 {
 		t.Errorf("events per saga = %v, want >= 13", got)
@@ -53,14 +80,14 @@ func TestBenchJSONReportsEveryFigure(t *testing.T) {
 		}
 		sum += f
 	}
-	if h, _ := kinds["history"].(float64); h < 5 {
-		t.Errorf("history appends per saga = %v, want >= 5", h)
+	if h, _ := kinds["history"].(float64); h < want.history-0.01 || h > want.history+0.01 {
+		t.Errorf("history appends per saga = %v, want %v", h, want.history)
 	}
-	if task, _ := kinds["task"].(float64); task < 3 {
-		t.Errorf("task publishes per saga = %v, want >= 3 (three activities)", task)
+	if task, _ := kinds["task"].(float64); task < want.task-0.01 || task > want.task+0.01 {
+		t.Errorf("task publishes per saga = %v, want %v", task, want.task)
 	}
-	if ack, _ := kinds["ack"].(float64); ack < 8 {
-		t.Errorf("acks per saga = %v, want >= 8 (5 commits, 3 tasks)", ack)
+	if ack, _ := kinds["ack"].(float64); ack < want.minAcks {
+		t.Errorf("acks per saga = %v, want >= %v", ack, want.minAcks)
 	}
 	if total := num("writes_per_saga"); total < sum-0.01 || total > sum+0.01 {
 		t.Errorf("writes_per_saga %v is not the sum of writes_by_kind %v", total, sum)

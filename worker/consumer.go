@@ -41,6 +41,19 @@ type delivery struct {
 	attrs []slog.Attr
 	buf   [4]slog.Attr
 	log   *slog.Logger
+	// owner is the consumer that delivered the message.
+	owner *consumer
+}
+
+// handOff lets work that outlives the handler finish the delivery: the
+// handler returns handedOff(), and finish carries out the outcome that
+// work reaches, once. Until then the message stays held (kept alive by
+// the consumer's heartbeats) without holding one of the consumer's slots.
+// The caller must have the node track the work (Node.track), so that a
+// stopping node waits for it.
+func (d *delivery) handOff() (finish func(outcome)) {
+	var once sync.Once
+	return func(out outcome) { once.Do(func() { d.owner.finish(d, out) }) }
 }
 
 // with adds attributes to what the delivery logs.
@@ -81,6 +94,10 @@ const (
 	// outcomeLeave: touch nothing (the node is stopping); the message is
 	// redelivered after AckWait.
 	outcomeLeave
+	// outcomeHandedOff: the handler gave the message to work that goes on
+	// after it returns (see delivery.handOff); that work finishes it. The
+	// message is kept alive meanwhile, and the handler's slot is free.
+	outcomeHandedOff
 )
 
 // outcome is what a handler made of a message.
@@ -92,6 +109,8 @@ type outcome struct {
 }
 
 func ack() outcome { return outcome{kind: outcomeAck} }
+
+func handedOff() outcome { return outcome{kind: outcomeHandedOff} }
 
 func leave() outcome { return outcome{kind: outcomeLeave} }
 
@@ -284,7 +303,7 @@ func (c *consumer) giveBack(msg jetstream.Msg) {
 	if gb, ok := c.h.(givingBack); ok {
 		if meta, err := msg.Metadata(); err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
-			gb.giveBack(ctx, &delivery{msg: msg, meta: meta, base: c.node.log, consumer: c.name})
+			gb.giveBack(ctx, &delivery{msg: msg, meta: meta, base: c.node.log, consumer: c.name, owner: c})
 			cancel()
 		}
 	}
@@ -353,23 +372,32 @@ func (c *consumer) dispatch(msg jetstream.Msg) {
 	go func() {
 		defer n.untrack()
 		defer func() { <-c.slots }()
-		defer c.unhold(msg)
 		c.handleOne(msg)
 	}()
 }
 
-// handleOne runs the handler and carries out its outcome.
+// handleOne runs the handler and carries out its outcome, unless the
+// handler handed the message off.
 func (c *consumer) handleOne(msg jetstream.Msg) {
 	n := c.node
 	meta, err := msg.Metadata()
 	if err != nil {
 		// Not a JetStream delivery: nothing to redeliver or set aside.
 		n.log.Error("message without JetStream metadata; dropped", "consumer", c.name, "subject", msg.Subject(), "err", err)
+		c.unhold(msg)
 		_ = msg.Term()
 		return
 	}
-	d := &delivery{msg: msg, meta: meta, base: n.log, consumer: c.name}
-	out := c.safeHandle(d)
+	d := &delivery{msg: msg, meta: meta, base: n.log, consumer: c.name, owner: c}
+	if out := c.safeHandle(d); out.kind != outcomeHandedOff {
+		c.finish(d, out)
+	}
+}
+
+// finish carries out a handler's outcome for a message.
+func (c *consumer) finish(d *delivery, out outcome) {
+	n := c.node
+	msg, meta := d.msg, d.meta
 	ctx := n.runCtx
 	if out.kind == outcomeDeadLetter {
 		out = c.setAside(ctx, d, out)

@@ -26,10 +26,17 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	// The commit being handled exists at its sequence, whatever a read
 	// taken meanwhile says.
 	ctx = withSeenSeq(ctx, sagaID, d.meta.Sequence.Stream)
+	if d.meta.NumDelivered > 1 {
+		ctx = withRedispatch(ctx)
+	}
+	eager := n.eagerRuns(d, commit)
 	// Every effect, even after one failed: they are idempotent, and one
 	// that fails must not hold back the others until the redelivery.
 	var errs []error
 	for _, e := range commit.Events {
+		if _, ok := eager[e.ID]; ok {
+			continue // run here instead of queued
+		}
 		if effect := effects[e.Type]; effect != nil {
 			if err := effect(ctx, n, e); err != nil {
 				errs = append(errs, fmt.Errorf("event %d %s: %w", e.ID, e.Type, err))
@@ -37,8 +44,24 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
+		n.releaseEager(eager)
 		return n.handlingFailed(ctx, d, "carry out effects", err)
 	}
+	out = h.decide(ctx, d, sagaID, commit)
+	if len(eager) == 0 {
+		return out
+	}
+	if out.kind != outcomeAck {
+		n.releaseEager(eager)
+		return out
+	}
+	return n.handOffEager(ctx, d, eager)
+}
+
+// decide makes the decision a commit holding undecided inputs needs: here
+// when this node runs the workflow, or else through a workflow task.
+func (h dispatcher) decide(ctx context.Context, d *delivery, sagaID string, commit *stream.Commit) outcome {
+	n := h.n
 	if !commit.NeedsDecision() {
 		return ack()
 	}

@@ -174,8 +174,26 @@ func dispatchActivity(ctx context.Context, n *Node, e stream.Event) error {
 		return nil // canceled in the decision that scheduled it
 	}
 	task, _ := stream.TaskFor(e)
+	if redispatched(ctx) && fastEligible(task.Options) {
+		// The commit's first dispatch may have run the first attempt
+		// eagerly, or queued its task that started it, without a record.
+		task.Attempt = 2
+	}
 	_, err := n.queueActivity(ctx, task)
 	return err
+}
+
+type redispatchKey struct{}
+
+// withRedispatch marks a commit delivered before: the effects of its
+// first dispatch may have started.
+func withRedispatch(ctx context.Context) context.Context {
+	return context.WithValue(ctx, redispatchKey{}, true)
+}
+
+func redispatched(ctx context.Context) bool {
+	v, _ := ctx.Value(redispatchKey{}).(bool)
+	return v
 }
 
 // queueActivity puts an activity's (or compensation step's) task on the task stream (a no-op when
@@ -233,6 +251,12 @@ func (n *Node) rederive(ctx context.Context, st *stream.State) error {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
+	// An activity whose first attempt may run without a record may be
+	// running eagerly, on the delivery of its scheduling commit: while the
+	// dispatcher has not finished with the saga's commits, that commit
+	// settles the activity (or queues its task), and a task queued here
+	// would run it a second time.
+	var dispatched *bool
 	for _, id := range ids {
 		rec, _, found, err := n.attempts.get(ctx, st.SagaID, id)
 		if err != nil {
@@ -240,6 +264,20 @@ func (n *Node) rederive(ctx context.Context, st *stream.State) error {
 		}
 		if found && rec.TimedOut {
 			continue
+		}
+		if !found && fastEligible(st.OpenActivities[id].Options) {
+			if dispatched == nil {
+				done, err := n.store.Dispatched(ctx, st.SagaID, st.LastSeq)
+				if err != nil {
+					return err
+				}
+				dispatched = &done
+			}
+			if !*dispatched {
+				n.log.Info("wake: activity left to the dispatch of its commit, still in progress; wake again once it is over if the activity stays stuck",
+					"saga_id", st.SagaID, "scheduled_event_id", id)
+				continue
+			}
 		}
 		attempt := 1
 		if found {

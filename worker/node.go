@@ -25,17 +25,21 @@ import (
 // streams. Nodes are stateless: any number of them share the work, and any
 // of them can take over a saga from one that died.
 type Node struct {
-	opts      Options
-	reg       *saga.Registry
-	nc        *nats.Conn
-	store     *stream.Store
-	client    *saga.Client
-	log       *slog.Logger
-	hooks     *Hooks
-	clock     clock.Clock
-	cache     *sagaCache
-	stats     nodeStats
-	timersCfg kv.TimersConfig
+	opts   Options
+	reg    *saga.Registry
+	nc     *nats.Conn
+	store  *stream.Store
+	client *saga.Client
+	log    *slog.Logger
+	hooks  *Hooks
+	clock  clock.Clock
+	cache  *sagaCache
+	// activitySlots bound the activity attempts the node runs, from tasks
+	// and eagerly; nil when it registers no activity.
+	activitySlots chan struct{}
+	eagerGate     eagerGate
+	stats         nodeStats
+	timersCfg     kv.TimersConfig
 	// inboxCreated caches the inbox stream's creation time (see
 	// inboxEpoch).
 	inboxCreated atomic.Pointer[inboxEpochRead]
@@ -75,7 +79,7 @@ const (
 
 // nodeStats counts what a node did; see Stats.
 type nodeStats struct {
-	commits, conflicts, replays, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activityRetries, deadLetters atomic.Int64
+	commits, conflicts, replays, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activitiesEager, activityRetries, deadLetters atomic.Int64
 }
 
 // Stats is a snapshot of a node's counters since it started.
@@ -96,6 +100,9 @@ type Stats struct {
 	WorkflowTasksPublished int64
 	// ActivitiesRun: activity attempts executed.
 	ActivitiesRun int64
+	// ActivitiesEager: of those, first attempts run by the node that
+	// dispatched the commit scheduling them, without a task.
+	ActivitiesEager int64
 	// ActivityRetries: attempts that failed and were scheduled again.
 	ActivityRetries int64
 	// DeadLetters: messages this node set aside in the dead-letter stream.
@@ -117,7 +124,9 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 	if err != nil {
 		return nil, &saga.Error{Kind: saga.KindConfiguration, Message: "worker", Cause: err}
 	}
-	client, err := saga.NewClient(nc, saga.ClientOptions{Stream: opts.Stream, Logger: opts.Logger, Codec: opts.Codec})
+	var self *Node // the node's client starts sagas through it
+	client, err := saga.NewClient(nc, saga.ClientOptions{Stream: opts.Stream, Logger: opts.Logger, Codec: opts.Codec,
+		AppendStart: func(ctx context.Context, start *stream.Commit) (uint64, error) { return self.appendStart(ctx, start) }})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -137,6 +146,7 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 		timersCfg: timersCfg,
 		attempts:  &attemptStore{js: store.JetStream(), bucket: cfg.ActivitiesBucket(), purgeTTL: time.Minute},
 	}
+	self = n
 	n.timers.Store(kv.NewTimers(store.JetStream(), timersCfg, opts.Clock))
 	if err := n.setUpTelemetry(); err != nil {
 		client.Close()
@@ -165,6 +175,7 @@ func (n *Node) Stats() Stats {
 		TasksPublished:         n.stats.tasksPublished.Load(),
 		WorkflowTasksPublished: n.stats.workflowTasksPublished.Load(),
 		ActivitiesRun:          n.stats.activitiesRun.Load(),
+		ActivitiesEager:        n.stats.activitiesEager.Load(),
 		ActivityRetries:        n.stats.activityRetries.Load(),
 		DeadLetters:            n.stats.deadLetters.Load(),
 	}
@@ -283,6 +294,11 @@ func (n *Node) startConsumers(ctx context.Context) error {
 	// One pool of slots per kind of work, shared by its consumers, so that
 	// the concurrency settings bound the node as a whole.
 	dispatchSlots := make(chan struct{}, n.opts.WorkflowConcurrency)
+	// Before the dispatcher starts: it runs activities eagerly on them.
+	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
+	if len(n.reg.ActivityNames()) > 0 {
+		n.activitySlots = activitySlots
+	}
 	for shard := range cfg.HistoryShards {
 		if err := n.addConsumer(ctx, cfg.HistoryStream(shard), dispatcherName, "commits to derive effects from", cfg.HistoryFilter(shard), dispatchSlots, dispatcher{n}); err != nil {
 			return err
@@ -303,7 +319,6 @@ func (n *Node) startConsumers(ctx context.Context) error {
 	if err := n.startProjector(ctx); err != nil {
 		return err
 	}
-	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
 	for _, name := range n.reg.ActivityNames() {
 		if err := n.addConsumer(ctx, cfg.TaskStream(), stream.ActivityTaskConsumer(name), "tasks of activity "+name, cfg.ActivityTaskFilter(name), activitySlots, activityTasks{n}); err != nil {
 			return err

@@ -34,6 +34,16 @@ type Options struct {
 	// ActivityConcurrency is how many activity attempts a node runs at
 	// once, over all activity types. Defaults to 100.
 	ActivityConcurrency int
+	// DisableEagerActivities turns off eager activities: by default a node
+	// that dispatches a commit scheduling an activity it registers runs
+	// the activity itself when it has a free slot, instead of queueing its
+	// task (see docs/architecture.md).
+	DisableEagerActivities bool
+	// DisableDecideOnStart turns off deciding in the start's commit: by
+	// default the node's client (the API's and the inbox's starts, and
+	// Node.Client) appends a saga of a workflow the node runs together
+	// with its first decision.
+	DisableDecideOnStart bool
 	// CacheSize is how many sagas' workflow states a node keeps live, so
 	// that the next step of a saga does not replay its history. Defaults
 	// to 1000.

@@ -100,7 +100,8 @@ func (s *step) appended(st *stream.State, c *stream.Commit, seq uint64) {
 	s.rec.FirstEventID, s.rec.LastEventID, s.rec.Seq = c.FirstEventID(), c.NextEventID()-1, seq
 	m := s.n.metrics
 	label := s.n.typeLabel(st.WorkflowType)
-	if takesUp(st) {
+	if takesUp(st) || st.NextEventID == 0 && len(c.Events) > 1 {
+		// Appended on st, or a start with its first decision.
 		m.SagaStarted(label)
 	}
 	for _, e := range c.Events {

@@ -249,8 +249,10 @@ func TestSagaIsOneTrace(t *testing.T) {
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 
-	e.node(worker.Options{TracerProvider: tpA, NodeName: "wf"}, defs[0])
-	e.node(worker.Options{TracerProvider: tpB, NodeName: "acts"}, defs[1:]...)
+	// Tasks only: an activity the dispatching node runs eagerly has no
+	// task message (TestEagerActivitySpans covers those).
+	e.node(worker.Options{TracerProvider: tpA, NodeName: "wf", DisableEagerActivities: true}, defs[0])
+	e.node(worker.Options{TracerProvider: tpB, NodeName: "acts", DisableEagerActivities: true}, defs[1:]...)
 	if _, err := run(e, order.Workflow, id, order.Input{OrderID: id, Items: []order.Item{{SKU: "pen", Qty: 1}}, Amount: 3}); err != nil {
 		t.Fatal(err)
 	}
