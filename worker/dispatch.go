@@ -39,6 +39,7 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	if err := errors.Join(errs...); err != nil {
 		return n.handlingFailed(ctx, d, "carry out effects", err)
 	}
+	n.snapshotAfter(ctx, sagaID, commit)
 	if !commit.NeedsDecision() {
 		return ack()
 	}
