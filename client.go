@@ -34,6 +34,10 @@ type ClientOptions struct {
 	// (expected sequence 0, stream errors). A node sets it on the client
 	// it owns, to decide the saga's first step in the start's own commit.
 	AppendStart func(ctx context.Context, start *stream.Commit) (seq uint64, err error)
+	// SkipSnapshotChecksum turns off the check of a snapshot's checksum
+	// when Describe, Wait and Cancel fold a saga from its latest snapshot
+	// (see stream.SnapshotConfig.SkipChecksum).
+	SkipSnapshotChecksum bool
 }
 
 // Client starts sagas, waits for them and reads their state and history.
@@ -46,6 +50,9 @@ type Client struct {
 	codec  PayloadCodec
 	// appendStart appends start commits (ClientOptions.AppendStart).
 	appendStart func(ctx context.Context, start *stream.Commit) (uint64, error)
+	// load is how the client folds a saga's state: from its latest
+	// snapshot when there is a valid one.
+	load stream.LoadOptions
 
 	// The fleet's codec as last read (checkFleetCodec).
 	fleetMu      sync.Mutex
@@ -64,7 +71,8 @@ func NewClient(nc *nats.Conn, opts ClientOptions) (*Client, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Client{nc: nc, store: st, logger: logger, codec: opts.Codec, appendStart: opts.AppendStart}, nil
+	return &Client{nc: nc, store: st, logger: logger, codec: opts.Codec, appendStart: opts.AppendStart,
+		load: stream.LoadOptions{SkipChecksum: opts.SkipSnapshotChecksum, Logger: logger}}, nil
 }
 
 // Close releases the client's subscription; the connection stays open.
@@ -233,14 +241,16 @@ func (c *Client) RequestCancel(ctx context.Context, id, reason, identity string)
 		return NewError(KindValidation, fmt.Sprintf("cancel %s: reason of %d bytes and identity of %d bytes, at most %d and %d",
 			id, len(reason), len(identity), maxCancelReason, maxCancelIdentity))
 	}
+	if err := stream.ValidateID("saga id", id); err != nil {
+		return wrapStreamError("cancel", err)
+	}
 	for attempt := 0; ; attempt++ {
-		commits, err := c.read(ctx, id)
-		if err != nil {
-			return err
-		}
-		st, err := stream.Fold(commits)
+		st, _, err := c.store.LoadState(ctx, id, c.load)
 		if err != nil {
 			return wrapStreamError("cancel "+id, err)
+		}
+		if !st.Exists() {
+			return notFound(id)
 		}
 		switch {
 		case st.Status.Terminal():
@@ -474,32 +484,38 @@ func (c *Client) Describe(ctx context.Context, id string) (*Description, error) 
 	return d, nil
 }
 
-// describe folds the saga's history into its description, without the
-// warning (an API call Wait has no use for on every commit).
+// describe folds the saga's history (from its latest snapshot, when it
+// has a valid one) into its description, without the warning (an API
+// call Wait has no use for on every commit).
 func (c *Client) describe(ctx context.Context, id string) (*Description, error) {
-	if err := stream.ValidateID("saga id", id); err != nil {
-		return nil, wrapStreamError("describe", err)
-	}
-	commits, readErr := c.store.ReadLatest(ctx, id)
-	var ce *stream.CodecError
-	if readErr != nil && !errors.As(readErr, &ce) {
-		return nil, wrapStreamError("describe "+id, readErr)
-	}
-	if len(commits) == 0 && readErr == nil {
-		return nil, notFound(id)
-	}
-	st, foldErr := stream.Fold(commits)
-	if readErr == nil {
-		readErr = foldErr
-	}
-	if readErr != nil {
-		if !st.Exists() {
-			return nil, wrapStreamError("describe "+id, readErr)
-		}
-		st.Status = stream.StatusBlocked
-		st.Blocked = &stream.WorkflowExecutionBlockedAttrs{Reason: stream.BlockedHistoryUnreadable, Message: readErr.Error(), AtEventID: st.NextEventID}
+	st, _, err := c.loadState(ctx, id)
+	if err != nil {
+		return nil, err
 	}
 	return describeState(st, id), nil
+}
+
+// loadState folds the saga's state as describe shows it; unreadable says
+// the state was folded up to a message the engine did not write, and is
+// described as blocked there.
+func (c *Client) loadState(ctx context.Context, id string) (st *stream.State, unreadable bool, err error) {
+	if err := stream.ValidateID("saga id", id); err != nil {
+		return nil, false, wrapStreamError("describe", err)
+	}
+	st, _, readErr := c.store.LoadState(ctx, id, c.load)
+	switch {
+	case st == nil:
+		return nil, false, wrapStreamError("describe "+id, readErr)
+	case readErr == nil && !st.Exists():
+		return nil, false, notFound(id)
+	case readErr != nil && !st.Exists():
+		return nil, false, wrapStreamError("describe "+id, readErr)
+	case readErr != nil:
+		st.Status = stream.StatusBlocked
+		st.Blocked = &stream.WorkflowExecutionBlockedAttrs{Reason: stream.BlockedHistoryUnreadable, Message: readErr.Error(), AtEventID: st.NextEventID}
+		return st, true, nil
+	}
+	return st, false, nil
 }
 
 // describeState describes a folded saga; id names it when the state does
@@ -519,8 +535,9 @@ func notFound(id string) error {
 // follower describes a saga again and again, reading only the commits
 // after those it has folded: a client waiting for a long saga would
 // otherwise read its whole history at every commit, which doubled the
-// saga's duration. Whatever is not a plain continuation (a history that
-// does not decode or fold, an archived saga) is read whole by describe.
+// saga's duration. It starts from the saga's latest snapshot. Whatever is
+// not a plain continuation (a history that does not decode or fold, an
+// archived saga) is read whole by describe.
 type follower struct {
 	st      *stream.State
 	lastSeq uint64
@@ -528,7 +545,14 @@ type follower struct {
 
 func (f *follower) describe(ctx context.Context, c *Client, id string) (*Description, error) {
 	if f.st == nil {
-		f.st = &stream.State{}
+		st, unreadable, err := c.loadState(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if !unreadable {
+			f.st, f.lastSeq = st, st.LastSeq
+		}
+		return describeState(st, id), nil
 	}
 	commits, err := c.store.ReadLatestAfter(ctx, id, f.lastSeq)
 	if err != nil {

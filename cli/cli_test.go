@@ -855,6 +855,9 @@ func TestRunBadFlags(t *testing.T) {
 		{[]string{"run", "extra"}, "expected no arguments, got 1"},
 		{[]string{"run", "--bogus"}, "flag provided but not defined: -bogus"},
 		{[]string{"run", "--history-shards", "many"}, "invalid value"},
+		{[]string{"run", "--snapshot-interval", "-1"}, "--snapshot-interval must be 0 (none) or positive, got -1"},
+		{[]string{"run", "--max-snapshots", "65"}, "--max-snapshots must be 1 to 64, got 65"},
+		{[]string{"run", "--max-snapshots", "0"}, "--max-snapshots must be 1 to 64, got 0"},
 	} {
 		// --data and --listen keep a regression that starts a node anyway
 		// out of the working directory and off the default port.

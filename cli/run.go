@@ -41,6 +41,9 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	pgURL := pgFlag(fs, env)
 	projectorOnly := fs.Bool("projector-only", false, "only feed the Postgres projection (needs --pg-url) and serve list; run no saga")
 	archiveAfter := fs.Duration("archive-after", pgarchive.DefaultRetention, "with --pg-url: move sagas that ended longer ago than this from the streams to the archive; 0: never")
+	snapshotInterval := fs.Int("snapshot-interval", stream.DefaultSnapshotInterval, "write a snapshot of a saga's state every this many events, so that reads fold only what follows it; 0: this node writes none")
+	maxSnapshots := fs.Int("max-snapshots", stream.DefaultMaxSnapshots, "snapshots kept per saga (1-64), when this node creates the snapshots bucket; an existing bucket keeps its own")
+	snapshotChecksum := fs.Bool("snapshot-checksum", true, "verify a snapshot's checksum when it is loaded")
 	var keys codecFlags
 	keys.register(fs)
 	var obs observabilityFlags
@@ -66,6 +69,13 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	}
 	if *syncMode != "always" && *syncMode != "interval" {
 		return fmt.Errorf(`%w: --sync must be "always" or "interval", got %q`, errUsage, *syncMode)
+	}
+	snapshots := stream.SnapshotConfig{Interval: *snapshotInterval, MaxSnapshots: *maxSnapshots, SkipChecksum: !*snapshotChecksum}
+	switch {
+	case snapshots.Interval < 0:
+		return fmt.Errorf("%w: --snapshot-interval must be 0 (none) or positive, got %d", errUsage, snapshots.Interval)
+	case snapshots.Validate() != nil:
+		return fmt.Errorf("%w: --max-snapshots must be 1 to 64, got %d", errUsage, snapshots.MaxSnapshots)
 	}
 	log, err := newFormattedLogger(env.Stderr, level, *logFormat)
 	if err != nil {
@@ -111,6 +121,7 @@ func runNode(ctx context.Context, args []string, env Env) error {
 		AckWait:  *ackWait,
 		Codec:    codec,
 	}
+	opts.Snapshots = &snapshots
 	if *archiveAfter != 0 && *archiveAfter < minArchiveAfter {
 		// Each node archives by its own setting: one set too short would
 		// archive the whole fleet's sagas early.

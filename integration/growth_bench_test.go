@@ -63,7 +63,10 @@ const (
 //
 // Each round (b.N of them; one with -benchtime 1x) reports medians:
 // describe_ms and history_read_ms are saga.Client.Describe and
-// Client.History of the saga; cold_step_ms is a step (a signal, then an
+// Client.History of the saga; describe_commits is how many commits a
+// describe reads (from the latest snapshot on, written every 100 events
+// by default), and full_fold_ms what a describe costs without one (the
+// whole history read and folded); cold_step_ms is a step (a signal, then an
 // activity) on a fresh node, on a connection of its own, that has never
 // seen the saga, so it reads the whole history and replays it (the node
 // before it is stopped first); warm_step_ms is the same step on the node
@@ -107,8 +110,13 @@ func benchHistoryGrowth(b *testing.B, steps int) {
 	watch.waitCompleted(b, completed, time.Minute+time.Duration(steps)*10*time.Millisecond)
 	built := time.Since(began)
 	length := growthLength(b, ctx, cl, id, 1+3*steps)
+	// Describe starts from the saga's latest snapshot: the dispatcher
+	// writes it once it has handled the commit that reaches it.
+	store := growthStore(b, growthConn(b, srv))
+	waitDispatched(b, ctx, store, id)
 
-	var warm, cold, describe, history []time.Duration
+	var warm, cold, describe, fullFold, history []time.Duration
+	var describeCommits int
 	step := func(n *worker.Node) time.Duration {
 		completed++
 		t0 := time.Now()
@@ -131,6 +139,24 @@ func benchHistoryGrowth(b *testing.B, steps int) {
 				b.Fatalf("saga %s is %s, want running", id, d.Status)
 			}
 		}
+		// What describe cost before snapshots: the whole history read
+		// and folded.
+		for range growthReads {
+			t0 := time.Now()
+			commits, err := store.ReadLatest(ctx, id)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := stream.Fold(commits); err != nil {
+				b.Fatal(err)
+			}
+			fullFold = append(fullFold, time.Since(t0))
+		}
+		_, load, err := store.LoadState(ctx, id, stream.LoadOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		describeCommits = load.CommitsRead
 		for range growthReads {
 			t0 := time.Now()
 			events, err := cl.History(ctx, id)
@@ -168,9 +194,36 @@ func benchHistoryGrowth(b *testing.B, steps int) {
 	b.ReportMetric(medianMs(warm), "warm_step_ms")
 	b.ReportMetric(medianMs(cold), "cold_step_ms")
 	b.ReportMetric(medianMs(describe), "describe_ms")
+	b.ReportMetric(float64(describeCommits), "describe_commits")
+	b.ReportMetric(medianMs(fullFold), "full_fold_ms")
 	b.ReportMetric(medianMs(history), "history_read_ms")
 	b.ReportMetric(built.Seconds(), "build_s")
 	b.ReportMetric(float64(length), "events")
+}
+
+// growthStore is a store of the engine's streams on nc.
+func growthStore(b *testing.B, nc *nats.Conn) *stream.Store {
+	b.Helper()
+	st, err := stream.Open(nc, stream.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(st.Close)
+	return st
+}
+
+// waitDispatched waits until the dispatcher has handled the saga's last
+// commit.
+func waitDispatched(b *testing.B, ctx context.Context, store *stream.Store, id string) {
+	b.Helper()
+	natstest.WaitFor(b, time.Minute, "the saga's commits dispatched", func() bool {
+		last, err := store.LastSeqOnLeader(ctx, id)
+		if err != nil {
+			return false
+		}
+		done, err := store.Dispatched(ctx, id, last)
+		return err == nil && done
+	})
 }
 
 // growthNode is a node on a connection of its own, so that a node that

@@ -1,6 +1,6 @@
-// Package kv owns the engine's state kept in JetStream key-value buckets:
-// durable timers (entries with a TTL, fired from their expiry markers) and,
-// later, snapshots.
+// Package kv owns the engine's durable timers, kept in a JetStream
+// key-value bucket: entries with a TTL, fired from their expiry markers.
+// (Snapshots of sagas' state, in a bucket too, are package stream's.)
 //
 // A timer is one entry of the timers bucket, created with a TTL that ends
 // at its due time. When the TTL removes the entry the server writes a

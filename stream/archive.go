@@ -36,10 +36,16 @@ func IsArchiveMarker(h nats.Header) bool { return h.Get(HeaderArchived) != "" }
 // once the caller has its history elsewhere: the marker is appended after
 // the history's last commit (at lastSeq: a saga that moved on since is
 // ErrConcurrency), then every message of the subject but the marker is
-// purged. Archiving a saga archived already completes what is left.
+// purged. The saga's snapshots are purged first: they hold its state
+// (inputs and outputs included), which must leave the streams with its
+// history; a saga whose snapshots cannot be purged is not archived.
+// Archiving a saga archived already completes what is left.
 func (s *Store) Archive(ctx context.Context, sagaID string, lastSeq uint64, at time.Time) error {
 	if err := ValidateID("saga id", sagaID); err != nil {
 		return err
+	}
+	if err := s.purgeSnapshots(ctx, sagaID); err != nil {
+		return fmt.Errorf("archive %s: purge its snapshots: %w", sagaID, err)
 	}
 	subject := s.cfg.HistorySubject(sagaID)
 	streamName := s.cfg.HistoryStream(s.cfg.Shard(sagaID))

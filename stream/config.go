@@ -177,6 +177,10 @@ func (c Config) TimersBucket() string { return strings.ToUpper(c.Prefix) + "_TIM
 // ActivitiesBucket names the key-value bucket of activity attempt records.
 func (c Config) ActivitiesBucket() string { return strings.ToUpper(c.Prefix) + "_ACTIVITIES" }
 
+// SnapshotsBucket names the key-value bucket of the snapshots of sagas'
+// folded state, one key per saga (see snapshot.go).
+func (c Config) SnapshotsBucket() string { return strings.ToUpper(c.Prefix) + "_SNAPSHOTS" }
+
 // WorkflowTaskConsumer names the durable consumer of a workflow type's
 // tasks, shared by the nodes that register the type. The reference
 // manual's single workflow_task_queue, "saga-workflows", becomes one such

@@ -136,6 +136,11 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 // (through its stream's configuration) and never changes it. Buckets that
 // mirror or source others are not supported.
 func EnsureKeyValue(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig, log *slog.Logger) (jetstream.KeyValue, error) {
+	return ensureKeyValue(ctx, js, want, keyValuePolicy, log)
+}
+
+// ensureKeyValue is EnsureKeyValue judging an existing bucket by policy.
+func ensureKeyValue(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig, policy []rule[streamConfig], log *slog.Logger) (jetstream.KeyValue, error) {
 	log = orDiscard(log)
 	wantStream := keyValueStreamConfig(want)
 	what := "bucket " + want.Bucket + " (stream " + wantStream.Name + ")"
@@ -173,7 +178,7 @@ func EnsureKeyValue(ctx context.Context, js jetstream.JetStream, want jetstream.
 		log.Debug("bucket created", "bucket", want.Bucket)
 		return kv, nil
 	}
-	if err := judge(keyValuePolicy, &wantStream, have, what, log, "bucket", want.Bucket); err != nil {
+	if err := judge(policy, &wantStream, have, what, log, "bucket", want.Bucket); err != nil {
 		return nil, err
 	}
 	err = retryUntil(ctx, func() error {

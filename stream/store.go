@@ -27,6 +27,11 @@ type Store struct {
 	inForceMu sync.Mutex
 	inForce   map[string]jetstream.StreamConfig // by stream name
 	replicas  int                               // see Replicas
+
+	// Until snapshotsPausedUntil, LoadState asks for no snapshot (see
+	// pauseSnapshots).
+	snapshotsMu          sync.Mutex
+	snapshotsPausedUntil time.Time
 }
 
 // Open returns a Store over nc. It does not create streams: nodes do that

@@ -437,7 +437,8 @@ func (n *Node) withState(ctx context.Context, sagaID string, eventID uint64, fn 
 
 // withStateFresh is withState with the view read as fresh says: trustCache
 // takes the node's view as it is when it holds the saga (after an advance
-// of the node's own, say).
+// of the node's own, say). A saga the node does not hold is folded from
+// its latest snapshot when it has one, and stays out of the view.
 func (n *Node) withStateFresh(ctx context.Context, sagaID string, eventID uint64, fresh freshness, fn func(*stream.State)) error {
 	return backoff.Retry{Policy: reportPolicy, Clock: n.clock, MaxElapsed: behindPatience,
 		Retryable: func(err error) bool { return !isHistoryProblem(err) && stream.Transient(err) },
@@ -445,6 +446,11 @@ func (n *Node) withStateFresh(ctx context.Context, sagaID string, eventID uint64
 		e := n.cache.acquire(sagaID)
 		defer n.cache.release(e, false)
 		v := &e.view
+		if !v.known() {
+			if done, err := n.stateFromSnapshot(ctx, sagaID, eventID, fn); done {
+				return err
+			}
+		}
 		f := fresh
 		fresh = readLatest // a retry reads what the view lacked
 		if err := n.catchUp(ctx, v, nil, f); err != nil {

@@ -47,6 +47,7 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 		n.releaseEager(eager)
 		return n.handlingFailed(ctx, d, "carry out effects", err)
 	}
+	n.snapshotAfter(ctx, sagaID, commit)
 	out = h.decide(ctx, d, sagaID, commit)
 	if len(eager) == 0 {
 		return out

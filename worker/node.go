@@ -47,6 +47,11 @@ type Node struct {
 	// starts (see setUp); until then, with the node's own.
 	timers   atomic.Pointer[kv.Timers]
 	attempts *attemptStore
+	// snapshots is the snapshots bucket, set up when the node starts; nil
+	// on a node that only projects. Until snapshotWritesPausedUntil (unix
+	// nanoseconds) the node writes no snapshot (see snapshotAfter).
+	snapshots                 jetstream.KeyValue
+	snapshotWritesPausedUntil atomic.Int64
 
 	mu        sync.Mutex
 	state     nodeState
@@ -80,6 +85,7 @@ const (
 // nodeStats counts what a node did; see Stats.
 type nodeStats struct {
 	commits, conflicts, replays, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activitiesEager, activityRetries, deadLetters atomic.Int64
+	snapshotsWritten, snapshotWriteFailures, snapshotLoads, snapshotsRejected                                                                       atomic.Int64
 }
 
 // Stats is a snapshot of a node's counters since it started.
@@ -111,6 +117,17 @@ type Stats struct {
 	// the memory they hold, estimated (see Options.CacheBytes).
 	CachedSagas int
 	CacheBytes  int64
+	// SnapshotsWritten: snapshots of sagas' state this node stored;
+	// SnapshotWriteFailures: those it could not (logged; nothing else
+	// fails for them).
+	SnapshotsWritten      int64
+	SnapshotWriteFailures int64
+	// SnapshotLoads: lookups of sagas the node did not hold that folded a
+	// snapshot and the commits after it instead of the whole history.
+	SnapshotLoads int64
+	// SnapshotsRejected: stored snapshots this node passed over, damaged
+	// or not matching the history (logged), for the whole history.
+	SnapshotsRejected int64
 }
 
 // New returns a node for the definitions in reg, using nc, which stays
@@ -126,7 +143,8 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 	}
 	var self *Node // the node's client starts sagas through it
 	client, err := saga.NewClient(nc, saga.ClientOptions{Stream: opts.Stream, Logger: opts.Logger, Codec: opts.Codec,
-		AppendStart: func(ctx context.Context, start *stream.Commit) (uint64, error) { return self.appendStart(ctx, start) }})
+		AppendStart:          func(ctx context.Context, start *stream.Commit) (uint64, error) { return self.appendStart(ctx, start) },
+		SkipSnapshotChecksum: opts.Snapshots.SkipChecksum})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -178,6 +196,10 @@ func (n *Node) Stats() Stats {
 		ActivitiesEager:        n.stats.activitiesEager.Load(),
 		ActivityRetries:        n.stats.activityRetries.Load(),
 		DeadLetters:            n.stats.deadLetters.Load(),
+		SnapshotsWritten:       n.stats.snapshotsWritten.Load(),
+		SnapshotWriteFailures:  n.stats.snapshotWriteFailures.Load(),
+		SnapshotLoads:          n.stats.snapshotLoads.Load(),
+		SnapshotsRejected:      n.stats.snapshotsRejected.Load(),
 	}
 }
 
@@ -271,6 +293,14 @@ func (n *Node) setUp(ctx context.Context) error {
 	if err != nil {
 		return &saga.Error{Kind: saga.KindTaskQueue, Message: "set up activities bucket", Cause: err}
 	}
+	if n.opts.ProjectorOnly {
+		return nil // it neither writes snapshots nor looks sagas up
+	}
+	snapshots, err := stream.EnsureSnapshotBucket(ctx, js, cfg, n.opts.Snapshots.MaxSnapshots, n.store.Replicas(), n.log)
+	if err != nil {
+		return &saga.Error{Kind: saga.KindSnapshot, Message: "set up snapshots bucket", Cause: err}
+	}
+	n.snapshots = snapshots
 	return nil
 }
 

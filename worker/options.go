@@ -73,6 +73,13 @@ type Options struct {
 	// timers bucket is created; an existing bucket keeps its own. Defaults
 	// to 24h.
 	TimerMarkerTTL time.Duration
+	// Snapshots configures the snapshots of sagas' folded state, which
+	// let describe and the node's lookups fold only the end of a long
+	// history (see docs/snapshots.md). Nil: stream.DefaultSnapshotConfig,
+	// a snapshot every 100 events, 5 kept per saga, checksums verified.
+	// Interval decides what this node writes; MaxSnapshots applies when
+	// this node creates the bucket, and an existing bucket keeps its own.
+	Snapshots *stream.SnapshotConfig
 	// DisableAPI turns off the request/reply API service.
 	DisableAPI bool
 	// Hooks are test seams; nil in production.
@@ -154,12 +161,20 @@ func (o Options) withDefaults() Options {
 	if o.Clock == nil {
 		o.Clock = clock.Real
 	}
+	snapshots := stream.DefaultSnapshotConfig()
+	if o.Snapshots != nil {
+		snapshots = o.Snapshots.WithDefaults()
+	}
+	o.Snapshots = &snapshots // a copy: the caller's may change after New
 	return o
 }
 
 func (o Options) validate() error {
 	if err := o.Stream.Validate(); err != nil {
 		return err
+	}
+	if err := o.Snapshots.Validate(); err != nil {
+		return fmt.Errorf("worker options: %w", err)
 	}
 	switch {
 	case o.WorkflowConcurrency < 1:
