@@ -311,6 +311,13 @@ func TestCancelDuringAStepCompensatesAndEndsCanceled(t *testing.T) {
 	if err := cl.Cancel(ctx, "trip-cancel", "again"); !errors.Is(err, saga.ErrCancelRequested) || !errors.Is(err, saga.KindValidation) {
 		t.Fatalf("second cancel: %v", err)
 	}
+	// The workflow compensates without waiting for step 2's outcome: the
+	// saga may end before an outcome recorded later, so step 2's is
+	// awaited before step 1's undo may finish.
+	natstest.WaitFor(t, 10*time.Second, "step 2 recorded canceled", func() bool {
+		events, err := cl.History(ctx, "trip-cancel")
+		return err == nil && slices.Contains(eventTypes(events), stream.ActivityTaskCanceled)
+	})
 	close(bo.releaseUndo)
 	d, events := waitTrip(t, ctx, cl, "trip-cancel")
 	if d.Status != saga.StatusCanceled {

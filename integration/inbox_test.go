@@ -408,14 +408,16 @@ func TestStartsPublishedBeforeAnyNodeRuns(t *testing.T) {
 		t.Fatalf("a published start became a saga with no node running: %v", err)
 	}
 	c.node(worker.Options{}, greeterWorkflow)
-	for id, want := range map[string]string{"pub-1": "hello ada", "pub-2": "hello cy", "pub-3": "hello dee"} {
+	// Pending starts are handled concurrently: of the two of pub-1, either
+	// may land, and the other then leaves it as it made it.
+	for id, want := range map[string][]string{"pub-1": {"hello ada", "hello bob"}, "pub-2": {"hello cy"}, "pub-3": {"hello dee"}} {
 		d, err := cl.Wait(ctx, id)
 		if err != nil || d.Status != saga.StatusCompleted {
 			t.Fatalf("saga %s: %v %+v", id, err, d)
 		}
 		var out string
-		if err := stream.Unmarshal(d.Output, &out); err != nil || out != want {
-			t.Fatalf("saga %s: output %q (%v), want %q", id, out, err, want)
+		if err := stream.Unmarshal(d.Output, &out); err != nil || !slices.Contains(want, out) {
+			t.Fatalf("saga %s: output %q (%v), want one of %q", id, out, err, want)
 		}
 	}
 	waitInboxConsumed(t, c.srv, stream.InboxStartConsumer("greeter"))
