@@ -54,11 +54,10 @@ type Client struct {
 	// snapshot when there is a valid one.
 	load stream.LoadOptions
 
-	// The fleet's codec as last read (checkFleetCodec).
-	fleetMu      sync.Mutex
-	fleetName    string
-	fleetKeys    []string
-	fleetChecked time.Time
+	// The fleet's settings as last read (fleet).
+	fleetMu       sync.Mutex
+	fleetSettings stream.FleetSettings
+	fleetChecked  time.Time
 }
 
 // NewClient returns a client using nc, which stays owned by the caller.
@@ -345,15 +344,21 @@ func (c *Client) SignalPayload(ctx context.Context, id, name string, value strea
 }
 
 // seal seals a value the client is about to write, after checking (at
-// most once a minute) that the client fits the fleet's codec: a client
-// without one would leave personal data in histories the operator
+// most once a minute) that the client fits the fleet: its history shard
+// count, so that it writes and reads where the nodes do, and its codec. A
+// client without one would leave personal data in histories the operator
 // believes sealed, and one with a key the fleet has not recorded would
 // write values no node can open.
 func (c *Client) seal(ctx context.Context, what string, p stream.Payload) (stream.Payload, error) {
+	fleet := c.fleet(ctx)
+	if fleet.HistoryShards != 0 && fleet.HistoryShards != c.store.Config().HistoryShards {
+		return nil, &Error{Kind: KindConfiguration, Message: what, Cause: fmt.Errorf("%w: the engine has %d history shard(s), the client is set to %d (ClientOptions.Stream.HistoryShards)",
+			stream.ErrShardsMismatch, fleet.HistoryShards, c.store.Config().HistoryShards)}
+	}
 	if len(p) == 0 || stream.IsSealed(p) {
 		return p, nil
 	}
-	if err := c.checkFleetCodec(ctx); err != nil {
+	if err := c.checkCodec(fleet); err != nil {
 		return nil, &Error{Kind: KindConfiguration, Message: what, Cause: err}
 	}
 	if c.codec == nil {
@@ -366,34 +371,37 @@ func (c *Client) seal(ctx context.Context, what string, p stream.Payload) (strea
 	return sealed, nil
 }
 
-// checkFleetCodec compares the client's codec with the fleet's, reading
-// the fleet's setting at most once a minute and for at most
-// fleetCheckTimeout: a client not allowed to read stream settings (the
-// least-privilege client role) gets no answer, and then writes as it is
-// configured; the nodes open what they can and leave the rest.
-func (c *Client) checkFleetCodec(ctx context.Context) error {
+// fleet returns the fleet's settings, read at most once a minute and for
+// at most fleetCheckTimeout: a client not allowed to read stream settings
+// (the least-privilege client role) gets no answer, and then writes as it
+// is configured; the nodes open what they can and leave the rest.
+func (c *Client) fleet(ctx context.Context) stream.FleetSettings {
 	c.fleetMu.Lock()
 	defer c.fleetMu.Unlock()
 	if time.Since(c.fleetChecked) > fleetCheckEvery {
 		readCtx, cancel := context.WithTimeout(ctx, fleetCheckTimeout)
-		name, keys, err := stream.FleetCodec(readCtx, c.store.JetStream(), c.store.Config())
+		f, err := stream.Fleet(readCtx, c.store.JetStream(), c.store.Config())
 		cancel()
 		c.fleetChecked = time.Now()
 		if err != nil {
-			c.logger.Debug("could not read the fleet's payload codec; writing as configured", "err", err)
-			c.fleetName, c.fleetKeys = "", nil
-		} else {
-			c.fleetName, c.fleetKeys = name, keys
+			c.logger.Debug("could not read the fleet's settings; writing as configured", "err", err)
+			f = stream.FleetSettings{}
 		}
+		c.fleetSettings = f
 	}
+	return c.fleetSettings
+}
+
+// checkCodec compares the client's codec with the fleet's.
+func (c *Client) checkCodec(fleet stream.FleetSettings) error {
 	switch {
-	case c.fleetName == "":
+	case fleet.Codec == "":
 		return nil
 	case c.codec == nil:
-		return fmt.Errorf("%w: the fleet seals payloads with %s; give the client a codec (ClientOptions.Codec)", stream.ErrCodecMismatch, c.fleetName)
-	case c.codec.Name() != c.fleetName:
-		return fmt.Errorf("%w: the fleet seals payloads with %s, the client with %s", stream.ErrCodecMismatch, c.fleetName, c.codec.Name())
-	case !slices.Contains(c.fleetKeys, c.codec.KeyID()):
+		return fmt.Errorf("%w: the fleet seals payloads with %s; give the client a codec (ClientOptions.Codec)", stream.ErrCodecMismatch, fleet.Codec)
+	case c.codec.Name() != fleet.Codec:
+		return fmt.Errorf("%w: the fleet seals payloads with %s, the client with %s", stream.ErrCodecMismatch, fleet.Codec, c.codec.Name())
+	case !slices.Contains(fleet.KeyIDs, c.codec.KeyID()):
 		return fmt.Errorf("%w: the client seals with key %s, which no node has recorded: nodes could not open what it writes", stream.ErrCodecMismatch, c.codec.KeyID())
 	}
 	return nil

@@ -90,8 +90,8 @@ func (c Config) Validate() error {
 	if err := ValidateID("prefix", c.Prefix); err != nil {
 		return fmt.Errorf("stream config: Prefix: %w", err)
 	}
-	if c.HistoryShards < 1 || c.HistoryShards > 1024 {
-		return fmt.Errorf("stream config: HistoryShards must be 1..1024, got %d", c.HistoryShards)
+	if c.HistoryShards < 1 || c.HistoryShards > maxHistoryShards {
+		return fmt.Errorf("stream config: HistoryShards must be 1..%d, got %d", maxHistoryShards, c.HistoryShards)
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return fmt.Errorf("stream config: Replicas must be 1..5, got %d", c.Replicas)
@@ -213,8 +213,18 @@ func (c Config) StartSubject(workflowType string) string {
 //     subject once archived.
 //   - AllowDirect: reads of one saga go straight to the stream's store.
 //   - Duplicates: the window in which a retried publish is recognised.
+//
+// maxHistoryShards bounds an engine's history streams.
+const maxHistoryShards = 1024
+
 func (c Config) historyStreamConfig(shard int) jetstream.StreamConfig {
+	var meta map[string]string
+	if shard == 0 {
+		// The engine's shard count (see checkShards).
+		meta = map[string]string{metaHistoryShards: strconv.Itoa(c.HistoryShards)}
+	}
 	return jetstream.StreamConfig{
+		Metadata:    meta,
 		Name:        c.HistoryStream(shard),
 		Description: "saga histories, one subject per saga",
 		Subjects:    []string{c.HistoryFilter(shard)},

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -241,19 +242,34 @@ func CheckPayloadCodec(ctx context.Context, js jetstream.JetStream, cfg Config, 
 	return fmt.Errorf("%w: the codec recorded on %s keeps changing", ErrCodecMismatch, name)
 }
 
-// FleetCodec returns the payload codec the fleet records
-// (CheckPayloadCodec): its name, empty when payloads are not sealed, and
-// the ids of the keys it sealed with.
-func FleetCodec(ctx context.Context, js jetstream.JetStream, cfg Config) (name string, keyIDs []string, err error) {
+// FleetSettings are the settings an engine records on its first history
+// stream, which every node and client must share.
+type FleetSettings struct {
+	// Codec is the payload codec's name, empty when payloads are not
+	// sealed, and KeyIDs the ids of the keys it sealed with
+	// (CheckPayloadCodec).
+	Codec  string
+	KeyIDs []string
+	// HistoryShards is the engine's shard count; 0 when none is recorded
+	// (see checkShards).
+	HistoryShards int
+}
+
+// Fleet returns the settings the engine records; the zero value when it
+// has no streams yet.
+func Fleet(ctx context.Context, js jetstream.JetStream, cfg Config) (FleetSettings, error) {
 	s, err := js.Stream(ctx, cfg.HistoryStream(0))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return "", nil, nil
+		return FleetSettings{}, nil
 	}
 	if err != nil {
-		return "", nil, mapError(err)
+		return FleetSettings{}, mapError(err)
 	}
-	name, keyIDs = recordedCodec(s.CachedInfo().Config.Metadata)
-	return name, keyIDs, nil
+	meta := s.CachedInfo().Config.Metadata
+	var f FleetSettings
+	f.Codec, f.KeyIDs = recordedCodec(meta)
+	f.HistoryShards, _ = strconv.Atoi(meta[metaHistoryShards])
+	return f, nil
 }
 
 // recordedCodec reads the codec a stream's metadata records.

@@ -79,6 +79,9 @@ func (s *Store) JetStream() jetstream.JetStream { return s.js }
 // server starts (in a cluster, seconds after), so it retries until ctx is
 // done. The configurations in force are then given by StreamConfigInForce.
 func (s *Store) EnsureStreams(ctx context.Context, log *slog.Logger) error {
+	if err := s.checkShards(ctx); err != nil {
+		return err
+	}
 	cfgs := []jetstream.StreamConfig{s.cfg.taskStreamConfig(), s.cfg.inboxStreamConfig(), s.cfg.DeadLetterStreamConfig()}
 	for shard := range s.cfg.HistoryShards {
 		cfgs = append(cfgs, s.cfg.historyStreamConfig(shard))

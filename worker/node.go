@@ -252,7 +252,7 @@ func (n *Node) Start(ctx context.Context) error {
 func (n *Node) setUp(ctx context.Context) error {
 	if err := n.store.EnsureStreams(ctx, n.log); err != nil {
 		kind := saga.KindEventStore
-		if errors.Is(err, stream.ErrIncompatibleSetup) {
+		if errors.Is(err, stream.ErrIncompatibleSetup) || errors.Is(err, stream.ErrShardsMismatch) {
 			kind = saga.KindConfiguration
 		}
 		return &saga.Error{Kind: kind, Message: "set up streams", Cause: err}

@@ -113,3 +113,23 @@ func eventTypes(events []stream.Event) []stream.EventType {
 	}
 	return out
 }
+
+// A client set to another history shard count than the engine's is
+// refused before it writes: it would append starts to streams the nodes
+// do not read them from, and could start a second history for an id.
+func TestClientWithAnotherShardCountIsRefused(t *testing.T) {
+	e := newEnv(t)
+	e.node(worker.Options{}, order.NewService().Definitions()...)
+	cl, err := saga.NewClient(e.srv.Conn(), saga.ClientOptions{Stream: stream.Config{HistoryShards: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	_, err = cl.Start(e.ctx, "order", order.Input{OrderID: "x"}, saga.StartOptions{ID: "wrong-shards"})
+	if !errors.Is(err, stream.ErrShardsMismatch) || !errors.Is(err, saga.KindConfiguration) {
+		t.Fatalf("start from a client with 2 shards on an engine of 1: %v", err)
+	}
+	if _, err := e.cl.Describe(e.ctx, "wrong-shards"); !errors.Is(err, saga.ErrNotFound) {
+		t.Fatalf("the refused start left a saga: %v", err)
+	}
+}
