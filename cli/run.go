@@ -41,6 +41,8 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	pgURL := pgFlag(fs, env)
 	projectorOnly := fs.Bool("projector-only", false, "only feed the Postgres projection (needs --pg-url) and serve list; run no saga")
 	archiveAfter := fs.Duration("archive-after", pgarchive.DefaultRetention, "with --pg-url: move sagas that ended longer ago than this from the streams to the archive; 0: never")
+	var limits historyLimitFlags
+	limits.register(fs, " (recorded for the fleet if no node did before; else the fleet's apply: see history-limits)")
 	var keys codecFlags
 	keys.register(fs)
 	var obs observabilityFlags
@@ -105,7 +107,7 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	defer nc.Close()
 
 	opts := worker.Options{
-		Stream:   stream.Config{Prefix: conn.prefix, HistoryShards: *shards, Replicas: *replicas},
+		Stream:   stream.Config{Prefix: conn.prefix, HistoryShards: *shards, Replicas: *replicas, HistoryLimits: limits.limits()},
 		NodeName: *name,
 		Logger:   log,
 		AckWait:  *ackWait,
