@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,6 +59,10 @@ type Client struct {
 	fleetMu       sync.Mutex
 	fleetSettings stream.FleetSettings
 	fleetChecked  time.Time
+	// The fleet's history limits as last read (historyLimits).
+	limits        stream.HistoryLimits
+	limitsKnown   bool
+	limitsChecked time.Time
 }
 
 // NewClient returns a client using nc, which stays owned by the caller.
@@ -259,10 +264,10 @@ func (c *Client) RequestCancel(ctx context.Context, id, reason, identity string)
 			return (&Error{Kind: KindValidation, Message: fmt.Sprintf("cancel %s: cancellation already requested at event %d", id, st.CancelRequestedEventID), Cause: ErrCancelRequested}).
 				WithContext("saga_id", id).WithContext("cause", st.CancelRequested.Cause)
 		}
-		commit := &stream.Commit{SagaID: id, WorkflowType: st.WorkflowType, Events: []stream.Event{{
+		commit := st.NewCommit([]stream.Event{{
 			ID: st.NextEventID, SagaID: id, Type: stream.WorkflowExecutionCancelRequested, Category: stream.CategoryWorkflow, Time: time.Now(),
 			Attrs: &stream.WorkflowExecutionCancelRequestedAttrs{Cause: stream.CancelByRequest, Reason: reason, Identity: identity},
-		}}}
+		}}, false)
 		_, err = c.store.Append(ctx, commit, st.LastSeq)
 		if errors.Is(err, stream.ErrConcurrency) && attempt < maxCancelConflicts {
 			// The saga moved on meanwhile: look again, after a pause that
@@ -448,7 +453,9 @@ func (r *Run[Out]) Get(ctx context.Context) (Out, error) {
 	return out, NewError(KindWorkflowExecution, "saga "+r.ID+" ended "+string(d.Status))
 }
 
-// History returns the saga's events in order.
+// History returns the saga's events in order: the whole history, every
+// run of a saga that continued as new included. RunHistory returns the
+// latest run alone.
 func (c *Client) History(ctx context.Context, id string) ([]stream.Event, error) {
 	commits, err := c.read(ctx, id)
 	if err != nil {
@@ -461,11 +468,32 @@ func (c *Client) History(ctx context.Context, id string) ([]stream.Event, error)
 	return events, nil
 }
 
+// RunHistory returns the events of the saga's latest run, from its
+// WorkflowExecutionStarted: the whole history for a saga that never
+// continued as new. It reads that run alone, however long the runs
+// before it were.
+func (c *Client) RunHistory(ctx context.Context, id string) ([]stream.Event, error) {
+	commits, err := c.readRun(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return stream.RunEventsOf(commits), nil
+}
+
 func (c *Client) read(ctx context.Context, id string) ([]stream.StoredCommit, error) {
+	return c.readWith(ctx, id, c.store.ReadLatest)
+}
+
+// readRun reads the saga's latest run (see stream.Store.ReadRun).
+func (c *Client) readRun(ctx context.Context, id string) ([]stream.StoredCommit, error) {
+	return c.readWith(ctx, id, c.store.ReadLatestRun)
+}
+
+func (c *Client) readWith(ctx context.Context, id string, read func(context.Context, string) ([]stream.StoredCommit, error)) ([]stream.StoredCommit, error) {
 	if err := stream.ValidateID("saga id", id); err != nil {
 		return nil, wrapStreamError("read", err)
 	}
-	commits, err := c.store.ReadLatest(ctx, id)
+	commits, err := read(ctx, id)
 	if err != nil {
 		return nil, wrapStreamError("read "+id, err)
 	}
@@ -484,12 +512,41 @@ func (c *Client) Describe(ctx context.Context, id string) (*Description, error) 
 	if err != nil {
 		return nil, err
 	}
+	var warnings []string
 	if d.Status == StatusRunning {
 		if ok, err := c.store.HasWorkflowConsumer(ctx, d.Type); err == nil && !ok {
-			d.Warning = fmt.Sprintf("no node has registered workflow type %q: the saga waits until one does", d.Type)
+			warnings = append(warnings, fmt.Sprintf("no node has registered workflow type %q: the saga waits until one does", d.Type))
 		}
 	}
+	if l, ok := c.historyLimits(ctx); ok && !d.Status.Terminal() && l.Warns(d.RunEvents, d.RunBytes) {
+		warnings = append(warnings, fmt.Sprintf("history has %d events (%d bytes) in run %d, past the fleet's warning at %d events or %d bytes (limit %d events, %d bytes); consider continue-as-new",
+			d.RunEvents, d.RunBytes, d.Run, l.WarnEvents, l.WarnBytes, l.LimitEvents, l.LimitBytes))
+	}
+	d.Warning = strings.Join(warnings, "; ")
 	return d, nil
+}
+
+// historyLimits returns the fleet's history limits, read at most once a
+// minute (the defaults, which nodes then follow, when none are recorded);
+// false when they cannot be read (a client not allowed to read stream
+// settings): describe then warns of nothing.
+func (c *Client) historyLimits(ctx context.Context) (stream.HistoryLimits, bool) {
+	c.fleetMu.Lock()
+	defer c.fleetMu.Unlock()
+	if time.Since(c.limitsChecked) > fleetCheckEvery {
+		readCtx, cancel := context.WithTimeout(ctx, fleetCheckTimeout)
+		l, recorded, err := stream.FleetHistoryLimits(readCtx, c.store.JetStream(), c.store.Config())
+		cancel()
+		c.limitsChecked = time.Now()
+		if err == nil && !recorded {
+			l = stream.DefaultHistoryLimits
+		}
+		c.limits, c.limitsKnown = l, err == nil
+		if err != nil {
+			c.logger.Debug("could not read the fleet's history limits; describe warns of no length", "err", err)
+		}
+	}
+	return c.limits, c.limitsKnown
 }
 
 // describe folds the saga's history (from its latest snapshot, when it

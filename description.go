@@ -30,12 +30,25 @@ type Description struct {
 	Input   stream.Payload `json:"input,omitempty"`
 	Output  stream.Payload `json:"output,omitempty"`
 	// Error is the saga's failure, or for a blocked saga what blocked it.
-	Error             *StructuredError  `json:"error,omitempty"`
-	Blocked           *BlockedInfo      `json:"blocked,omitempty"`
-	StartedAt         time.Time         `json:"started_at"`
-	UpdatedAt         time.Time         `json:"updated_at"`
-	ClosedAt          *time.Time        `json:"closed_at,omitempty"`
-	Events            uint64            `json:"events"`
+	Error     *StructuredError `json:"error,omitempty"`
+	Blocked   *BlockedInfo     `json:"blocked,omitempty"`
+	StartedAt time.Time        `json:"started_at"`
+	UpdatedAt time.Time        `json:"updated_at"`
+	ClosedAt  *time.Time       `json:"closed_at,omitempty"`
+	// Events counts the saga's events, every run's.
+	Events uint64 `json:"events"`
+	// Run is the saga's current run: 1, and one more each time its
+	// workflow continued as new (ContinueAsNew). The description is the
+	// run's: its input, status and dates are the latest run's.
+	Run uint32 `json:"run"`
+	// RunEvents and RunBytes measure the run's history: what a node reads
+	// and replays when it meets the saga anew, and what the fleet's
+	// history limits bound.
+	RunEvents uint64 `json:"run_events"`
+	RunBytes  int64  `json:"run_bytes"`
+	// ContinuedFrom links the run to the one it continues; nil for the
+	// first run.
+	ContinuedFrom     *RunLink          `json:"continued_from,omitempty"`
 	PendingActivities []PendingActivity `json:"pending_activities,omitempty"`
 	// CancelRequested is the saga's cancellation request, once there is
 	// one.
@@ -56,6 +69,18 @@ type BlockedInfo struct {
 	Message   string `json:"message"`
 	AtEventID uint64 `json:"at_event_id"`
 	Node      string `json:"node,omitempty"`
+}
+
+// RunLink locates the run a run continues.
+type RunLink struct {
+	// Run is the previous run's number.
+	Run uint32 `json:"run"`
+	// EndEventID is its WorkflowExecutionContinuedAsNew, the event before
+	// this run's start; StartEventID its WorkflowExecutionStarted, and
+	// StartSeq the stream sequence of the commit holding that.
+	EndEventID   uint64 `json:"end_event_id"`
+	StartEventID uint64 `json:"start_event_id"`
+	StartSeq     uint64 `json:"start_seq"`
 }
 
 // PendingActivity is a scheduled activity without a result yet.
@@ -122,7 +147,13 @@ func newDescription(st *stream.State) *Description {
 		StartedAt: st.StartedAt.UTC(),
 		UpdatedAt: st.UpdatedAt.UTC(),
 		Events:    st.NextEventID,
+		Run:       max(st.Run, 1),
+		RunEvents: st.RunEvents(),
+		RunBytes:  st.RunBytes,
 		failure:   st.Failure,
+	}
+	if c := st.ContinuedFrom; c != nil {
+		d.ContinuedFrom = &RunLink{Run: c.Run - 1, EndEventID: c.PreviousEventID, StartEventID: c.PreviousStartEventID, StartSeq: c.PreviousStartSeq}
 	}
 	if !st.ClosedAt.IsZero() {
 		t := st.ClosedAt.UTC()

@@ -3,6 +3,7 @@ package saga
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/jetsaga/saga/internal/replay"
@@ -72,6 +73,17 @@ func (w *Workflow[In, Out]) erased(env *replay.Env, input stream.Payload) (strea
 		}
 	}
 	out, err := w.run(Context{env: env, scope: env.RootScope()}, in)
+	var next *continueAsNewError
+	if errors.As(err, &next) {
+		// The next run's input must decode into the input type: checked
+		// now, as the run ends, rather than when the next run starts.
+		var check In
+		if err := decodeValue(env.Codec(), next.input, &check); err != nil {
+			return nil, ToFailure(Errorf(KindValidation, "workflow %s: continue as new: the input does not fit %T: %w", w.name, check, err), KindValidation)
+		}
+		env.ContinueAsNew(next.input)
+		return nil, nil
+	}
 	if err != nil {
 		return nil, ToFailure(err, KindWorkflowExecution).Bounded()
 	}

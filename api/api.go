@@ -31,10 +31,19 @@ type StartResponse struct {
 	Existing bool   `json:"existing,omitempty"`
 }
 
-// SagaRequest is the body of describe, history and wake, and the reply
-// of wake and cancel.
+// SagaRequest is the body of describe and wake, and the reply of wake
+// and cancel.
 type SagaRequest struct {
 	ID string `json:"id"`
+}
+
+// HistoryRequest is the body of history.
+type HistoryRequest struct {
+	ID string `json:"id"`
+	// LatestRun asks for the events of the saga's latest run alone, from
+	// its WorkflowExecutionStarted; without it, every run's (the whole
+	// history).
+	LatestRun bool `json:"latest_run,omitempty"`
 }
 
 // CancelRequest is the body of cancel.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -153,12 +154,16 @@ func (e *apiError) context(key string) string {
 	return e.Body.Context[key]
 }
 
-// clientCommand parses "<command> <saga-id> [--json]" and opens a client.
-func clientCommand(name string, args []string, env Env, pgURL *string) (*saga.Client, func(), string, bool, error) {
+// clientCommand parses "<command> <saga-id> [--json]", with the flags
+// more adds, and opens a client.
+func clientCommand(name string, args []string, env Env, pgURL *string, more ...func(*flag.FlagSet)) (*saga.Client, func(), string, bool, error) {
 	fs := newFlagSet(name, env)
 	var conn connFlags
 	conn.register(fs, env)
 	asJSON := fs.Bool("json", false, "print JSON")
+	for _, add := range more {
+		add(fs)
+	}
 	if pgURL != nil {
 		fs.StringVar(pgURL, "pg-url", env.Getenv("SAGA_PG_URL"), "PostgreSQL URL of the projection (env SAGA_PG_URL): read there a saga the streams no longer hold")
 	}
@@ -207,13 +212,26 @@ func runDescribe(ctx context.Context, args []string, env Env) error {
 
 func runHistory(ctx context.Context, args []string, env Env) error {
 	var pgURL string
-	cl, done, id, asJSON, err := clientCommand("history", args, env, &pgURL)
+	var latestRun bool
+	cl, done, id, asJSON, err := clientCommand("history", args, env, &pgURL, func(fs *flag.FlagSet) {
+		fs.BoolVar(&latestRun, "latest-run", false, "only the saga's latest run, from its start (a saga that continued as new); default: every run")
+	})
 	if err != nil {
 		return err
 	}
 	defer done()
-	events, err := cl.History(ctx, id)
-	events, err = fromProjection(ctx, pgURL, events, err, func(st *pgarchive.Store) ([]stream.Event, error) { return st.History(ctx, id) })
+	history := cl.History
+	if latestRun {
+		history = cl.RunHistory
+	}
+	events, err := history(ctx, id)
+	events, err = fromProjection(ctx, pgURL, events, err, func(st *pgarchive.Store) ([]stream.Event, error) {
+		events, err := st.History(ctx, id)
+		if latestRun {
+			events = stream.LatestRun(events)
+		}
+		return events, err
+	})
 	if err != nil {
 		return err
 	}
@@ -332,7 +350,14 @@ func writeDescription(w io.Writer, d *saga.Description) error {
 	} else {
 		row("updated", d.UpdatedAt.Format(time.RFC3339Nano))
 	}
-	row("events", fmt.Sprint(d.Events))
+	if d.Run > 1 {
+		row("events", fmt.Sprintf("%d (%d in run %d)", d.Events, d.RunEvents, d.Run))
+		if c := d.ContinuedFrom; c != nil {
+			row("run", fmt.Sprintf("%d, continues run %d (events %d to %d)", d.Run, c.Run, c.StartEventID, c.EndEventID))
+		}
+	} else {
+		row("events", fmt.Sprint(d.Events))
+	}
 	if len(d.Input) > 0 {
 		row("input", payloadJSON(d.Input))
 	}
@@ -356,6 +381,9 @@ func writeDescription(w io.Writer, d *saga.Description) error {
 	}
 	if c := d.Compensation; c != nil {
 		writeCompensation(&b, row, c)
+	}
+	if d.Warning != "" {
+		row("warning", d.Warning)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

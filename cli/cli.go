@@ -51,7 +51,7 @@ Usage:
   saga-node demo
   saga-node start    <workflow-type> [--id ID] [--input JSON] [--wait] [--timeout D] [--request-id R] [--run-timeout D]
   saga-node describe <saga-id> [--json] [--pg-url URL]
-  saga-node history  <saga-id> [--json] [--pg-url URL]
+  saga-node history  <saga-id> [--json] [--latest-run] [--pg-url URL]
   saga-node list     [--status S] [--type T] [--since D] [--compensation C] [--waiting-on-timer] [--limit N] [--after CURSOR] [--json]
   saga-node migrate
   saga-node archive  [--older-than D] [--limit N]
@@ -61,6 +61,7 @@ Usage:
   saga-node signal   <saga-id> <name> [--input JSON] [--msg-id ID]
   saga-node query    <saga-id> <name> [--input JSON] [--json]
   saga-node dead-letters [--json] [--limit N]
+  saga-node history-limits [--history-warn-events N] [--history-limit-events N] [--history-warn-bytes B] [--history-limit-bytes B] [--json]
   saga-node replay-check [--type T] [--since D] [--from stream|archive] [--json] [--limit N]
   saga-node bench    [--sagas N] [--in-flight N] [--sync interval|always] [--shards K] [--idle N] [--json] [--nats-url URL]
 
@@ -101,8 +102,9 @@ func Run(ctx context.Context, args []string, env Env) int {
 		"status":   runStatus,
 		"archive":  runArchive,
 
-		"dead-letters": runDeadLetters,
-		"replay-check": runReplayCheck,
+		"dead-letters":   runDeadLetters,
+		"replay-check":   runReplayCheck,
+		"history-limits": runHistoryLimits,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

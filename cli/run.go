@@ -44,6 +44,8 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	snapshotInterval := fs.Int("snapshot-interval", stream.DefaultSnapshotInterval, "write a snapshot of a saga's state every this many events, so that reads fold only what follows it; 0: this node writes none")
 	maxSnapshots := fs.Int("max-snapshots", stream.DefaultMaxSnapshots, "snapshots kept per saga (1-64), when this node creates the snapshots bucket; an existing bucket keeps its own")
 	snapshotChecksum := fs.Bool("snapshot-checksum", true, "verify a snapshot's checksum when it is loaded")
+	var limits historyLimitFlags
+	limits.register(fs, " (recorded for the fleet if no node did before; else the fleet's apply: see history-limits)")
 	var keys codecFlags
 	keys.register(fs)
 	var obs observabilityFlags
@@ -115,7 +117,7 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	defer nc.Close()
 
 	opts := worker.Options{
-		Stream:   stream.Config{Prefix: conn.prefix, HistoryShards: *shards, Replicas: *replicas},
+		Stream:   stream.Config{Prefix: conn.prefix, HistoryShards: *shards, Replicas: *replicas, HistoryLimits: limits.limits()},
 		NodeName: *name,
 		Logger:   log,
 		AckWait:  *ackWait,

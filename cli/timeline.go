@@ -64,7 +64,18 @@ func details(e stream.Event, activities map[uint64]scheduled) string {
 		if a.RunTimeout > 0 {
 			s += fmt.Sprintf(" run_timeout=%s", a.RunTimeout)
 		}
+		if c := a.Continued; c != nil {
+			s += fmt.Sprintf(" run %d (continues run %d, started at event %d)", c.Run, c.Run-1, c.PreviousStartEventID)
+			if len(c.Signals) > 0 {
+				s += fmt.Sprintf(", %d untaken signals passed on", len(c.Signals))
+			}
+			if c.CancelRequested != nil {
+				s += ", its cancellation passed on"
+			}
+		}
 		return s
+	case *stream.WorkflowExecutionContinuedAsNewAttrs:
+		return fmt.Sprintf("run %d follows", a.NextRun)
 	case *stream.WorkflowExecutionCompletedAttrs:
 		return "output=" + short(payloadJSON(a.Output))
 	case *stream.WorkflowExecutionFailedAttrs:

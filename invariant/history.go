@@ -51,6 +51,7 @@ func evaluate(hists []History, unchecked []string, opts Options) Report {
 		c := checkSaga(h, opts)
 		byID[h.SagaID] = c
 		r.Sagas++
+		r.Runs += c.runs
 		if c.ended {
 			r.Ended++
 			r.ByStatus[string(c.terminal)]++
@@ -186,6 +187,7 @@ type sagaCheck struct {
 	outcomes      int
 	timersFired   int
 	signals       []recordedSignal
+	runs          int
 
 	violations []Violation
 }
@@ -216,10 +218,24 @@ func checkSaga(h History, opts Options) *sagaCheck {
 	if len(c.events) == 0 {
 		return c
 	}
-	c.startAndEnd()
-	c.activities()
-	c.compensation()
-	c.timers()
+	// Activities, compensations and timers belong to their run: each run
+	// is checked as a saga of its own, ended by its continue-as-new.
+	runs := c.splitRuns()
+	for i, events := range runs {
+		r := &sagaCheck{id: c.id, opts: c.opts, events: events}
+		r.startAndEnd(i == len(runs)-1)
+		r.activities()
+		r.compensation()
+		r.timers()
+		c.violations = append(c.violations, r.violations...)
+		c.extraAttempts += r.extraAttempts
+		c.outcomes += r.outcomes
+		c.timersFired += r.timersFired
+		if i == len(runs)-1 {
+			c.ended, c.terminal, c.end, c.blocked = r.ended, r.terminal, r.end, r.blocked
+		}
+	}
+	c.runs = len(runs)
 	c.signalsOf()
 	if opts.RequireEnded && !c.ended {
 		last := c.events[len(c.events)-1]
@@ -258,18 +274,86 @@ func (c *sagaCheck) structure(commits []stream.StoredCommit) {
 	}
 }
 
-// startAndEnd checks the first and the terminal events and works out
-// where the saga stands.
-func (c *sagaCheck) startAndEnd() {
+// splitRuns splits the saga's events into its runs, each from its start,
+// and checks how one run leads to the next (RuleStartFirst, RuleRuns).
+func (c *sagaCheck) splitRuns() [][]located {
 	if first := c.events[0]; first.Type != stream.WorkflowExecutionStarted {
 		c.add(RuleStartFirst, "the first event is %d %s", first.ID, first.Type)
 	}
-	var terminals []located
+	var runs [][]located
+	from := 0
+	var inboxSeq uint64
+	var inboxEpoch int64
+	signals := map[uint64]string{} // SignalReceived event id: its name
 	for i, e := range c.events {
-		if e.Type == stream.WorkflowExecutionStarted && i > 0 {
-			c.add(RuleStartFirst, "a second %s at event %d", e.Type, e.ID)
+		switch a := e.Attrs.(type) {
+		case *stream.SignalReceivedAttrs:
+			st := stream.State{LastInboxSeq: inboxSeq, LastInboxEpoch: inboxEpoch}
+			inboxSeq, inboxEpoch = st.InboxAfter([]stream.Event{e.Event})
+			signals[e.ID] = a.Name
+		case *stream.WorkflowExecutionContinuedAsNewAttrs:
+			if i+1 == len(c.events) || c.events[i+1].Type != stream.WorkflowExecutionStarted {
+				c.add(RuleRuns, "event %d %s is not followed by the next run's %s", e.ID, e.Type, stream.WorkflowExecutionStarted)
+			}
+		case *stream.WorkflowExecutionStartedAttrs:
+			if i == 0 {
+				continue
+			}
+			prev := c.events[i-1]
+			if prev.Type != stream.WorkflowExecutionContinuedAsNew {
+				c.add(RuleStartFirst, "a second %s at event %d, which follows %d %s, not a %s", e.Type, e.ID, prev.ID, prev.Type, stream.WorkflowExecutionContinuedAsNew)
+			} else {
+				c.runLink(runs, c.events[from], prev, e, a, inboxSeq, inboxEpoch, signals)
+			}
+			runs = append(runs, c.events[from:i])
+			from = i
 		}
-		if stream.IsTerminal(e.Type) {
+	}
+	return append(runs, c.events[from:])
+}
+
+// runLink checks the start e (attributes a) of the run that follows the
+// one from start to end (its WorkflowExecutionContinuedAsNew), given the
+// inbox position and signals the history reached by then.
+func (c *sagaCheck) runLink(runs [][]located, start, end, e located, a *stream.WorkflowExecutionStartedAttrs, inboxSeq uint64, inboxEpoch int64, signals map[uint64]string) {
+	k := a.Continued
+	if k == nil {
+		c.add(RuleRuns, "event %d starts a run after event %d %s, and names no run it continues", e.ID, end.ID, end.Type)
+		return
+	}
+	run := uint32(len(runs) + 2)
+	var next uint32
+	if ca, ok := end.Attrs.(*stream.WorkflowExecutionContinuedAsNewAttrs); ok {
+		next = ca.NextRun
+	}
+	if k.Run != run || next != run {
+		c.add(RuleRuns, "event %d starts run %d, event %d named run %d to follow, and it is run %d of the history", e.ID, k.Run, end.ID, next, run)
+	}
+	if e.seq != end.seq {
+		c.add(RuleRuns, "event %d starts run %d in the commit at stream sequence %d, not in the one that ended the run before (%d)", e.ID, k.Run, e.seq, end.seq)
+	}
+	if k.PreviousEventID != end.ID || k.PreviousStartEventID != start.ID || k.PreviousStartSeq != start.seq {
+		c.add(RuleRuns, "event %d links run %d to a run that started at event %d (sequence %d) and ended at event %d; the history's started at event %d (sequence %d) and ended at event %d",
+			e.ID, k.Run, k.PreviousStartEventID, k.PreviousStartSeq, k.PreviousEventID, start.ID, start.seq, end.ID)
+	}
+	if k.LastInboxSeq != inboxSeq || k.LastInboxEpoch != inboxEpoch {
+		c.add(RuleRuns, "event %d starts run %d at inbox position %d (epoch %d), the history had reached %d (epoch %d)",
+			e.ID, k.Run, k.LastInboxSeq, k.LastInboxEpoch, inboxSeq, inboxEpoch)
+	}
+	for _, s := range k.Signals {
+		if name, ok := signals[s.EventID]; !ok || name != s.Name {
+			c.add(RuleRuns, "event %d passes on signal %s of event %d, which recorded no such signal", e.ID, s.Name, s.EventID)
+		}
+	}
+}
+
+// startAndEnd checks the terminal events of a run (splitRuns checked its
+// start) and works out where it stands. A run that is not the saga's last (last false)
+// ends with its WorkflowExecutionContinuedAsNew.
+func (c *sagaCheck) startAndEnd(last bool) {
+	var terminals []located
+	for _, e := range c.events {
+		if stream.IsTerminal(e.Type) || !last && e.Type == stream.WorkflowExecutionContinuedAsNew {
 			terminals = append(terminals, e)
 		}
 		// As stream.State folds it: a decision after a block means the

@@ -23,11 +23,20 @@ const (
 	// RuleContiguousIDs: event ids run 0, 1, 2, … without gap or repeat
 	// across the saga's commits, and the commits' stream sequences rise.
 	RuleContiguousIDs Rule = "contiguous_ids"
-	// RuleStartFirst: the first event is WorkflowExecutionStarted, and it
-	// is the only one.
+	// RuleStartFirst: the first event is WorkflowExecutionStarted, and
+	// every other one starts a run: it follows a
+	// WorkflowExecutionContinuedAsNew.
 	RuleStartFirst Rule = "start_first"
+	// RuleRuns: a run that continued as new ends with
+	// WorkflowExecutionContinuedAsNew, followed in the same commit by the
+	// next run's start, numbered one more, which links back to it (the
+	// event that ended the run, the previous run's start and its commit's
+	// sequence) and carries the inbox position the history reached and
+	// only signals the saga recorded.
+	RuleRuns Rule = "runs"
 	// RuleTerminalLast: at most one terminal event (WorkflowExecution
-	// Completed, Failed, Canceled or TimedOut), and nothing after it.
+	// Completed, Failed, Canceled or TimedOut), in the last run, and
+	// nothing after it.
 	RuleTerminalLast Rule = "terminal_last"
 	// RuleEnded: with Options.RequireEnded, the saga has ended.
 	RuleEnded Rule = "ended"
@@ -169,8 +178,9 @@ const StatusRunning = "running"
 
 // Report is the outcome of a check.
 type Report struct {
-	// Sagas counts the histories checked, Ended those that ended.
-	Sagas, Ended int
+	// Sagas counts the histories checked, Ended those that ended. Runs
+	// counts their runs: more than Sagas when some continued as new.
+	Sagas, Ended, Runs int
 	// ByStatus counts ended sagas by terminal event type
 	// ("WorkflowExecutionCompleted", …), and the others as "running".
 	ByStatus map[string]int

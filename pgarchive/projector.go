@@ -70,9 +70,12 @@ func (s *Store) Apply(ctx context.Context, commits []stream.StoredCommit) error 
 }
 
 // refreshSagas computes the rows of sagas from the commits the projection
-// holds: one read for all of them, one batch of upserts.
+// holds: one read for all of them, one batch of upserts. A saga is read
+// from the start of the run its row describes (run_seq): a later run
+// that started since is among those commits, and the fold goes on to it.
 func refreshSagas(ctx context.Context, tx pgx.Tx, ids []string) error {
-	rows, err := tx.Query(ctx, "SELECT saga_id, seq, data FROM saga_commits WHERE saga_id = ANY($1) ORDER BY saga_id, first_event_id", ids)
+	rows, err := tx.Query(ctx, `SELECT c.saga_id, c.seq, c.data FROM saga_commits c LEFT JOIN saga_sagas s ON s.saga_id = c.saga_id
+		WHERE c.saga_id = ANY($1) AND c.seq >= coalesce(s.run_seq, 0) ORDER BY c.saga_id, c.first_event_id`, ids)
 	if err != nil {
 		return fmt.Errorf("pgarchive: read commits: %w", err)
 	}
@@ -114,16 +117,17 @@ func refreshSagas(ctx context.Context, tx pgx.Tx, ids []string) error {
 // fewer events.
 func queueRow(b *pgx.Batch, id string, r Row) {
 	b.Queue(`INSERT INTO saga_sagas (saga_id, workflow_type, version, status, compensation, started_at, updated_at,
-			closed_at, input, output, error, open_timers, next_timer_at, events, last_seq)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+			closed_at, input, output, error, open_timers, next_timer_at, events, last_seq, run, run_seq)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 		ON CONFLICT (saga_id) DO UPDATE SET workflow_type = EXCLUDED.workflow_type, version = EXCLUDED.version,
 			status = EXCLUDED.status, compensation = EXCLUDED.compensation, started_at = EXCLUDED.started_at,
 			updated_at = EXCLUDED.updated_at, closed_at = EXCLUDED.closed_at, input = EXCLUDED.input,
 			output = EXCLUDED.output, error = EXCLUDED.error, open_timers = EXCLUDED.open_timers,
-			next_timer_at = EXCLUDED.next_timer_at, events = EXCLUDED.events, last_seq = EXCLUDED.last_seq
+			next_timer_at = EXCLUDED.next_timer_at, events = EXCLUDED.events, last_seq = EXCLUDED.last_seq,
+			run = EXCLUDED.run, run_seq = EXCLUDED.run_seq
 		WHERE saga_sagas.events <= EXCLUDED.events`,
 		id, r.WorkflowType, r.Version, string(r.Status), r.Compensation, r.StartedAt, r.UpdatedAt, r.ClosedAt,
-		r.input, r.output, r.errorJSON, r.OpenTimers, r.NextTimerAt, int64(r.Events), int64(r.LastSeq))
+		r.input, r.output, r.errorJSON, r.OpenTimers, r.NextTimerAt, int64(r.Events), int64(r.LastSeq), int64(r.Run), int64(r.runSeq))
 }
 
 // readCommits returns a saga's commits as the projection holds them, in
@@ -168,17 +172,21 @@ type Row struct {
 	NextTimerAt  *time.Time `json:"next_timer_at,omitempty"`
 	Events       uint64     `json:"events"`
 	LastSeq      uint64     `json:"last_seq"`
-	ArchivedAt   *time.Time `json:"archived_at,omitempty"`
+	// Run is the saga's latest run (continue-as-new), which the row
+	// describes: 1 for a saga that never continued.
+	Run        uint32     `json:"run"`
+	ArchivedAt *time.Time `json:"archived_at,omitempty"`
 	// Error is the saga's failure, as JSON.
 	Error json.RawMessage `json:"error,omitempty"`
 
 	input, output, errorJSON []byte
+	runSeq                   uint64
 }
 
 // rowOf is the row of a saga's state.
 func rowOf(st *stream.State) Row {
 	r := Row{SagaID: st.SagaID, WorkflowType: st.WorkflowType, Version: st.Version, Status: st.Status,
-		StartedAt: st.StartedAt, UpdatedAt: st.UpdatedAt, Events: st.NextEventID, LastSeq: st.LastSeq}
+		StartedAt: st.StartedAt, UpdatedAt: st.UpdatedAt, Events: st.NextEventID, LastSeq: st.LastSeq, Run: max(st.Run, 1), runSeq: st.RunStartSeq}
 	if !st.ClosedAt.IsZero() {
 		t := st.ClosedAt
 		r.ClosedAt = &t

@@ -124,16 +124,17 @@ func (s *Store) List(ctx context.Context, f Filter) (rows []Row, next string, er
 }
 
 const rowColumns = `saga_id, workflow_type, version, status, compensation, started_at, updated_at, closed_at,
-	open_timers, next_timer_at, events, last_seq, archived_at, error`
+	open_timers, next_timer_at, events, last_seq, archived_at, error, run`
 
 func scanRow(row pgx.CollectableRow) (Row, error) {
 	var r Row
 	var status string
 	var events, lastSeq int64
+	var run int32
 	var errJSON []byte
 	err := row.Scan(&r.SagaID, &r.WorkflowType, &r.Version, &status, &r.Compensation, &r.StartedAt, &r.UpdatedAt,
-		&r.ClosedAt, &r.OpenTimers, &r.NextTimerAt, &events, &lastSeq, &r.ArchivedAt, &errJSON)
-	r.Status, r.Events, r.LastSeq = stream.Status(status), uint64(events), uint64(lastSeq)
+		&r.ClosedAt, &r.OpenTimers, &r.NextTimerAt, &events, &lastSeq, &r.ArchivedAt, &errJSON, &run)
+	r.Status, r.Events, r.LastSeq, r.Run = stream.Status(status), uint64(events), uint64(lastSeq), uint32(run)
 	if len(errJSON) > 0 {
 		r.Error = json.RawMessage(errJSON)
 	}

@@ -49,8 +49,11 @@ func (f Filter) Matches(workflowType string, startedAt time.Time) bool {
 type Source interface {
 	// SagaIDs lists the sagas to check, in the order to check them.
 	SagaIDs(ctx context.Context, f Filter) ([]string, error)
-	// Events returns a saga's whole history in order, from event 0. A
-	// history that does not decode is an error matching stream.ErrCodec
+	// Events returns a saga's history in order: the whole history from
+	// event 0, or its latest run alone (from that run's
+	// WorkflowExecutionStarted) for a saga that continued as new. Check
+	// replays the latest run either way. A history that does not decode
+	// is an error matching stream.ErrCodec
 	// (a newer engine's format: stream.ErrUnsupported); a saga that is
 	// gone since it was listed, stream.ErrNotFound. Any other error stops
 	// the check.
@@ -160,6 +163,8 @@ const DefaultDeadlockTimeout = 5 * time.Second
 // Check replays every saga src lists that matches opts.Filter against the
 // workflow code reg holds, each in a fresh machine configured as a node
 // configures its own, and reports those that would not replay. A saga
+// that continued as new is replayed from its latest run's start, and
+// filtered by that run's start time and version. A saga
 // whose type reg does not have is skipped. A history that ends before its
 // code decided (a running saga) is fed as it is: what the code would do
 // next is not checked, since nothing recorded says what it should be.
@@ -203,6 +208,9 @@ func Check(ctx context.Context, src Source, reg *saga.Registry, opts Options) (*
 		case err != nil:
 			return rep, fmt.Errorf("read saga %s: %w", id, err)
 		}
+		// Only the latest run is replayed, as a node replays it: the runs
+		// before it ended, and no node replays them again.
+		events = stream.LatestRun(events)
 		start, err := startOf(events)
 		if err != nil {
 			matched++
@@ -270,7 +278,7 @@ func replayHistory(ctx context.Context, id string, wf *saga.RegisteredWorkflow, 
 	return m.Feed(ctx, events...)
 }
 
-// startOf returns the start event's attributes: every history begins with
+// startOf returns the start event's attributes: every run begins with
 // one (stream.State.Apply refuses any other).
 func startOf(events []stream.Event) (*stream.WorkflowExecutionStartedAttrs, error) {
 	if len(events) == 0 {

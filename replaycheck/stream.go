@@ -127,13 +127,14 @@ func (s *StreamSource) hasType(ctx context.Context, id, workflowType string) (bo
 	return last.Commit.WorkflowType == workflowType, nil
 }
 
-// Events reads the saga's history from the stream's leader's point of view
-// (stream.Store.ReadLatest: a lagging replica must not pass for the whole
-// history) and checks that its commits follow on from the start.
+// Events reads the saga's latest run from the stream's leader's point of
+// view (stream.Store.ReadLatestRun: a lagging replica must not pass for
+// the whole run), checks that its commits follow on from the run's
+// start, and returns the run's events: the runs before it are not read.
 func (s *StreamSource) Events(ctx context.Context, sagaID string) ([]stream.Event, error) {
 	ctx, cancel := context.WithTimeout(ctx, readTimeout)
 	defer cancel()
-	commits, err := s.store.ReadLatest(ctx, sagaID)
+	commits, err := s.store.ReadLatestRun(ctx, sagaID)
 	if err != nil {
 		return nil, err
 	}
@@ -143,9 +144,5 @@ func (s *StreamSource) Events(ctx context.Context, sagaID string) ([]stream.Even
 	if _, err := stream.Fold(commits); err != nil {
 		return nil, fmt.Errorf("saga %s: %w", sagaID, err)
 	}
-	var events []stream.Event
-	for _, sc := range commits {
-		events = append(events, sc.Commit.Events...)
-	}
-	return events, nil
+	return stream.RunEventsOf(commits), nil
 }

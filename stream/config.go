@@ -60,6 +60,11 @@ type Config struct {
 	DuplicateWindow time.Duration
 	// Storage of the streams. Defaults to file storage.
 	Storage jetstream.StorageType
+	// HistoryLimits are recorded on the first history stream when a node
+	// creates it (or finds it without them); from then on every node
+	// follows the recorded ones, not this field (see HistoryLimits).
+	// Zero fields take the defaults.
+	HistoryLimits HistoryLimits
 }
 
 // Defaults returns c with every zero field set to its default.
@@ -82,6 +87,7 @@ func (c Config) Defaults() Config {
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = 2 * time.Minute
 	}
+	c.HistoryLimits = c.HistoryLimits.Defaults()
 	return c
 }
 
@@ -101,6 +107,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxPayloadSize < 1 || c.MaxPayloadSize > int(c.MaxMsgSize)/2 {
 		return fmt.Errorf("stream config: MaxPayloadSize must be 1..MaxMsgSize/2 (%d), got %d", c.MaxMsgSize/2, c.MaxPayloadSize)
+	}
+	if err := c.HistoryLimits.Validate(); err != nil {
+		return fmt.Errorf("stream config: HistoryLimits: %w", err)
 	}
 	return nil
 }
@@ -220,8 +229,10 @@ const maxHistoryShards = 1024
 func (c Config) historyStreamConfig(shard int) jetstream.StreamConfig {
 	var meta map[string]string
 	if shard == 0 {
-		// The engine's shard count (see checkShards).
-		meta = map[string]string{metaHistoryShards: strconv.Itoa(c.HistoryShards)}
+		// The engine's shard count (see checkShards), and its history
+		// limits: recorded with the stream, so that of nodes creating it
+		// at once one's win, for all (see HistoryLimits).
+		meta = c.HistoryLimits.metadata(map[string]string{metaHistoryShards: strconv.Itoa(c.HistoryShards)})
 	}
 	return jetstream.StreamConfig{
 		Metadata:    meta,

@@ -22,6 +22,10 @@ const (
 	WorkflowExecutionCancelRequested EventType = "WorkflowExecutionCancelRequested"
 	WorkflowExecutionBlocked         EventType = "WorkflowExecutionBlocked"
 	WorkflowExecutionUnblocked       EventType = "WorkflowExecutionUnblocked"
+	// WorkflowExecutionContinuedAsNew ends a run whose code asked to
+	// continue as new; the next run's WorkflowExecutionStarted follows it
+	// in the same commit.
+	WorkflowExecutionContinuedAsNew EventType = "WorkflowExecutionContinuedAsNew"
 
 	ActivityTaskScheduled EventType = "ActivityTaskScheduled"
 	ActivityTaskStarted   EventType = "ActivityTaskStarted"
@@ -87,6 +91,7 @@ var eventSpecs = map[EventType]eventSpec{
 	WorkflowExecutionCancelRequested: {CategoryWorkflow, RoleInput, func() any { return new(WorkflowExecutionCancelRequestedAttrs) }},
 	WorkflowExecutionBlocked:         {CategoryWorkflow, RoleInfo, func() any { return new(WorkflowExecutionBlockedAttrs) }},
 	WorkflowExecutionUnblocked:       {CategoryWorkflow, RoleInfo, func() any { return new(WorkflowExecutionUnblockedAttrs) }},
+	WorkflowExecutionContinuedAsNew:  {CategoryWorkflow, RoleCommand, func() any { return new(WorkflowExecutionContinuedAsNewAttrs) }},
 	ActivityTaskScheduled:            {CategoryActivity, RoleCommand, func() any { return new(ActivityTaskScheduledAttrs) }},
 	ActivityTaskStarted:              {CategoryActivity, RoleInfo, func() any { return new(ActivityTaskStartedAttrs) }},
 	ActivityTaskCompleted:            {CategoryActivity, RoleInput, func() any { return new(ActivityTaskCompletedAttrs) }},
@@ -259,8 +264,60 @@ type WorkflowExecutionStartedAttrs struct {
 	// own start recognises the history it created.
 	RequestID string `msgpack:"request_id" json:"request_id"`
 	// RunTimeout bounds the saga's run from its start: past it, the saga
-	// is canceled, compensates and ends timed_out. 0: no bound.
+	// is canceled, compensates and ends timed_out. 0: no bound. A run
+	// that continues as new passes it on: each run has the same bound.
 	RunTimeout time.Duration `msgpack:"run_timeout,omitempty" json:"run_timeout,omitempty"`
+	// Continued is set on the start of every run but the first: it links
+	// the run to the one it continues and carries what it inherits.
+	Continued *RunContinuation `msgpack:"continued,omitempty" json:"continued,omitempty"`
+}
+
+// RunContinuation starts a run that continues the one before it
+// (continue-as-new). Its WorkflowExecutionStarted directly follows the
+// previous run's WorkflowExecutionContinuedAsNew, in the same commit.
+type RunContinuation struct {
+	// Run is this run's number: the first run is 1, so the first
+	// continuation is 2.
+	Run uint32 `msgpack:"run" json:"run"`
+	// PreviousEventID is the WorkflowExecutionContinuedAsNew that ended the
+	// previous run: the event just before this run's start.
+	PreviousEventID uint64 `msgpack:"previous_event_id" json:"previous_event_id"`
+	// PreviousStartEventID and PreviousStartSeq locate the previous run's
+	// start: its WorkflowExecutionStarted, and the stream sequence of the
+	// commit that holds it. A reader walks back run by run with them.
+	PreviousStartEventID uint64 `msgpack:"previous_start_event_id" json:"previous_start_event_id"`
+	PreviousStartSeq     uint64 `msgpack:"previous_start_seq" json:"previous_start_seq"`
+	// LastInboxSeq and LastInboxEpoch are the inbox position of the
+	// signals recorded so far (see State.LastInboxSeq): a reader of this
+	// run alone still knows which inbox messages the saga took.
+	LastInboxSeq   uint64 `msgpack:"last_inbox_seq,omitempty" json:"last_inbox_seq,omitempty"`
+	LastInboxEpoch int64  `msgpack:"last_inbox_epoch,omitempty" json:"last_inbox_epoch,omitempty"`
+	// Signals are the signals the previous run recorded and its code had
+	// not taken, in the order they were recorded: this run's code
+	// receives them first.
+	Signals []CarriedSignal `msgpack:"signals,omitempty" json:"signals,omitempty"`
+	// CancelRequested is a cancellation requested after the previous
+	// run's code decided to continue: this run starts canceled.
+	CancelRequested *WorkflowExecutionCancelRequestedAttrs `msgpack:"cancel_requested,omitempty" json:"cancel_requested,omitempty"`
+}
+
+// CarriedSignal is a signal a run recorded and passed on, untaken, to the
+// run that continues it.
+type CarriedSignal struct {
+	Name  string  `msgpack:"name" json:"name"`
+	Input Payload `msgpack:"input,omitempty" json:"input,omitempty"`
+	// EventID is the SignalReceived that recorded it.
+	EventID uint64 `msgpack:"event_id" json:"event_id"`
+}
+
+// WorkflowExecutionContinuedAsNewAttrs ends a run whose code returned
+// saga.ContinueAsNew. The input of the next run is on its
+// WorkflowExecutionStarted, the event after this one, which every reader
+// of a run reads; it is not repeated here, so that the two events fit in
+// one commit with an input as large as a start's.
+type WorkflowExecutionContinuedAsNewAttrs struct {
+	// NextRun is the number of the run that follows.
+	NextRun uint32 `msgpack:"next_run" json:"next_run"`
 }
 
 // WorkflowExecutionCompletedAttrs carries the workflow's output.
@@ -345,6 +402,10 @@ const (
 	BlockedHistoryUnreadable = "history_unreadable"
 	BlockedDeadlock          = "deadlock"
 	BlockedCommitTooLarge    = "commit_too_large"
+	// BlockedHistoryTooLong: the run's history reached the fleet's history
+	// limit (see HistoryLimits); its code's next decision was not
+	// appended.
+	BlockedHistoryTooLong = "history_too_long"
 )
 
 // WorkflowExecutionBlockedAttrs records why the engine stopped driving a

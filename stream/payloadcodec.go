@@ -47,12 +47,19 @@ func CanOpen(c PayloadCodec, p Payload) bool {
 }
 
 // WorkflowPayloads are the user values of an event that workflow code
-// opens: a start's input, an activity's result, a signal's value, a side
-// effect's value.
+// opens: a start's input (and the signals a run passes on), an activity's
+// result, a signal's value, a side effect's value.
 func WorkflowPayloads(e Event) []Payload {
 	switch a := e.Attrs.(type) {
 	case *WorkflowExecutionStartedAttrs:
-		return []Payload{a.Input}
+		if a.Continued == nil {
+			return []Payload{a.Input}
+		}
+		out := []Payload{a.Input}
+		for _, s := range a.Continued.Signals {
+			out = append(out, s.Input)
+		}
+		return out
 	case *ActivityTaskCompletedAttrs:
 		return []Payload{a.Result}
 	case *SignalReceivedAttrs:

@@ -29,7 +29,7 @@ import (
 // written before the change is never read as one written after it (it
 // would lack the new field). TestSnapshotVersionFollowsTheStateShape fails
 // until it is raised.
-const SnapshotVersion = 1
+const SnapshotVersion = 2
 
 // Snapshot defaults.
 const (
@@ -109,7 +109,7 @@ type snapshotEnvelope struct {
 	Checksum []byte `msgpack:"sha256"`
 }
 
-// snapshotState is State as version 1 encodes it. Maps are sorted slices,
+// snapshotState is State as version 2 encodes it (version 1 had no run). Maps are sorted slices,
 // so that one state always encodes to the same bytes.
 type snapshotState struct {
 	SagaID                 string                                 `msgpack:"saga_id"`
@@ -137,6 +137,11 @@ type snapshotState struct {
 	LastInboxSeq           uint64                                 `msgpack:"last_inbox_seq"`
 	LastInboxEpoch         int64                                  `msgpack:"last_inbox_epoch"`
 	Signals                int                                    `msgpack:"signals"`
+	Run                    uint32                                 `msgpack:"run"`
+	RunStartEventID        uint64                                 `msgpack:"run_start_event_id"`
+	RunStartSeq            uint64                                 `msgpack:"run_start_seq"`
+	ContinuedFrom          *RunContinuation                       `msgpack:"continued_from"`
+	RunBytes               int64                                  `msgpack:"run_bytes"`
 }
 
 type snapshotActivity struct {
@@ -176,6 +181,7 @@ func EncodeSnapshot(st *State) ([]byte, error) {
 		NextEventID: st.NextEventID, LastSeq: st.LastSeq, RunTimeout: st.RunTimeout,
 		CancelRequested: st.CancelRequested, CancelRequestedEventID: st.CancelRequestedEventID, RunTimedOut: st.RunTimedOut,
 		Compensation: st.Compensation, LastInboxSeq: st.LastInboxSeq, LastInboxEpoch: st.LastInboxEpoch, Signals: st.Signals,
+		Run: st.Run, RunStartEventID: st.RunStartEventID, RunStartSeq: st.RunStartSeq, ContinuedFrom: st.ContinuedFrom, RunBytes: st.RunBytes,
 	}
 	for _, id := range slices.Sorted(maps.Keys(st.OpenActivities)) {
 		a := st.OpenActivities[id]
@@ -251,6 +257,7 @@ func DecodeSnapshot(sagaID string, data []byte, verify bool) (*State, error) {
 		NextEventID: w.NextEventID, LastSeq: w.LastSeq, RunTimeout: w.RunTimeout,
 		CancelRequested: w.CancelRequested, CancelRequestedEventID: w.CancelRequestedEventID, RunTimedOut: w.RunTimedOut,
 		Compensation: w.Compensation, LastInboxSeq: w.LastInboxSeq, LastInboxEpoch: w.LastInboxEpoch, Signals: w.Signals,
+		Run: w.Run, RunStartEventID: w.RunStartEventID, RunStartSeq: w.RunStartSeq, ContinuedFrom: w.ContinuedFrom, RunBytes: w.RunBytes,
 		OpenActivities: make(map[uint64]OpenActivity, len(w.OpenActivities)),
 		Timers:         make(map[uint64]TimerState, len(w.Timers)),
 	}
@@ -336,9 +343,9 @@ func (s *Store) LoadState(ctx context.Context, sagaID string, opts LoadOptions) 
 		}
 	}
 	// Without a usable snapshot (or the bucket's answer), the whole
-	// history: slower, never wrong.
+	// latest run: slower, never wrong.
 	LogRejectedSnapshot(opts.Logger, sagaID, load.Rejected)
-	commits, err := s.ReadLatest(ctx, sagaID)
+	commits, err := s.ReadLatestRun(ctx, sagaID)
 	load.CommitsRead += len(commits)
 	if err != nil && !errors.As(err, new(*CodecError)) {
 		return nil, load, err

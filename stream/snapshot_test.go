@@ -106,7 +106,7 @@ func TestDecodeSnapshotRefusesWhatIsNotTheSagasOwn(t *testing.T) {
 	if bytes.Equal(altered, good) {
 		t.Fatal("the fixture's workflow type is not in the snapshot")
 	}
-	otherVersion := envelope(t, st.SagaID, st.LastSeq, 2, []byte{0x80})
+	otherVersion := envelope(t, st.SagaID, st.LastSeq, stream.SnapshotVersion+1, []byte{0x80})
 	cases := []struct {
 		name string
 		data []byte

@@ -27,7 +27,9 @@ func (s Status) Terminal() bool {
 }
 
 // State is a saga folded from its history: what describe shows and what a
-// writer checks before appending.
+// writer checks before appending. A saga that continued as new is folded
+// to its latest run: every field describes that run, except NextEventID,
+// LastSeq and the inbox position, which are the saga's.
 type State struct {
 	SagaID       string
 	WorkflowType string
@@ -71,8 +73,63 @@ type State struct {
 	// order, so one of that inbox at or below it is recorded.
 	LastInboxSeq   uint64
 	LastInboxEpoch int64
-	// Signals counts the signals recorded.
+	// Signals counts the signals the run recorded.
 	Signals int
+
+	// Run is the run's number: 1 for the first, one more at each
+	// continue-as-new.
+	Run uint32
+	// RunStartEventID is the id of the run's WorkflowExecutionStarted and
+	// RunStartSeq the stream sequence of the commit holding it: a reader
+	// of the latest run reads from there.
+	RunStartEventID uint64
+	RunStartSeq     uint64
+	// ContinuedFrom links the run to the one it continues; nil for the
+	// first run.
+	ContinuedFrom *RunContinuation
+	// RunBytes is the size of the run's commits as stored (the commit
+	// that starts the run counted whole), for the history limit.
+	RunBytes int64
+}
+
+// RunEvents is the number of events in the run: what the history limit
+// bounds.
+func (s *State) RunEvents() uint64 { return s.NextEventID - s.RunStartEventID }
+
+// NewCommit returns a commit of events that continues the history the
+// state folds, with the run position every reader of the last commit
+// relies on: the state's run, or the run the events start.
+func (s *State) NewCommit(events []Event, decided bool) *Commit {
+	c := &Commit{SagaID: s.SagaID, WorkflowType: s.WorkflowType, Decided: decided, Events: events}
+	if s.Run > 1 {
+		c.Run = RunPosition{Run: s.Run, StartEventID: s.RunStartEventID, StartSeq: s.RunStartSeq}
+	}
+	for _, e := range events {
+		if a, ok := e.Attrs.(*WorkflowExecutionStartedAttrs); ok && a.Continued != nil {
+			c.Run = RunPosition{Run: a.Continued.Run, StartEventID: e.ID}
+		}
+	}
+	return c
+}
+
+// InboxAfter is the inbox position (see LastInboxSeq) once events, which
+// continue the history, are recorded.
+func (s *State) InboxAfter(events []Event) (seq uint64, epoch int64) {
+	seq, epoch = s.LastInboxSeq, s.LastInboxEpoch
+	for _, e := range events {
+		if a, ok := e.Attrs.(*SignalReceivedAttrs); ok {
+			seq, epoch = nextInboxPosition(seq, epoch, a)
+		}
+	}
+	return seq, epoch
+}
+
+// nextInboxPosition is the inbox position after the signal a.
+func nextInboxPosition(seq uint64, epoch int64, a *SignalReceivedAttrs) (uint64, int64) {
+	if a.InboxEpoch != epoch && epoch != 0 {
+		return a.InboxSeq, a.InboxEpoch // a new inbox numbers anew
+	}
+	return max(seq, a.InboxSeq), a.InboxEpoch
 }
 
 // TimerState is a workflow timer and where it stands.
@@ -136,22 +193,36 @@ func (s *State) Exists() bool { return s.LastSeq > 0 }
 // Apply folds the next commit into the state. It refuses a commit that
 // does not continue the history (ids not following on, no start event
 // first), which only a writer outside the engine can produce.
+//
+// A new State may also begin with the commit that starts a later run (a
+// read of the latest run, see Store.ReadRun): the events of the run
+// before, which that commit ends, are then skipped.
 func (s *State) Apply(sc StoredCommit) error {
 	c := sc.Commit
-	if c.FirstEventID() != s.NextEventID {
+	events := c.Events
+	if s.LastSeq == 0 && s.NextEventID == 0 && c.FirstEventID() > 0 {
+		i := c.StartsRun()
+		if i < 0 {
+			return fmt.Errorf("%w: history read from stream sequence %d, event %d, where no run starts", ErrCodec, sc.Seq, c.FirstEventID())
+		}
+		events = events[i:]
+		s.NextEventID = events[0].ID
+	}
+	if events[0].ID != s.NextEventID {
 		return fmt.Errorf("%w: commit at stream sequence %d starts at event %d, expected %d", ErrCodec, sc.Seq, c.FirstEventID(), s.NextEventID)
 	}
-	if s.NextEventID == 0 && c.Events[0].Type != WorkflowExecutionStarted {
-		return fmt.Errorf("%w: history starts with %s, not %s", ErrCodec, c.Events[0].Type, WorkflowExecutionStarted)
+	if s.NextEventID == 0 && events[0].Type != WorkflowExecutionStarted {
+		return fmt.Errorf("%w: history starts with %s, not %s", ErrCodec, events[0].Type, WorkflowExecutionStarted)
 	}
-	for _, e := range c.Events {
-		s.applyEvent(e)
+	for _, e := range events {
+		s.applyEvent(e, sc.Seq)
 	}
 	s.LastSeq = sc.Seq
+	s.RunBytes += int64(c.EncodedSize())
 	return nil
 }
 
-func (s *State) applyEvent(e Event) {
+func (s *State) applyEvent(e Event, seq uint64) {
 	s.NextEventID = e.ID + 1
 	s.UpdatedAt = e.Time
 	if s.SagaID == "" {
@@ -163,10 +234,7 @@ func (s *State) applyEvent(e Event) {
 	}
 	switch a := e.Attrs.(type) {
 	case *WorkflowExecutionStartedAttrs:
-		s.WorkflowType, s.Version, s.Input, s.RequestID = a.WorkflowType, a.Version, a.Input, a.RequestID
-		s.Status, s.StartedAt, s.RunTimeout = StatusRunning, e.Time, a.RunTimeout
-		s.OpenActivities = map[uint64]OpenActivity{}
-		s.Timers = map[uint64]TimerState{}
+		s.startRun(e, a, seq)
 	case *WorkflowExecutionCompletedAttrs:
 		s.Status, s.Output, s.ClosedAt = StatusCompleted, a.Output, e.Time
 	case *WorkflowExecutionFailedAttrs:
@@ -207,11 +275,7 @@ func (s *State) applyEvent(e Event) {
 	case *TimerCanceledAttrs:
 		s.closeTimer(a.StartedEventID)
 	case *SignalReceivedAttrs:
-		if a.InboxEpoch != s.LastInboxEpoch && s.LastInboxEpoch != 0 {
-			s.LastInboxEpoch, s.LastInboxSeq = a.InboxEpoch, a.InboxSeq // a new inbox numbers anew
-		} else {
-			s.LastInboxEpoch, s.LastInboxSeq = a.InboxEpoch, max(s.LastInboxSeq, a.InboxSeq)
-		}
+		s.LastInboxSeq, s.LastInboxEpoch = nextInboxPosition(s.LastInboxSeq, s.LastInboxEpoch, a)
 		s.Signals++
 	case *CompensationStepScheduledAttrs:
 		s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a.Activity(), ScheduledAt: e.Time, Step: a.Step}
@@ -222,6 +286,29 @@ func (s *State) applyEvent(e Event) {
 	case *CompensationStepFailedAttrs:
 		delete(s.OpenActivities, a.ScheduledEventID)
 		s.compensationStep(a.ScheduledEventID, StepFailed, a.Failure)
+	}
+}
+
+// startRun begins a run: the saga's first, or one that continues the
+// run before it, whose state it replaces. What belongs to the saga rather
+// than the run (its id, its next event and sequence, its inbox position)
+// goes on.
+func (s *State) startRun(e Event, a *WorkflowExecutionStartedAttrs, seq uint64) {
+	*s = State{
+		SagaID: s.SagaID, NextEventID: s.NextEventID, LastSeq: s.LastSeq, LastInboxSeq: s.LastInboxSeq, LastInboxEpoch: s.LastInboxEpoch,
+		WorkflowType: a.WorkflowType, Version: a.Version, Input: a.Input, RequestID: a.RequestID,
+		Status: StatusRunning, StartedAt: e.Time, UpdatedAt: e.Time, RunTimeout: a.RunTimeout,
+		OpenActivities: map[uint64]OpenActivity{}, Timers: map[uint64]TimerState{},
+		Run: 1, RunStartEventID: e.ID, RunStartSeq: seq,
+	}
+	if c := a.Continued; c != nil {
+		s.Run, s.ContinuedFrom = c.Run, c
+		// Read from the run's start alone, the state knows the inbox
+		// position from here; read from the saga's start, it is the same.
+		s.LastInboxSeq, s.LastInboxEpoch = c.LastInboxSeq, c.LastInboxEpoch
+		if c.CancelRequested != nil {
+			s.CancelRequested, s.CancelRequestedEventID = c.CancelRequested, e.ID
+		}
 	}
 }
 
@@ -249,4 +336,26 @@ func Fold(commits []StoredCommit) (*State, error) {
 		}
 	}
 	return s, nil
+}
+
+// LatestRun returns the events of the latest run of a history, from its
+// WorkflowExecutionStarted on: all of them for a saga that never
+// continued as new, and for a history that holds no start.
+func LatestRun(events []Event) []Event {
+	for i := len(events) - 1; i >= 0; i-- {
+		if events[i].Type == WorkflowExecutionStarted {
+			return events[i:]
+		}
+	}
+	return events
+}
+
+// RunEventsOf returns the events of the latest run the commits hold (a
+// read of the whole history, or of the latest run: see Store.ReadRun).
+func RunEventsOf(commits []StoredCommit) []Event {
+	var events []Event
+	for _, sc := range commits {
+		events = append(events, sc.Commit.Events...)
+	}
+	return LatestRun(events)
 }

@@ -384,6 +384,77 @@ func (s *Store) Read(ctx context.Context, sagaID string, afterSeq uint64) ([]Sto
 	}
 }
 
+// ReadRun returns the commits of the saga's latest run: from the commit
+// that starts it (which, for a run after the first, also ends the run
+// before) to the last. The last commit says where its run starts (see
+// RunPosition), so a saga that continued as new is read from its latest
+// run on, however long its earlier runs were. A saga without commits
+// gives an empty slice; a message that does not decode, a *CodecError.
+func (s *Store) ReadRun(ctx context.Context, sagaID string) ([]StoredCommit, error) {
+	after, err := s.runStart(ctx, sagaID)
+	if err != nil {
+		return nil, err
+	}
+	return s.Read(ctx, sagaID, after)
+}
+
+// ReadLatestRun is ReadRun with ReadLatest's guarantee: it reaches the
+// last commit the stream's leader holds. The leader's last commit, which
+// that guarantee asks for anyway, says where the run starts: no request
+// more than ReadLatest's.
+func (s *Store) ReadLatestRun(ctx context.Context, sagaID string) ([]StoredCommit, error) {
+	if err := ValidateID("saga id", sagaID); err != nil {
+		return nil, err
+	}
+	last, data, leaderErr := s.lastOnLeader(ctx, sagaID, true)
+	var after uint64
+	switch {
+	case leaderErr != nil:
+		// No leader (an election): the run's start as a replica has it.
+		var err error
+		if after, err = s.runStart(ctx, sagaID); err != nil {
+			return nil, err
+		}
+	case len(data) > 0:
+		// A last message that is not a commit (an archive marker, a
+		// foreign write) is read from the start, which reports it.
+		if c, err := decodeFor(sagaID, data); err == nil {
+			after = RunStartAfter(StoredCommit{Seq: last, Commit: c})
+		}
+	}
+	return s.readUpTo(ctx, sagaID, after, last, leaderErr)
+}
+
+// runStart returns the sequence to read the saga's latest run after, from
+// its last commit. A last commit that does not decode says nothing of its
+// run: the whole history is read, and the read reports it. A replica
+// that lags may name an earlier run's start: the read then takes in the
+// later runs too, which State.Apply folds to the latest.
+func (s *Store) runStart(ctx context.Context, sagaID string) (uint64, error) {
+	last, err := s.Last(ctx, sagaID)
+	var ce *CodecError
+	switch {
+	case errors.Is(err, ErrNotFound) && !errors.Is(err, ErrArchived), errors.As(err, &ce):
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	return RunStartAfter(last), nil
+}
+
+// RunStartAfter is the stream sequence after which the run of the stored
+// commit sc begins: 0 for the first run.
+func RunStartAfter(sc StoredCommit) uint64 {
+	p := sc.Commit.Run
+	switch {
+	case p.FirstRun():
+		return 0
+	case p.StartSeq == 0:
+		return sc.Seq - 1 // this commit starts the run
+	}
+	return p.StartSeq - 1
+}
+
 // Last returns the saga's last commit, or ErrNotFound.
 func (s *Store) Last(ctx context.Context, sagaID string) (StoredCommit, error) {
 	if err := ValidateID("saga id", sagaID); err != nil {
@@ -458,6 +529,13 @@ func (s *Store) ReadLatestAfter(ctx context.Context, sagaID string, afterSeq uin
 		return nil, err
 	}
 	last, leaderErr := s.LastSeqOnLeader(ctx, sagaID)
+	return s.readUpTo(ctx, sagaID, afterSeq, last, leaderErr)
+}
+
+// readUpTo reads the commits after afterSeq until the read reaches last,
+// the leader's last sequence (unless the leader did not answer:
+// leaderErr).
+func (s *Store) readUpTo(ctx context.Context, sagaID string, afterSeq, last uint64, leaderErr error) ([]StoredCommit, error) {
 	// Bounded: the saga's subject may also have been purged in between.
 	giveUp := time.After(catchUpTimeout)
 	for tries := 1; ; tries++ {
@@ -488,6 +566,13 @@ func (s *Store) LastSeqOnLeader(ctx context.Context, sagaID string) (uint64, err
 	if err := ValidateID("saga id", sagaID); err != nil {
 		return 0, err
 	}
+	seq, _, err := s.lastOnLeader(ctx, sagaID, false)
+	return seq, err
+}
+
+// lastOnLeader asks the stream's leader for the saga's last message: its
+// sequence (0 if it has none) and, when withData is set, its body.
+func (s *Store) lastOnLeader(ctx context.Context, sagaID string, withData bool) (uint64, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, leaderReadTimeout)
 	defer cancel()
 	req, err := json.Marshal(struct {
@@ -495,30 +580,38 @@ func (s *Store) LastSeqOnLeader(ctx context.Context, sagaID string) (uint64, err
 		NoHeaders     bool   `json:"no_hdr"`
 	}{s.cfg.HistorySubject(sagaID), true})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	reply, err := s.nc.RequestWithContext(ctx, jsAPIPrefix+"STREAM.MSG.GET."+s.cfg.HistoryStream(s.cfg.Shard(sagaID)), req)
 	if err != nil {
-		return 0, mapError(err)
+		return 0, nil, mapError(err)
 	}
 	var resp struct {
 		Message *struct {
-			Seq uint64 `json:"seq"`
+			Seq  uint64          `json:"seq"`
+			Data json.RawMessage `json:"data"`
 		} `json:"message"`
 		Error *jetstream.APIError `json:"error"`
 	}
 	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return 0, fmt.Errorf("%w: stream message get reply: %w", ErrCodec, err)
+		return 0, nil, fmt.Errorf("%w: stream message get reply: %w", ErrCodec, err)
 	}
 	switch {
 	case resp.Error != nil && resp.Error.ErrorCode == codeNoMessageFound:
-		return 0, nil
+		return 0, nil, nil
 	case resp.Error != nil:
-		return 0, mapError(resp.Error)
+		return 0, nil, mapError(resp.Error)
 	case resp.Message == nil:
-		return 0, fmt.Errorf("%w: stream message get reply without a message", ErrCodec)
+		return 0, nil, fmt.Errorf("%w: stream message get reply without a message", ErrCodec)
 	}
-	return resp.Message.Seq, nil
+	var data []byte
+	if withData && len(resp.Message.Data) > 0 {
+		// Decoded only when asked for: the body is base64 in the reply.
+		if err := json.Unmarshal(resp.Message.Data, &data); err != nil {
+			return 0, nil, fmt.Errorf("%w: stream message get reply: %w", ErrCodec, err)
+		}
+	}
+	return resp.Message.Seq, data, nil
 }
 
 // leaderReadTimeout bounds the leader's answer to LastSeqOnLeader.

@@ -41,6 +41,8 @@ type Metrics struct {
 	cacheHits    prometheus.Counter
 	cacheMisses  prometheus.Counter
 	deadLetters  *prometheus.CounterVec
+	historyWarn  *prometheus.CounterVec
+	historyLimit *prometheus.CounterVec
 }
 
 // MetricsOptions configures NewMetrics.
@@ -117,8 +119,16 @@ func NewMetrics(reg prometheus.Registerer, o MetricsOptions) (*Metrics, error) {
 			Namespace: Namespace, Name: "dead_letters_total",
 			Help: "Messages this node set aside in the dead-letter stream, by durable consumer.",
 		}, []string{"consumer"}),
+		historyWarn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "history_length_warnings_total",
+			Help: "Saga runs this node found at or past the fleet's history warning length (once per run per node): their workflows should continue as new.",
+		}, []string{"workflow_type"}),
+		historyLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "history_limit_blocks_total",
+			Help: "Sagas this node blocked because their run reached the fleet's history limit (reason history_too_long).",
+		}, []string{"workflow_type"}),
 	}
-	m.collectors = []prometheus.Collector{m.sagasStarted, m.sagasEnded, m.decisions, m.activities, m.conflicts, cacheLookups, m.deadLetters}
+	m.collectors = []prometheus.Collector{m.sagasStarted, m.sagasEnded, m.decisions, m.activities, m.conflicts, cacheLookups, m.deadLetters, m.historyWarn, m.historyLimit}
 	if o.Lags != nil {
 		m.collectors = append(m.collectors, newLagCollector(o))
 	}
@@ -193,5 +203,21 @@ func (m *Metrics) CacheLookup(hit bool) {
 func (m *Metrics) DeadLetter(consumer string) {
 	if m != nil {
 		m.deadLetters.WithLabelValues(consumer).Inc()
+	}
+}
+
+// HistoryWarning counts a saga run this node found at or past the history
+// warning length.
+func (m *Metrics) HistoryWarning(workflowType string) {
+	if m != nil {
+		m.historyWarn.WithLabelValues(workflowType).Inc()
+	}
+}
+
+// HistoryLimitReached counts a saga this node blocked at the history
+// limit.
+func (m *Metrics) HistoryLimitReached(workflowType string) {
+	if m != nil {
+		m.historyLimit.WithLabelValues(workflowType).Inc()
 	}
 }

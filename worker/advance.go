@@ -135,6 +135,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) (err error) {
 			v.reset()
 			return errBehind
 		}
+		n.noteHistoryLength(st)
 		delivered = nil
 		if !st.Exists() || st.Status.Terminal() {
 			done = st.Status.Terminal()
@@ -149,7 +150,7 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) (err error) {
 		}
 		var d decision
 		if inputsAlone && len(inputs) > 0 {
-			d = decision{commit: &stream.Commit{SagaID: v.id, WorkflowType: st.WorkflowType, Events: inputs}}
+			d = decision{commit: st.NewCommit(inputs, false)}
 		} else {
 			var err error
 			step.decide(st)
@@ -181,8 +182,9 @@ func (n *Node) advance(ctx context.Context, req advanceRequest) (err error) {
 			n.stats.commits.Add(1)
 			done = v.state.Status.Terminal()
 			if d.blocked != nil {
-				n.log.Warn("saga blocked", "saga_id", req.sagaID, "reason", blockReason(d.blocked), "err", d.blocked)
+				n.reportBlocked(req.sagaID, st.WorkflowType, d)
 			}
+			n.noteHistoryLength(v.state)
 			return nil
 		}
 		v.abandon()
@@ -248,6 +250,7 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceReques
 	if err == nil && forceBlock != nil {
 		err = forceBlock
 	}
+	continued := false
 	if err == nil {
 		if err = v.feedSpeculative(ctx, inputs); err == nil {
 			d.fed = len(inputs)
@@ -261,6 +264,30 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceReques
 				next++
 			}
 			events = append(events, m.Propose(next, n.clock.Now())...)
+			if nextRun := m.NextRun(); nextRun != nil && len(events) > 0 && events[len(events)-1].Type == stream.WorkflowExecutionContinuedAsNew {
+				// The run ends; the next one starts in the same commit, so
+				// that no reader ever sees the one without the other.
+				start, serr := n.nextRunStart(st, events, nextRun)
+				if serr != nil {
+					return decision{}, serr
+				}
+				events = append(events, start)
+				continued = true
+			}
+			if forceBlock == nil {
+				if tooLong := n.historyTooLong(st, inputs, events); tooLong != nil {
+					// The decision is not appended: the code makes it again
+					// (the machine still proposes it) once the limit is
+					// raised and the saga woken. The inputs are recorded
+					// with the block.
+					events = events[:len(inputs)]
+					d.blocked = tooLong
+					if blocked := n.blockedEvent(st, tooLong, st.NextEventID+uint64(len(inputs))); blocked != nil {
+						events = append(events, *blocked)
+					}
+					continued = false
+				}
+			}
 		}
 	}
 	if err != nil {
@@ -285,8 +312,12 @@ func (n *Node) decideCommit(ctx context.Context, e *sagaEntry, req advanceReques
 	// Inputs recorded without the code (a saga already blocked, a node
 	// without the workflow or with older code) are not decided: the
 	// dispatcher then asks a node that can.
-	decided := err == nil || d.blocked != nil
-	d.commit = &stream.Commit{SagaID: v.id, WorkflowType: st.WorkflowType, Decided: decided, Events: events}
+	//
+	// A commit that starts the next run holds that run's start, an input
+	// its code has not seen: not decided, so that the dispatcher asks for
+	// the new run's first decision.
+	decided := (err == nil || d.blocked != nil) && !continued
+	d.commit = st.NewCommit(events, decided)
 	return d, nil
 }
 
@@ -387,8 +418,10 @@ func (n *Node) blockedEvent(st *stream.State, cause error, id uint64) *stream.Ev
 		attrs.Message = pe.Error() + "\n" + pe.Stack
 	}
 	// The same failure again adds nothing (a panic's stack differs from
-	// goroutine to goroutine, so compare the first line only).
-	if st.Blocked != nil && st.Blocked.Reason == attrs.Reason && firstLine(st.Blocked.Message) == firstLine(attrs.Message) {
+	// goroutine to goroutine, so compare the first line only; a run too
+	// long says how long, which inputs change).
+	if st.Blocked != nil && st.Blocked.Reason == attrs.Reason &&
+		(attrs.Reason == stream.BlockedHistoryTooLong || firstLine(st.Blocked.Message) == firstLine(attrs.Message)) {
 		return nil
 	}
 	return &stream.Event{ID: id, SagaID: st.SagaID, Type: stream.WorkflowExecutionBlocked, Time: n.clock.Now(), Attrs: attrs}
@@ -397,7 +430,10 @@ func (n *Node) blockedEvent(st *stream.State, cause error, id uint64) *stream.Ev
 func blockReason(err error) string {
 	var nde *replay.NonDeterminismError
 	var pe *replay.PanicError
+	var tooLong *historyTooLongError
 	switch {
+	case errors.As(err, &tooLong):
+		return stream.BlockedHistoryTooLong
 	case errors.As(err, &nde):
 		return stream.BlockedNonDeterminism
 	case errors.As(err, &pe):

@@ -40,7 +40,7 @@ func (n *Node) startAPI() error {
 	}
 	endpoints := map[string]func(context.Context, *apiRequest){
 		"describe": sagaEndpoint(n.apiDescribe),
-		"history":  sagaEndpoint(n.apiHistory),
+		"history":  n.apiHistory,
 		"wake":     sagaEndpoint(n.apiWake),
 		"cancel":   n.apiCancel,
 		"signal":   n.apiSignal,
@@ -218,8 +218,24 @@ func (n *Node) apiDescribe(ctx context.Context, id string) (any, error) {
 	return n.client.Describe(ctx, id)
 }
 
-func (n *Node) apiHistory(ctx context.Context, id string) (any, error) {
-	return n.client.History(ctx, id)
+// apiHistory answers with the saga's events: every run's, or the latest
+// run's when the request asks.
+func (n *Node) apiHistory(ctx context.Context, req *apiRequest) {
+	var r api.HistoryRequest
+	if err := decodeRequest(req, &r); err != nil {
+		respondError(req, err)
+		return
+	}
+	history := n.client.History
+	if r.LatestRun {
+		history = n.client.RunHistory
+	}
+	events, err := history(ctx, r.ID)
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	req.respondJSON(events)
 }
 
 func (n *Node) apiWake(ctx context.Context, id string) (any, error) {

@@ -241,7 +241,7 @@ func (n *Node) rederive(ctx context.Context, st *stream.State) error {
 		}
 	}
 	if st.RunTimeout > 0 && !st.RunTimedOut {
-		t := kv.Timer{Kind: timerRunTimeout, SagaID: st.SagaID, Due: st.StartedAt.Add(st.RunTimeout)}
+		t := kv.Timer{Kind: timerRunTimeout, SagaID: st.SagaID, EventID: st.RunStartEventID, Due: st.StartedAt.Add(st.RunTimeout)}
 		if err := n.timers.Load().Schedule(ctx, t); err != nil {
 			return fmt.Errorf("arm run timeout: %w", err)
 		}

@@ -222,7 +222,9 @@ func (n *Node) heartbeatFired(ctx context.Context, d *delivery, t kv.Timer) outc
 // ends timed_out.
 func (n *Node) runTimeoutFired(ctx context.Context, d *delivery, t kv.Timer) outcome {
 	err := n.advance(ctx, advanceRequest{sagaID: t.SagaID, inputs: func(st *stream.State) []stream.Event {
-		if st.RunTimedOut || st.RunTimeout <= 0 {
+		// The timer of a run that continued as new is that run's: the run
+		// in progress has its own.
+		if st.RunTimedOut || st.RunTimeout <= 0 || t.EventID != st.RunStartEventID {
 			return nil
 		}
 		return []stream.Event{{Type: stream.WorkflowExecutionCancelRequested, Attrs: &stream.WorkflowExecutionCancelRequestedAttrs{

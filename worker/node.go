@@ -52,6 +52,8 @@ type Node struct {
 	// nanoseconds) the node writes no snapshot (see snapshotAfter).
 	snapshots                 jetstream.KeyValue
 	snapshotWritesPausedUntil atomic.Int64
+	// limits are the fleet's history limits, as last read (see runs.go).
+	limits historyLimitsState
 
 	mu        sync.Mutex
 	state     nodeState
@@ -84,8 +86,8 @@ const (
 
 // nodeStats counts what a node did; see Stats.
 type nodeStats struct {
-	commits, conflicts, replays, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activitiesEager, activityRetries, deadLetters atomic.Int64
-	snapshotsWritten, snapshotWriteFailures, snapshotLoads, snapshotsRejected                                                                       atomic.Int64
+	commits, conflicts, replays, replayedEvents, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activitiesEager, activityRetries, deadLetters atomic.Int64
+	snapshotsWritten, snapshotWriteFailures, snapshotLoads, snapshotsRejected                                                                                       atomic.Int64
 }
 
 // Stats is a snapshot of a node's counters since it started.
@@ -94,8 +96,12 @@ type Stats struct {
 	Commits int64
 	// Conflicts: appends that lost to another writer and were retried.
 	Conflicts int64
-	// Replays: workflow states this node rebuilt by replaying history.
-	Replays int64
+	// Replays: workflow states this node rebuilt by replaying history;
+	// ReplayedEvents the events those replays fed to workflow code (a
+	// saga's latest run: the runs before a continue-as-new are never
+	// replayed).
+	Replays        int64
+	ReplayedEvents int64
 	// HistoryReads: direct-get reads of saga histories (the whole history,
 	// or its last commit to check that the cache is current).
 	HistoryReads int64
@@ -189,6 +195,7 @@ func (n *Node) Stats() Stats {
 		Commits:                n.stats.commits.Load(),
 		Conflicts:              n.stats.conflicts.Load(),
 		Replays:                n.stats.replays.Load(),
+		ReplayedEvents:         n.stats.replayedEvents.Load(),
 		HistoryReads:           n.stats.historyReads.Load(),
 		TasksPublished:         n.stats.tasksPublished.Load(),
 		WorkflowTasksPublished: n.stats.workflowTasksPublished.Load(),
@@ -221,6 +228,8 @@ func (n *Node) Start(ctx context.Context) error {
 	n.runCtx, n.cancel = context.WithCancel(context.Background())
 	n.runCtx = n.withTaskHeaders(n.runCtx)
 	n.state = nodeRunning
+	n.limits.followed = make(chan struct{})
+	go n.followHistoryLimits(n.runCtx, n.limits.followed)
 	if err := n.startConsumers(ctx); err != nil {
 		n.stopLocked(ctx, true)
 		return err
@@ -269,6 +278,22 @@ func (n *Node) setUp(ctx context.Context) error {
 			return &saga.Error{Kind: kind, Message: "payload codec", Cause: err}
 		}
 	}
+	// The fleet's history limits, recorded once: this node's own settings
+	// count only if it is the first to record them.
+	limits, err := n.fleetHistoryLimits(ctx)
+	if err != nil {
+		kind := saga.KindEventStore
+		if errors.Is(err, stream.ErrInvalidHistoryLimits) {
+			kind = saga.KindConfiguration
+		}
+		return &saga.Error{Kind: kind, Message: "history limits", Cause: err}
+	}
+	if own := n.store.Config().HistoryLimits; own != limits {
+		n.log.Warn("this node's history limits differ from the fleet's; following the fleet's (change them with saga-node history-limits)",
+			"fleet_warn_events", limits.WarnEvents, "fleet_limit_events", limits.LimitEvents, "fleet_warn_bytes", limits.WarnBytes, "fleet_limit_bytes", limits.LimitBytes,
+			"node_warn_events", own.WarnEvents, "node_limit_events", own.LimitEvents, "node_warn_bytes", own.WarnBytes, "node_limit_bytes", own.LimitBytes)
+	}
+	n.setHistoryLimits(limits)
 	timersCfg := n.timersCfg
 	timersCfg.Replicas = n.store.Replicas()
 	timersKV, err := stream.EnsureKeyValue(ctx, js, timersCfg.KeyValueConfig(), n.log)
@@ -508,6 +533,7 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 			// Work that ignores cancellation (an activity that does not
 			// watch its context): stop waiting; JetStream redelivers it.
 			n.log.Error("handlers did not stop; leaving them", "count", n.inflight.Load())
+			<-n.limits.followed // runCtx is canceled: it returns
 			// The cached workflows' coroutines go when the last stray
 			// handler does, not before: a handler may be using one.
 			go func() {
@@ -521,6 +547,7 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 		}
 	}
 	n.cancel()
+	<-n.limits.followed
 	n.closeConsumers()
 	n.cache.close()
 	n.client.Close()
@@ -592,6 +619,11 @@ func (n *Node) Wake(ctx context.Context, sagaID string) error {
 // whole history (blocking it at once if it cannot be replayed), and queues
 // again whatever its open activities miss.
 func (n *Node) wakeHere(ctx context.Context, sagaID string) error {
+	// An operator who raised the history limits wakes the sagas blocked at
+	// them: the wake follows the limits in force now.
+	if err := n.refreshHistoryLimits(ctx); err != nil {
+		n.log.Warn("could not read the fleet's history limits; the wake follows those read before", "saga_id", sagaID, "err", err)
+	}
 	e := n.cache.acquire(sagaID)
 	e.view.reset()
 	e.deadlocks = 0

@@ -15,8 +15,10 @@ import (
 // The three move together, through its methods only, so that they cannot
 // drift apart:
 //
-//   - len(events) == state.NextEventID: the view holds the whole history it
-//     folded, from event 0, so a machine can be rebuilt without a read;
+//   - len(events) == state.RunEvents(): the view holds the latest run's
+//     whole history, from its start (event 0 for a saga that never
+//     continued as new), so a machine can be rebuilt without a read;
+//     earlier runs are never replayed again, and not kept;
 //   - a machine, when there is one, has been fed exactly those events, plus,
 //     while a decision is being made, the inputs of that decision
 //     (speculative) until the append says whether they landed.
@@ -90,6 +92,25 @@ func (v *sagaView) addEvents(events []stream.Event) {
 	}
 }
 
+// fold applies one commit to the state and keeps its events. A commit
+// that starts a new run (continue-as-new) replaces the events, and the
+// machine, with the new run's: newRun says so.
+func (v *sagaView) fold(sc stream.StoredCommit) (newRun bool, err error) {
+	runStart := v.state.RunStartEventID
+	if err := v.state.Apply(sc); err != nil {
+		return false, err
+	}
+	events := sc.Commit.Events
+	if v.state.RunStartEventID != runStart {
+		v.dropMachine()
+		v.events, v.bytes = nil, 0
+		events = events[v.state.RunStartEventID-events[0].ID:]
+		newRun = true
+	}
+	v.addEvents(events)
+	return newRun, nil
+}
+
 // known reports whether the view holds the saga's history.
 func (v *sagaView) known() bool { return v.state != nil }
 
@@ -124,11 +145,14 @@ func (v *sagaView) apply(ctx context.Context, commits []stream.StoredCommit) err
 	}
 	start := len(v.events)
 	for _, sc := range commits {
-		if err := v.state.Apply(sc); err != nil {
+		newRun, err := v.fold(sc)
+		if err != nil {
 			v.reset()
 			return &stream.CodecError{Subject: v.id, Seq: sc.Seq, Err: err}
 		}
-		v.addEvents(sc.Commit.Events)
+		if newRun {
+			start = 0
+		}
 	}
 	if v.machine != nil && len(v.events) > start {
 		if err := v.machine.Feed(ctx, v.events[start:]...); err != nil {
@@ -163,12 +187,12 @@ func (v *sagaView) feedSpeculative(ctx context.Context, inputs []stream.Event) e
 // already saw its first fed events (the decision's inputs); it is fed the
 // rest (what the code proposed, as the history now records it).
 func (v *sagaView) committed(ctx context.Context, c *stream.Commit, seq uint64, fed int) error {
-	if err := v.state.Apply(stream.StoredCommit{Seq: seq, Commit: c}); err != nil {
+	newRun, err := v.fold(stream.StoredCommit{Seq: seq, Commit: c})
+	if err != nil {
 		return err
 	}
-	v.addEvents(c.Events)
 	v.speculative = 0
-	if v.machine != nil {
+	if v.machine != nil && !newRun {
 		if err := v.machine.Feed(ctx, c.Events[fed:]...); err != nil {
 			v.dropMachine()
 		}
@@ -195,12 +219,12 @@ func (v *sagaView) check() error {
 		}
 		return nil
 	}
-	if uint64(len(v.events)) != v.state.NextEventID {
-		return fmt.Errorf("view holds %d events, state is at event %d", len(v.events), v.state.NextEventID)
+	if uint64(len(v.events)) != v.state.RunEvents() {
+		return fmt.Errorf("view holds %d events, state is at event %d of a run from event %d", len(v.events), v.state.NextEventID, v.state.RunStartEventID)
 	}
 	for i, e := range v.events {
-		if e.ID != uint64(i) {
-			return fmt.Errorf("view event %d has id %d", i, e.ID)
+		if e.ID != v.state.RunStartEventID+uint64(i) {
+			return fmt.Errorf("view event %d has id %d, the run starts at event %d", i, e.ID, v.state.RunStartEventID)
 		}
 	}
 	if v.machine != nil && v.machine.Err() == nil && v.machine.NextEventID() != v.state.NextEventID+uint64(v.speculative) {
@@ -233,13 +257,23 @@ func (n *Node) catchUp(ctx context.Context, v *sagaView, delivered *stream.Store
 			return nil // seen already (often: our own append)
 		case v.known() && delivered.Commit.FirstEventID() == v.state.NextEventID:
 			return v.apply(ctx, []stream.StoredCommit{*delivered})
-		case !v.known() && delivered.Commit.FirstEventID() == 0:
+		case !v.known() && (delivered.Commit.FirstEventID() == 0 || delivered.Commit.StartsRun() >= 0):
+			// The commit starts the saga, or its latest run: all there is
+			// to know of the run.
 			return v.load(ctx, []stream.StoredCommit{*delivered})
 		}
 	}
 	if !v.known() {
 		n.stats.historyReads.Add(1)
-		commits, err := n.store.Read(ctx, v.id, 0)
+		var commits []stream.StoredCommit
+		var err error
+		if delivered != nil {
+			// The delivered commit says where its run starts: no read of
+			// the last commit to learn it.
+			commits, err = n.store.Read(ctx, v.id, stream.RunStartAfter(*delivered))
+		} else {
+			commits, err = n.store.ReadRun(ctx, v.id)
+		}
 		if err != nil {
 			return err
 		}
@@ -261,6 +295,14 @@ func (n *Node) catchUp(ctx context.Context, v *sagaView, delivered *stream.Store
 		return nil
 	case last.Commit.FirstEventID() == v.state.NextEventID:
 		return v.apply(ctx, []stream.StoredCommit{last})
+	case stream.RunStartAfter(last) > v.state.LastSeq:
+		// The saga continued as new since the run the view holds: its
+		// latest run alone is read, not the runs in between.
+		commits, err := n.store.Read(ctx, v.id, stream.RunStartAfter(last))
+		if err != nil {
+			return err
+		}
+		return v.load(ctx, commits)
 	}
 	commits, err := n.store.Read(ctx, v.id, v.state.LastSeq)
 	if err != nil {
@@ -297,6 +339,7 @@ func (n *Node) machineFor(ctx context.Context, v *sagaView, decide bool) (*repla
 		return nil, err
 	}
 	n.stats.replays.Add(1)
+	n.stats.replayedEvents.Add(int64(len(v.events)))
 	return v.machine, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jetsaga/saga"
+	"github.com/jetsaga/saga/internal/clock"
 	"github.com/jetsaga/saga/internal/replay"
 	"github.com/jetsaga/saga/stream"
 )
@@ -127,4 +128,75 @@ func TestViewKeepsStateEventsAndMachineTogether(t *testing.T) {
 	if v.known() {
 		t.Fatal("a reset view still knows the saga")
 	}
+}
+
+// A commit that starts a new run replaces the view's events and machine
+// with the new run's, whether the view held the run before or meets the
+// saga at that commit; the machine replays the run from its start.
+func TestViewFollowsTheLatestRun(t *testing.T) {
+	ctx := context.Background()
+	wf := saga.NewWorkflow("again", 1, func(ctx saga.Context, n int) (int, error) {
+		if n < 2 {
+			return 0, saga.ContinueAsNew(ctx, n+1)
+		}
+		return n, nil
+	})
+	reg := saga.NewRegistry()
+	reg.MustRegister(wf)
+	rw, _ := reg.Workflow("again")
+	cfg := replay.Config{SagaID: "v2", WorkflowType: rw.Name, Workflow: rw.Func, DeadlockTimeout: 5 * time.Second}
+	n := &Node{reg: reg, clock: clock.Real}
+
+	v := &sagaView{id: "v2"}
+	check := func(when string) {
+		t.Helper()
+		if err := v.check(); err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+	}
+	input, _ := stream.Marshal(1)
+	start := &stream.Commit{SagaID: "v2", WorkflowType: "again", Events: []stream.Event{{ID: 0, SagaID: "v2", Type: stream.WorkflowExecutionStarted,
+		Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: "again", Version: 1, Input: input}}}}
+	if err := v.load(ctx, []stream.StoredCommit{{Seq: 1, Commit: start}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.buildMachine(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	// The code continues as new: the decision, with the next run's start.
+	events := v.machine.Propose(1, time.Now())
+	next, err := n.nextRunStart(v.state, events, v.machine.NextRun())
+	if err != nil {
+		t.Fatal(err)
+	}
+	boundary := v.state.NewCommit(append(events, next), false)
+	if boundary.Run != (stream.RunPosition{Run: 2, StartEventID: 2}) {
+		t.Fatalf("run position %+v", boundary.Run)
+	}
+	if _, err := boundary.Encode(); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.committed(ctx, boundary, 2, 0); err != nil {
+		t.Fatal(err)
+	}
+	check("next run started")
+	if v.machine != nil || len(v.events) != 1 || v.events[0].ID != 2 || v.state.Run != 2 || v.state.RunStartSeq != 2 {
+		t.Fatalf("after the boundary: machine %v, events %v, state run %d from seq %d", v.machine != nil, v.events, v.state.Run, v.state.RunStartSeq)
+	}
+	if err := v.buildMachine(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	check("run 2 replayed")
+	if got := v.machine.Propose(3, time.Now()); len(got) != 1 || got[0].Type != stream.WorkflowExecutionCompleted {
+		t.Fatalf("run 2 decides %v", got)
+	}
+	// A view that meets the saga at the boundary holds the same.
+	fresh := &sagaView{id: "v2"}
+	if err := fresh.load(ctx, []stream.StoredCommit{{Seq: 2, Commit: boundary}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.check(); err != nil || fresh.state.RunStartEventID != 2 || len(fresh.events) != 1 {
+		t.Fatalf("met at the boundary: %v, %+v", err, fresh.events)
+	}
+	v.reset()
 }

@@ -11,6 +11,9 @@ type activityCommand struct {
 	// compensation is set for a compensation step, instead of scheduled.
 	compensation *compensation
 	future       *Future
+	// neverRuns is set when the recorded event says the activity was
+	// canceled as it was scheduled: it never gets a result.
+	neverRuns bool
 }
 
 var _ cancellable = (*activityCommand)(nil)
@@ -66,6 +69,9 @@ func (c *activityCommand) matches(e stream.Event) bool {
 // names. A cancel-requested command stays so.
 func (c *activityCommand) commit(m *Machine, e stream.Event) error {
 	m.activities[e.ID] = c
+	if a, ok := e.Attrs.(*stream.ActivityTaskScheduledAttrs); ok && a.Canceled {
+		c.neverRuns = true
+	}
 	if c.state == statePending {
 		c.state = stateCommitted
 	}

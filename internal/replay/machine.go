@@ -63,9 +63,13 @@ type Machine struct {
 	cfg Config
 	env *Env
 
-	known    []stream.Event // every event fed, in order
-	cursor   int            // index in known of the next event to apply
-	recorded []stream.Event // the command events of known, in order
+	// base is the id of the first event fed: the run's start, which is
+	// event 0 only for a saga's first run.
+	base      uint64
+	runNumber uint32         // the run's number, from its start
+	known     []stream.Event // every event fed, in order
+	cursor    int            // index in known of the next event to apply
+	recorded  []stream.Event // the command events of known, in order
 	// applied counts the command events the cursor has passed: they are
 	// applied in order, so the next one is recorded[applied].
 	applied int
@@ -75,7 +79,7 @@ type Machine struct {
 	activities map[uint64]*activityCommand // by scheduled event id
 	timers     map[uint64]*timerCommand    // by TimerCreated event id
 	allTimers  []*timerCommand             // in the order issued
-	signals    map[string][]stream.Payload // received, not yet taken, by name
+	signals    map[string][]queuedSignal   // received, not yet taken, by name
 	queries    map[string]QueryFunc
 	inQuery    bool // a query handler runs: the code may not decide
 	// queryRunning is set when a query handler overran: closed when it
@@ -89,6 +93,11 @@ type Machine struct {
 	cancel         *stream.WorkflowExecutionCancelRequestedAttrs
 	closingStarted bool
 	runTimeout     time.Duration
+	// continueWith is set when the code returned saga.ContinueAsNew: the
+	// next run's input. continued is the command that ends the run that
+	// way, once issued.
+	continueWith *stream.Payload
+	continued    *continueAsNewCommand
 
 	now        time.Time
 	started    bool
@@ -118,7 +127,7 @@ func New(cfg Config) *Machine {
 		root:       &Scope{},
 		activities: map[uint64]*activityCommand{},
 		timers:     map[uint64]*timerCommand{},
-		signals:    map[string][]stream.Payload{},
+		signals:    map[string][]queuedSignal{},
 		queries:    map[string]QueryFunc{},
 		versions:   map[string]int{},
 		stop:       make(chan struct{}),
@@ -130,7 +139,7 @@ func New(cfg Config) *Machine {
 }
 
 // NextEventID is the id of the next event to feed or propose.
-func (m *Machine) NextEventID() uint64 { return uint64(len(m.known)) }
+func (m *Machine) NextEventID() uint64 { return m.base + uint64(len(m.known)) }
 
 // Finished reports whether the workflow code has returned.
 func (m *Machine) Finished() bool { return m.abandoned == nil && m.finished }
@@ -156,8 +165,12 @@ func (m *Machine) Feed(ctx context.Context, events ...stream.Event) error {
 		return err
 	}
 	for _, e := range events {
-		if e.ID != uint64(len(m.known)) {
-			return m.fail(fmt.Errorf("%w: event %d fed after %d events", ErrCorruptHistory, e.ID, len(m.known)))
+		if a, ok := e.Attrs.(*stream.WorkflowExecutionStartedAttrs); ok && len(m.known) == 0 && a.Continued != nil {
+			// A run after the first begins where the one before it ended.
+			m.base = e.ID
+		}
+		if e.ID != m.NextEventID() {
+			return m.fail(fmt.Errorf("%w: event %d fed where event %d was due", ErrCorruptHistory, e.ID, m.NextEventID()))
 		}
 		if stream.RoleOf(e.Type) == 0 {
 			return m.fail(fmt.Errorf("%w: event %d has type %s, which replay does not know", ErrCorruptHistory, e.ID, e.Type))
@@ -209,6 +222,20 @@ func (m *Machine) apply(ctx context.Context, e stream.Event) error {
 		m.started = true
 		input := a.Input
 		m.runTimeout = a.RunTimeout
+		m.runNumber = 1
+		if c := a.Continued; c != nil {
+			m.runNumber = c.Run
+			// What the run before passed on: its untaken signals wait here
+			// first, and a cancellation it recorded too late to act on
+			// reaches this run's code from its first step.
+			for _, s := range c.Signals {
+				m.signals[s.Name] = append(m.signals[s.Name], queuedSignal{value: s.Input, eventID: s.EventID})
+			}
+			if c.CancelRequested != nil {
+				m.cancel = c.CancelRequested
+				m.root.Cancel()
+			}
+		}
 		m.spawn(func(env *Env) {
 			out, failure := m.cfg.Workflow(env, input)
 			m.finish(env, out, failure)
@@ -260,7 +287,7 @@ func (m *Machine) apply(ctx context.Context, e stream.Event) error {
 		}
 		c.fire()
 	case *stream.SignalReceivedAttrs:
-		m.signals[a.Name] = append(m.signals[a.Name], a.Input)
+		m.signals[a.Name] = append(m.signals[a.Name], queuedSignal{value: a.Input, eventID: e.ID})
 	case *stream.CompensationStepCompletedAttrs:
 		c, err := m.activity(e, a.ScheduledEventID)
 		if err != nil {
@@ -346,6 +373,11 @@ func (m *Machine) finish(env *Env, out stream.Payload, failure *stream.Failure) 
 		return
 	}
 	m.closingStarted = true
+	if failure == nil && m.continueWith != nil {
+		if failure = m.continueAsNew(); failure == nil {
+			return
+		}
+	}
 	if failure == nil {
 		m.cancelOpenTimers()
 		m.finished = true

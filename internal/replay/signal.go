@@ -13,6 +13,14 @@ import (
 // Signals are inputs: SignalReceived buffers the value under its name, in
 // history order, until the code takes it.
 
+// queuedSignal is a signal received and not yet taken, with the event
+// that recorded it: signals a run passes on keep the order they were
+// recorded in.
+type queuedSignal struct {
+	value   stream.Payload
+	eventID uint64
+}
+
 // SignalPending reports whether a signal of that name waits to be taken.
 func (e *Env) SignalPending(name string) bool { return len(e.m.signals[name]) > 0 }
 
@@ -23,8 +31,8 @@ func (e *Env) TakeSignal(name string) (stream.Payload, bool) {
 	if len(q) == 0 {
 		return nil, false
 	}
-	v := q[0]
-	q[0] = nil
+	v := q[0].value
+	q[0] = queuedSignal{}
 	e.m.signals[name] = q[1:]
 	return v, true
 }
