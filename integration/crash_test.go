@@ -2,10 +2,13 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/examples/order"
@@ -144,9 +147,18 @@ func TestNodeKilledBetweenResultAndDecision(t *testing.T) {
 }
 
 // A node killed after it appended an activity's result and the next
-// decision, but before it acknowledged the activity task: the task comes
-// back, and the activity is not run again.
+// decision, but before it acknowledged the message it ran the activity
+// for: the message comes back, and the activity is not run again. With
+// tasks, that message is the activity's task; run eagerly, it is the
+// commit that scheduled the activity, whose redelivery finds the
+// activity closed and queues nothing.
 func TestNodeKilledBeforeAckingActivityTask(t *testing.T) {
+	for _, eager := range []bool{false, true} {
+		t.Run(fmt.Sprintf("eager=%v", eager), func(t *testing.T) { testNodeKilledBeforeAcking(t, eager) })
+	}
+}
+
+func testNodeKilledBeforeAcking(t *testing.T, eager bool) {
 	c := newCluster(t)
 	svc := order.NewService()
 	reached := make(chan struct{})
@@ -154,7 +166,7 @@ func TestNodeKilledBeforeAckingActivityTask(t *testing.T) {
 	// The doomed node runs only the workflow and reserve-inventory: the
 	// commit it is killed after already schedules the payment, which it
 	// must not get to run in the moment before the kill.
-	doomed := c.node(worker.Options{NodeName: "doomed", Hooks: &worker.Hooks{
+	doomed := c.node(worker.Options{NodeName: "doomed", DisableEagerActivities: !eager, Hooks: &worker.Hooks{
 		AfterAppend: func(ctx context.Context, _ string, commit *stream.Commit) {
 			if completes(commit, 1) { // reserve-inventory's result
 				once.Do(func() { close(reached) })
@@ -162,6 +174,14 @@ func TestNodeKilledBeforeAckingActivityTask(t *testing.T) {
 			}
 		},
 	}}, svc.Definitions()[:2]...)
+
+	// Every task of reserve-inventory, as the server receives it.
+	reserveTasks := make(chan struct{}, 16)
+	sub, err := c.srv.Conn().Subscribe(c.store().Config().ActivityTaskFilter(order.StepReserveInventory), func(*nats.Msg) { reserveTasks <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
 
 	cl := c.client()
 	ctx := ctxTimeout(t, 30*time.Second)
@@ -175,23 +195,48 @@ func TestNodeKilledBeforeAckingActivityTask(t *testing.T) {
 	}
 	doomed.kill(t)
 
-	survivor := c.node(worker.Options{NodeName: "survivor"}, svc.Definitions()...)
+	survivor := c.node(worker.Options{NodeName: "survivor", DisableEagerActivities: !eager}, svc.Definitions()...)
 	assertCompletedOnce(t, ctx, cl, "crash-2", svc)
-	// The unacknowledged reserve-inventory task comes back after AckWait
-	// and is acknowledged without running the activity again.
 	st := c.store()
 	tasks, err := st.JetStream().Stream(ctx, st.Config().TaskStream())
 	if err != nil {
 		t.Fatal(err)
 	}
-	natstest.WaitFor(t, 20*time.Second, "the task queue to empty", func() bool {
-		info, err := tasks.Info(ctx)
-		return err == nil && info.State.Msgs == 0
-	})
+	if eager {
+		// The scheduling commit came back (the dispatcher acks it once
+		// done), found reserve-inventory closed and queued no task.
+		natstest.WaitFor(t, 20*time.Second, "the dispatcher to ack every commit", func() bool {
+			ok, err := st.Dispatched(ctx, "crash-2", lastSeqOf(t, ctx, st, "crash-2"))
+			return err == nil && ok
+		})
+		if err := c.srv.Conn().Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(reserveTasks); n != 0 {
+			t.Fatalf("%d reserve-inventory tasks queued, want none", n)
+		}
+	} else {
+		// The unacknowledged reserve-inventory task comes back after
+		// AckWait and is acknowledged without running the activity again.
+		natstest.WaitFor(t, 20*time.Second, "the task queue to empty", func() bool {
+			info, err := tasks.Info(ctx)
+			return err == nil && info.State.Msgs == 0
+		})
+	}
 	if svc.Calls(order.StepReserveInventory) != 1 || survivor.Stats().ActivitiesRun != 2 {
 		t.Fatalf("reserve-inventory ran %d times, survivor ran %d activities; want 1 and 2 (payment and shipping)",
 			svc.Calls(order.StepReserveInventory), survivor.Stats().ActivitiesRun)
 	}
+}
+
+// lastSeqOf is the stream sequence of the saga's last commit.
+func lastSeqOf(t *testing.T, ctx context.Context, st *stream.Store, id string) uint64 {
+	t.Helper()
+	seq, err := st.LastSeqOnLeader(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seq
 }
 
 // A node killed while an activity runs: the attempt never reported, so

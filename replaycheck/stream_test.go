@@ -141,11 +141,11 @@ func TestStreamSourceNeedsTheEnginesShardCount(t *testing.T) {
 		t.Fatalf("2 shards of 1: %v", err)
 	}
 	// Fewer: the sagas of the second shard would go unchecked.
-	two := openStore(t, srv, stream.Config{HistoryShards: 2})
+	two := openStore(t, srv, stream.Config{Prefix: "two", HistoryShards: 2})
 	if err := two.EnsureStreams(ctx, natstest.Logger()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := replaycheck.NewStreamSource(st).SagaIDs(ctx, replaycheck.Filter{}); !errors.Is(err, replaycheck.ErrShardsMismatch) {
+	if _, err := replaycheck.NewStreamSource(openStore(t, srv, stream.Config{Prefix: "two"})).SagaIDs(ctx, replaycheck.Filter{}); !errors.Is(err, replaycheck.ErrShardsMismatch) {
 		t.Fatalf("1 shard of 2: %v", err)
 	}
 	ids, err := replaycheck.NewStreamSource(two).SagaIDs(ctx, replaycheck.Filter{})

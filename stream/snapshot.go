@@ -148,6 +148,7 @@ type snapshotActivity struct {
 	ScheduledEventID uint64                      `msgpack:"scheduled_event_id"`
 	Scheduled        *ActivityTaskScheduledAttrs `msgpack:"scheduled"`
 	ScheduledAt      time.Time                   `msgpack:"scheduled_at"`
+	ScheduledSeq     uint64                      `msgpack:"scheduled_seq"`
 	Step             string                      `msgpack:"step"`
 }
 
@@ -185,7 +186,7 @@ func EncodeSnapshot(st *State) ([]byte, error) {
 	}
 	for _, id := range slices.Sorted(maps.Keys(st.OpenActivities)) {
 		a := st.OpenActivities[id]
-		w.OpenActivities = append(w.OpenActivities, snapshotActivity{ScheduledEventID: id, Scheduled: a.ActivityTaskScheduledAttrs, ScheduledAt: a.ScheduledAt, Step: a.Step})
+		w.OpenActivities = append(w.OpenActivities, snapshotActivity{ScheduledEventID: id, Scheduled: a.ActivityTaskScheduledAttrs, ScheduledAt: a.ScheduledAt, ScheduledSeq: a.ScheduledSeq, Step: a.Step})
 	}
 	for _, c := range st.CompensationSteps {
 		w.CompensationSteps = append(w.CompensationSteps, snapshotStep(c))
@@ -265,7 +266,7 @@ func DecodeSnapshot(sagaID string, data []byte, verify bool) (*State, error) {
 		if a.Scheduled == nil {
 			return nil, fmt.Errorf("%w: open activity %d without its attributes", ErrSnapshotCorrupt, a.ScheduledEventID)
 		}
-		st.OpenActivities[a.ScheduledEventID] = OpenActivity{ActivityTaskScheduledAttrs: a.Scheduled, ScheduledAt: a.ScheduledAt, Step: a.Step}
+		st.OpenActivities[a.ScheduledEventID] = OpenActivity{ActivityTaskScheduledAttrs: a.Scheduled, ScheduledAt: a.ScheduledAt, ScheduledSeq: a.ScheduledSeq, Step: a.Step}
 	}
 	for _, c := range w.CompensationSteps {
 		st.CompensationSteps = append(st.CompensationSteps, CompensationStep(c))

@@ -158,6 +158,10 @@ type CompensationStep struct {
 type OpenActivity struct {
 	*ActivityTaskScheduledAttrs
 	ScheduledAt time.Time
+	// ScheduledSeq is the stream sequence of the commit that scheduled
+	// it: while the dispatcher holds that commit, its first attempt may
+	// be running on it (eager activities).
+	ScheduledSeq uint64
 	// Step is set for a compensation step: the step it undoes.
 	Step string
 }
@@ -258,7 +262,7 @@ func (s *State) applyEvent(e Event, seq uint64) {
 		}
 	case *ActivityTaskScheduledAttrs:
 		if !a.Canceled {
-			s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a, ScheduledAt: e.Time}
+			s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a, ScheduledAt: e.Time, ScheduledSeq: seq}
 		}
 	case *ActivityTaskCompletedAttrs:
 		delete(s.OpenActivities, a.ScheduledEventID)
@@ -278,7 +282,7 @@ func (s *State) applyEvent(e Event, seq uint64) {
 		s.LastInboxSeq, s.LastInboxEpoch = nextInboxPosition(s.LastInboxSeq, s.LastInboxEpoch, a)
 		s.Signals++
 	case *CompensationStepScheduledAttrs:
-		s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a.Activity(), ScheduledAt: e.Time, Step: a.Step}
+		s.OpenActivities[e.ID] = OpenActivity{ActivityTaskScheduledAttrs: a.Activity(), ScheduledAt: e.Time, ScheduledSeq: seq, Step: a.Step}
 		s.CompensationSteps = append(s.CompensationSteps, CompensationStep{Step: a.Step, ActivityType: a.ActivityType, ScheduledEventID: e.ID, Status: StepScheduled})
 	case *CompensationStepCompletedAttrs:
 		delete(s.OpenActivities, a.ScheduledEventID)

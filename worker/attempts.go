@@ -42,6 +42,14 @@ type attemptRecord struct {
 	// its task is replaced by the next attempt's, and it starts nothing
 	// more.
 	GivenUp int `msgpack:"given_up,omitempty"`
+	// CommitSeq is set when the attempt ran eagerly, on the delivery of
+	// the history commit at this sequence that scheduled the activity:
+	// while the dispatcher holds that commit, the commit owns the
+	// activity.
+	CommitSeq uint64 `msgpack:"commit_seq,omitempty"`
+	// RetryAt is set when the next attempt waits on a retry timer due
+	// then: the timer queues its task, and nothing else does meanwhile.
+	RetryAt time.Time `msgpack:"retry_at,omitempty"`
 
 	// written is when the server stored the record (not encoded): the
 	// heartbeat timeout compares it with the server's time of firing, so

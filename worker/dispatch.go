@@ -17,6 +17,37 @@ import (
 // are idempotent and deciding is idempotent, so a redelivery is safe.
 type dispatcher struct{ n *Node }
 
+var _ givingBack = dispatcher{}
+
+// giveBack records, for a commit the node returns unhandled on its first
+// delivery (it stops), that no attempt of the activities it schedules
+// started: its redelivery would otherwise count one that may have run
+// eagerly (see dispatchActivity).
+func (h dispatcher) giveBack(ctx context.Context, d *delivery) {
+	n := h.n
+	if d.meta.NumDelivered != 1 {
+		return
+	}
+	sagaID, err := n.store.Config().SagaIDFromSubject(d.msg.Subject())
+	if err != nil {
+		return
+	}
+	commit, err := n.store.DecodeDelivered(sagaID, d.msg.Subject(), d.meta.Sequence.Stream, d.msg.Data())
+	if err != nil {
+		return
+	}
+	for _, e := range commit.Events {
+		task, ok := stream.TaskFor(e)
+		if !ok || !fastEligible(task.Options) {
+			continue
+		}
+		rec := attemptRecord{Started: 0, Node: n.opts.NodeName, At: n.clock.Now()}
+		if err := n.attempts.put(ctx, sagaID, e.ID, rec, 0, false); err != nil && !errors.Is(err, errRecordMoved) {
+			d.logger().Warn("could not record a commit given back; its redelivery counts an attempt of its activities", "err", err)
+		}
+	}
+}
+
 func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	n := h.n
 	sagaID, commit, out, ok := n.decodeHistoryMessage(d)
@@ -29,13 +60,13 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 	if d.meta.NumDelivered > 1 {
 		ctx = withRedispatch(ctx)
 	}
-	eager := n.eagerRuns(d, commit)
+	eager := n.eagerEligible(d, commit)
 	// Every effect, even after one failed: they are idempotent, and one
 	// that fails must not hold back the others until the redelivery.
 	var errs []error
 	for _, e := range commit.Events {
 		if _, ok := eager[e.ID]; ok {
-			continue // run here instead of queued
+			continue // run here, or queued, below
 		}
 		if effect := effects[e.Type]; effect != nil {
 			if err := effect(ctx, n, e); err != nil {
@@ -44,8 +75,9 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		n.releaseEager(eager)
-		return n.handlingFailed(ctx, d, "carry out effects", err)
+		// Nothing ran: the activities go as tasks, so that the commit's
+		// redelivery finds them queued (see dispatchActivity).
+		return n.queueEager(ctx, d, eager, n.handlingFailed(ctx, d, "carry out effects", err))
 	}
 	n.snapshotAfter(ctx, sagaID, commit)
 	out = h.decide(ctx, d, sagaID, commit)
@@ -53,10 +85,9 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 		return out
 	}
 	if out.kind != outcomeAck {
-		n.releaseEager(eager)
-		return out
+		return n.queueEager(ctx, d, eager, out)
 	}
-	return n.handOffEager(ctx, d, eager)
+	return n.runEagerly(ctx, d, eager)
 }
 
 // decide makes the decision a commit holding undecided inputs needs: here

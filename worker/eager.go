@@ -3,7 +3,9 @@ package worker
 import (
 	"context"
 	"errors"
-	"strconv"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -97,11 +99,12 @@ func (g *eagerGate) begin(activityType string, now func() time.Time) (end func()
 	}
 }
 
-// eagerRuns picks the activities a delivered commit schedules that this
-// node runs eagerly, taking an activity slot for each. Their scheduling
-// events' effect (queueing the task) is skipped; the caller must either
-// run them (runEager) or give them back (releaseEager and queue them).
-func (n *Node) eagerRuns(d *delivery, commit *stream.Commit) map[uint64]eagerRun {
+// eagerEligible picks the activities a commit schedules that this node
+// may run eagerly: on the commit's first delivery, registered here, and
+// eligible (see above). Their scheduling events' effect (queueing the
+// task) is left to runEagerly, or to queueEager when the node does not
+// get that far.
+func (n *Node) eagerEligible(d *delivery, commit *stream.Commit) map[uint64]eagerRun {
 	if n.opts.DisableEagerActivities || n.activitySlots == nil || d.meta.NumDelivered != 1 {
 		return nil
 	}
@@ -118,11 +121,6 @@ func (n *Node) eagerRuns(d *delivery, commit *stream.Commit) map[uint64]eagerRun
 		if !ok || !n.eagerGate.short(task.ActivityType, n.clock.Now()) {
 			continue
 		}
-		select {
-		case n.activitySlots <- struct{}{}:
-		default:
-			return runs // all slots busy: the rest go as tasks
-		}
 		if runs == nil {
 			runs = map[uint64]eagerRun{}
 		}
@@ -131,37 +129,63 @@ func (n *Node) eagerRuns(d *delivery, commit *stream.Commit) map[uint64]eagerRun
 	return runs
 }
 
-// releaseEager gives back the slots of activities that will not run
-// eagerly after all.
-func (n *Node) releaseEager(runs map[uint64]eagerRun) {
-	for range runs {
-		<-n.activitySlots
+// queueEager queues the tasks of activities picked to run eagerly that
+// will not run here after all (the commit's handling failed before, or
+// the node stops): as their first attempt's, since none started. out is
+// the commit's outcome so far; a task that cannot be queued turns an ack
+// into a redelivery.
+func (n *Node) queueEager(ctx context.Context, d *delivery, runs map[uint64]eagerRun, out outcome) outcome {
+	var errs []error
+	for _, r := range runs {
+		if _, err := n.queueActivity(ctx, r.task); err != nil {
+			errs = append(errs, err)
+		}
 	}
+	if err := errors.Join(errs...); err != nil && out.kind == outcomeAck {
+		return n.handlingFailed(ctx, d, "queue activity tasks", err)
+	}
+	return out
 }
 
-// handOffEager runs the activities concurrently after the dispatcher's
-// handler returned, and finishes the commit's delivery once every one is
-// settled: acked when all are, redelivered otherwise (its next dispatch
-// queues the unsettled ones' tasks). When the node is stopping it runs
-// nothing and queues their tasks now.
-func (n *Node) handOffEager(ctx context.Context, d *delivery, runs map[uint64]eagerRun) outcome {
+// runEagerly takes an activity slot (and an eager one, see eagerBudget)
+// for each run, queues the tasks of those without one, and hands the
+// commit's delivery off to the runs: it is finished once every one of
+// them is settled.
+func (n *Node) runEagerly(ctx context.Context, d *delivery, runs map[uint64]eagerRun) outcome {
+	var slotted []eagerRun
+	queued := map[uint64]eagerRun{}
+	for id, r := range runs {
+		if n.takeEagerSlot() {
+			slotted = append(slotted, r)
+		} else {
+			queued[id] = r
+		}
+	}
+	release := func() {
+		for range slotted {
+			n.releaseEagerSlot()
+		}
+	}
+	if out := n.queueEager(ctx, d, queued, ack()); out.kind != outcomeAck {
+		release()
+		return out // its redelivery queues them all, as attempt 2 (see dispatchActivity)
+	}
+	if len(slotted) == 0 {
+		return ack()
+	}
 	if !n.track() {
-		n.releaseEager(runs)
-		return n.queueInstead(ctx, d, runs)
+		release()
+		return n.queueEager(ctx, d, runsByID(slotted), ack())
 	}
 	finish := d.handOff()
 	go func() {
 		defer n.untrack()
-		outs := make([]outcome, 0, len(runs))
-		var mu sync.Mutex
+		outs := make([]outcome, len(slotted))
 		var wg sync.WaitGroup
-		for _, r := range runs {
+		for i, r := range slotted {
 			wg.Go(func() {
-				defer func() { <-n.activitySlots }()
-				out := n.runEager(ctx, d, r)
-				mu.Lock()
-				outs = append(outs, out)
-				mu.Unlock()
+				defer n.releaseEagerSlot()
+				outs[i] = n.settleEager(ctx, d, r)
 			})
 		}
 		wg.Wait()
@@ -170,18 +194,41 @@ func (n *Node) handOffEager(ctx context.Context, d *delivery, runs map[uint64]ea
 	return handedOff()
 }
 
-// queueInstead queues the tasks of activities picked to run eagerly.
-func (n *Node) queueInstead(ctx context.Context, d *delivery, runs map[uint64]eagerRun) outcome {
-	var errs []error
+func runsByID(runs []eagerRun) map[uint64]eagerRun {
+	m := make(map[uint64]eagerRun, len(runs))
 	for _, r := range runs {
-		if _, err := n.queueActivity(ctx, r.task); err != nil {
-			errs = append(errs, err)
-		}
+		m[r.task.ScheduledEventID] = r
 	}
-	if err := errors.Join(errs...); err != nil {
-		return n.handlingFailed(ctx, d, "queue activity tasks", err)
+	return m
+}
+
+// takeEagerSlot takes an activity slot and one of the node's eager
+// slots, without waiting.
+func (n *Node) takeEagerSlot() bool {
+	select {
+	case n.eagerSlots <- struct{}{}:
+	default:
+		return false
 	}
-	return ack()
+	select {
+	case n.activitySlots <- struct{}{}:
+		return true
+	default:
+		<-n.eagerSlots
+		return false
+	}
+}
+
+func (n *Node) releaseEagerSlot() {
+	<-n.activitySlots
+	<-n.eagerSlots
+}
+
+// eagerBudget bounds the commits one node holds for eager runs: a share
+// of the dispatcher's MaxAckPending (10,000 unless an operator set
+// another), which every saga of the fleet shares.
+func eagerBudget(activityConcurrency, maxAckPending int) int {
+	return max(1, min(activityConcurrency, maxAckPending/16))
 }
 
 // worstOutcome is what becomes of a commit whose eager activities ended
@@ -193,44 +240,62 @@ func worstOutcome(outs []outcome) outcome {
 		switch {
 		case o.kind == outcomeLeave:
 			return o
-		case o.kind == outcomeNak && (worst.kind == outcomeAck || o.delay < worst.delay):
+		case o.kind != outcomeAck && (worst.kind == outcomeAck || o.delay < worst.delay):
 			worst = o
 		}
+	}
+	if worst.kind == outcomeDeadLetter {
+		// The commit itself is sound: its redelivery queues the task,
+		// whose own handling sets aside what must be.
+		worst = nakAfter(redeliveryPolicy.Delay(1), worst.reason, worst.err)
 	}
 	return worst
 }
 
+// settleEager runs an eager activity on its own copy of the delivery
+// (its logger is its own: runs of one commit go on at once), turning a
+// panic of the engine's code around it into a redelivery of the commit.
+func (n *Node) settleEager(ctx context.Context, d *delivery, r eagerRun) (out outcome) {
+	run := &delivery{msg: d.msg, meta: d.meta, base: d.base, consumer: d.consumer, owner: d.owner}
+	run.with(slog.String("saga_id", r.task.SagaID), slog.String("activity_type", r.task.ActivityType), slog.Uint64("scheduled_event_id", r.task.ScheduledEventID))
+	defer func() {
+		if p := recover(); p != nil {
+			run.logger().Error("eager activity run panicked", "panic", p, "stack", string(debug.Stack()))
+			out = retryLater(d, "run activity eagerly", fmt.Errorf("panic: %v", p))
+		}
+	}()
+	return n.runEager(ctx, run, r)
+}
+
 // runEager runs the first attempt of an activity for the commit that
 // scheduled it, and settles it as the task handler would: its outcome
-// recorded (with the workflow's next decision), or its retry on a durable
-// timer. It returns ack once the activity is settled; nak (the commit is
-// redelivered, and queues the next attempt's task) when it could not be;
-// leave when the node stops.
+// recorded (with the workflow's next decision), or its next attempt
+// queued after the backoff, by the node itself for a short one and by a
+// durable timer for a longer one. It returns ack once the activity is
+// settled; nak (the commit is redelivered, whose dispatch queues the next
+// attempt's task) when it could not be; leave when the node stops.
 func (n *Node) runEager(ctx context.Context, d *delivery, r eagerRun) outcome {
 	task := r.task
 	const attempt = 1
+	commitSeq := d.meta.Sequence.Stream
 	n.stats.activitiesEager.Add(1)
+	// Held from here to the outcome's recording: the gate keeps types
+	// whose runs hold commits long off the eager path.
+	defer n.eagerGate.begin(task.ActivityType, n.clock.Now)()
 	ctx, span := n.tracer.StartActivity(ctx, d.msg.Headers(), telemetry.ActivityAttempt{
 		SagaID: task.SagaID, ActivityType: task.ActivityType, ScheduledEventID: task.ScheduledEventID, Attempt: attempt})
 	defer span.End()
-	// No task: the attempt record a heartbeat writes names none.
+	// No task: a record a heartbeat writes names the commit instead.
 	hb := newHeartbeats(n, task, attempt, 0)
-	end := n.eagerGate.begin(task.ActivityType, n.clock.Now)
+	hb.commitSeq = commitSeq
 	result, runErr := n.runActivity(ctx, r.act, task, attempt, nil, hb)
-	end()
 	stoppedBy := hb.stoppedBy()
 	recorded := hb.wroteRecord()
 	if ctx.Err() != nil {
 		return leave()
 	}
 	settle := func(out attemptOutcome) outcome {
-		o := n.reportOutcome(ctx, d, task, attempt, recorded, out)
-		if o.kind == outcomeDeadLetter {
-			// The commit itself is sound: its redelivery queues the task,
-			// whose own handling sets aside what must be.
-			return retryLater(d, "record eager activity outcome", o.err)
-		}
-		return o
+		return n.reportOutcome(ctx, d, task, attempt, recorded, out)
 	}
 	if runErr == nil {
 		if err := n.store.Config().CheckPayload("result of activity "+task.ActivityType, result); err != nil {
@@ -259,23 +324,54 @@ func (n *Node) runEager(ctx context.Context, d *delivery, r eagerRun) outcome {
 	n.stats.activityRetries.Add(1)
 	delay := retryBackoff(policy, attempt)
 	d.logger().Warn("activity attempt failed; retrying", "attempt", attempt, "retry_in", delay, "err", runErr)
-	if delay < retryTimerThreshold {
-		// The commit comes back after the backoff, and its redelivery
-		// queues the next attempt's task (see dispatchActivity).
-		return nakAfter(delay, "activity attempt "+strconv.Itoa(attempt), runErr)
-	}
-	// A longer backoff waits on a durable timer, after a record that this
-	// attempt started.
-	if !recorded {
-		rec := attemptRecord{Started: attempt, Node: n.opts.NodeName, At: n.clock.Now()}
-		if err := n.attempts.put(ctx, task.SagaID, task.ScheduledEventID, rec, 0, false); err != nil {
-			return nakAfter(delay, "activity attempt "+strconv.Itoa(attempt)+" (record)", runErr)
+	return n.retryEager(ctx, d, task, commitSeq, delay, runErr)
+}
+
+// retryEager queues the attempt after a failed eager one, after delay,
+// with a record that the eager attempt started (what a redelivery of the
+// commit, or a wake, goes by). A short backoff is waited out here, then
+// the task is queued; a longer one waits on a durable timer, armed before
+// the record says so.
+func (n *Node) retryEager(ctx context.Context, d *delivery, task stream.ActivityTask, commitSeq uint64, delay time.Duration, runErr error) outcome {
+	what := "retry activity " + task.ActivityType
+	var retryAt time.Time
+	if delay >= retryTimerThreshold {
+		retryAt = n.clock.Now().Add(delay)
+		timer := kv.Timer{Kind: timerRetry, SagaID: task.SagaID, EventID: task.ScheduledEventID, Attempt: 2, Due: retryAt}
+		if err := n.timers.Load().Schedule(ctx, timer); err != nil {
+			// The commit comes back after the backoff instead, and its
+			// dispatch queues the next attempt.
+			return nakAfter(delay, what+" (arm its timer)", err)
 		}
 	}
-	timer := kv.Timer{Kind: timerRetry, SagaID: task.SagaID, EventID: task.ScheduledEventID, Attempt: attempt + 1, Due: n.clock.Now().Add(delay)}
-	if err := n.timers.Load().Schedule(ctx, timer); err != nil {
-		d.logger().Warn("retry timer not created; the commit's redelivery queues the next attempt", "err", err)
-		return nakAfter(delay, "activity attempt "+strconv.Itoa(attempt), runErr)
+	superseded := false
+	err := n.attempts.update(ctx, task.SagaID, task.ScheduledEventID, func(rec *attemptRecord, found bool) (bool, error) {
+		superseded = found && rec.Started > 1
+		if superseded {
+			return false, nil // a later attempt started (a wake's): it goes on
+		}
+		if !found {
+			*rec = attemptRecord{Started: 1, CommitSeq: commitSeq, Node: n.opts.NodeName, At: n.clock.Now()}
+		}
+		rec.Ended, rec.RetryAt = 1, retryAt
+		return true, nil
+	})
+	if err != nil {
+		return nakAfter(delay, what+" (record the attempt)", err)
+	}
+	if superseded {
+		return ack()
+	}
+	if !retryAt.IsZero() {
+		return ack()
+	}
+	if err := n.clock.Sleep(ctx, delay); err != nil {
+		return leave()
+	}
+	next := task
+	next.Attempt = 2
+	if _, err := n.queueActivity(ctx, next); err != nil {
+		return retryLater(d, what+" (queue its task)", errors.Join(err, runErr))
 	}
 	return ack()
 }

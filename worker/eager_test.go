@@ -2,8 +2,10 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -241,5 +243,135 @@ func TestEagerActivitySpans(t *testing.T) {
 	}
 	if len(activities) != 3 {
 		t.Fatalf("activity spans %v, want 3", activities)
+	}
+}
+
+// Activities scheduled in one commit and run eagerly settle on their own:
+// a short retry is not held back by a sibling still running, and a long
+// one waits out its backoff on its timer, whatever the siblings do.
+func TestEagerRetriesDoNotWaitForSiblings(t *testing.T) {
+	e := newEnv(t)
+	var aStarts []time.Time
+	var mu sync.Mutex
+	bRetried := make(chan struct{})
+	var bCalls atomic.Int32
+	short := saga.RetryPolicy{InitialInterval: 100 * time.Millisecond, BackoffCoefficient: 1, MaximumAttempts: 3}
+	long := saga.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 1, MaximumAttempts: 3}
+	a := saga.NewActivity("sibling-a", func(ctx context.Context, _ int) (int, error) {
+		mu.Lock()
+		aStarts = append(aStarts, time.Now())
+		n := len(aStarts)
+		mu.Unlock()
+		if n == 1 {
+			return 0, errors.New("a fails once")
+		}
+		return 1, nil
+	}, saga.WithRetryPolicy(long))
+	b := saga.NewActivity("sibling-b", func(ctx context.Context, _ int) (int, error) {
+		if bCalls.Add(1) == 1 {
+			return 0, errors.New("b fails once")
+		}
+		close(bRetried)
+		return 2, nil
+	}, saga.WithRetryPolicy(short))
+	c := saga.NewActivity("sibling-c", func(ctx context.Context, _ int) (int, error) {
+		select { // runs until b's retry started: a b held back by c never does
+		case <-bRetried:
+			return 3, nil
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	})
+	wf := saga.NewWorkflow("siblings", 1, func(ctx saga.Context, _ int) (int, error) {
+		fa := saga.ExecuteActivity(ctx, a, 0)
+		fb := saga.ExecuteActivity(ctx, b, 0)
+		fc := saga.ExecuteActivity(ctx, c, 0)
+		sum := 0
+		for _, f := range []*saga.Future[int]{fa, fb, fc} {
+			v, err := f.Get(ctx)
+			if err != nil {
+				return 0, err
+			}
+			sum += v
+		}
+		return sum, nil
+	})
+	n := e.node(worker.Options{}, wf, a, b, c)
+	out, err := run(e, wf, "siblings-1", 0)
+	if err != nil || out != 6 {
+		t.Fatalf("got %d, %v", out, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(aStarts) != 2 || aStarts[1].Sub(aStarts[0]) < long.InitialInterval {
+		t.Fatalf("a's attempts started at %v: want 2, the second after its %s backoff", aStarts, long.InitialInterval)
+	}
+	if st := n.Stats(); st.ActivitiesEager != 3 {
+		t.Fatalf("stats %+v, want the three first attempts eager", st)
+	}
+}
+
+// A wake while an activity runs eagerly and heartbeats (its heartbeats
+// wrote its attempt record) queues nothing: the commit that scheduled it
+// still holds it, and a task queued then would run it a second time.
+func TestWakeDuringAnEagerRunDoesNotRunItAgain(t *testing.T) {
+	e := newEnv(t)
+	release := make(chan struct{})
+	started := make(chan struct{})
+	var calls atomic.Int32
+	job := saga.NewActivity("beating", func(ctx context.Context, _ int) (int, error) {
+		if calls.Add(1) == 1 {
+			close(started)
+		}
+		for {
+			if err := saga.Heartbeat(ctx, "working"); err != nil {
+				return 0, err
+			}
+			select {
+			case <-release:
+				info, _ := saga.GetActivityInfo(ctx)
+				return info.Attempt, nil
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
+	wf := saga.NewWorkflow("beating-wf", 1, func(ctx saga.Context, _ int) (int, error) {
+		return saga.ExecuteActivity(ctx, job, 0).Get(ctx)
+	})
+	n := e.node(worker.Options{}, wf, job)
+	r, err := saga.StartWorkflow(e.ctx, e.cl, wf, 0, saga.StartOptions{ID: "beating-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	// Its heartbeats record the attempt, naming the commit it runs on.
+	kv, err := jsOf(t, e).KeyValue(e.ctx, stream.Config{}.Defaults().ActivitiesBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 10*time.Second, "the attempt's record", func() bool {
+		keys, err := kv.ListKeys(e.ctx)
+		if err != nil {
+			return false
+		}
+		for range keys.Keys() {
+			return true
+		}
+		return false
+	})
+	if err := n.Wake(e.ctx, "beating-1"); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if out, err := r.Get(e.ctx); err != nil || out != 1 {
+		t.Fatalf("got %d, %v; want attempt 1's result", out, err)
+	}
+	if got := calls.Load(); got != 1 {
+		t.Fatalf("the activity ran %d times", got)
+	}
+	if st := n.Stats(); st.TasksPublished != 0 {
+		t.Fatalf("stats %+v: the wake queued a task", st)
 	}
 }

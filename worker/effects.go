@@ -175,12 +175,37 @@ func dispatchActivity(ctx context.Context, n *Node, e stream.Event) error {
 	}
 	task, _ := stream.TaskFor(e)
 	if redispatched(ctx) && fastEligible(task.Options) {
-		// The commit's first dispatch may have run the first attempt
-		// eagerly, or queued its task that started it, without a record.
-		task.Attempt = 2
+		next, queue, err := n.nextAfterRedispatch(ctx, task)
+		if err != nil || !queue {
+			return err
+		}
+		task.Attempt = next
 	}
 	_, err := n.queueActivity(ctx, task)
 	return err
+}
+
+// nextAfterRedispatch works out the attempt a commit delivered again
+// queues for an activity it schedules: its first dispatch may have run
+// the first attempt eagerly without a record (it died doing so), or
+// queued the task whose first delivery started it without one. The
+// record, when there is one, says: a retry waiting on its timer is the
+// timer's to queue. queue is false when nothing is to be queued.
+func (n *Node) nextAfterRedispatch(ctx context.Context, task stream.ActivityTask) (next int, queue bool, err error) {
+	_, state, err := n.lookupActivity(ctx, task.SagaID, task.ScheduledEventID)
+	if err != nil || state == activityClosed {
+		return 0, false, err
+	}
+	rec, _, found, err := n.attempts.get(ctx, task.SagaID, task.ScheduledEventID)
+	switch {
+	case err != nil:
+		return 0, false, err
+	case found && retryPending(rec, n.clock.Now()):
+		return 0, false, nil
+	case found:
+		return rec.Started + 1, true, nil
+	}
+	return 2, true, nil
 }
 
 type redispatchKey struct{}
@@ -251,33 +276,22 @@ func (n *Node) rederive(ctx context.Context, st *stream.State) error {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	// An activity whose first attempt may run without a record may be
-	// running eagerly, on the delivery of its scheduling commit: while the
-	// dispatcher has not finished with the saga's commits, that commit
-	// settles the activity (or queues its task), and a task queued here
-	// would run it a second time.
-	var dispatched *bool
 	for _, id := range ids {
 		rec, _, found, err := n.attempts.get(ctx, st.SagaID, id)
 		if err != nil {
 			return err
 		}
-		if found && rec.TimedOut {
-			continue
+		if found && (rec.TimedOut || retryPending(rec, n.clock.Now())) {
+			continue // its outcome, or its retry's timer, is on the way
 		}
-		if !found && fastEligible(st.OpenActivities[id].Options) {
-			if dispatched == nil {
-				done, err := n.store.Dispatched(ctx, st.SagaID, st.LastSeq)
-				if err != nil {
-					return err
-				}
-				dispatched = &done
-			}
-			if !*dispatched {
-				n.log.Info("wake: activity left to the dispatch of its commit, still in progress; wake again once it is over if the activity stays stuck",
-					"saga_id", st.SagaID, "scheduled_event_id", id)
-				continue
-			}
+		held, err := n.heldForEagerRun(ctx, st, id, rec, found)
+		if err != nil {
+			return err
+		}
+		if held {
+			n.log.Info("wake: activity left to the commit that scheduled it, which its dispatcher still holds (it may be running there); wake again once it is over if the activity stays stuck",
+				"saga_id", st.SagaID, "scheduled_event_id", id)
+			continue
 		}
 		attempt := 1
 		if found {
@@ -290,6 +304,42 @@ func (n *Node) rederive(ctx context.Context, st *stream.State) error {
 		}
 	}
 	return nil
+}
+
+// retryTimerGrace is how long past its due time a retry timer may take
+// to fire before wake and a redispatch take it for lost.
+const retryTimerGrace = time.Minute
+
+// retryPending reports whether the record's retry is its timer's to
+// queue: the timer is not due yet, or only just.
+func retryPending(rec attemptRecord, now time.Time) bool {
+	return !rec.RetryAt.IsZero() && now.Before(rec.RetryAt.Add(retryTimerGrace))
+}
+
+// heldForEagerRun reports whether an open activity may be running eagerly
+// on the delivery of a commit the dispatcher still holds: its first
+// attempt, without a record or with one its heartbeats wrote, on the
+// commit that scheduled it. A task queued for it then would run it a
+// second time, at once; the commit settles it, or its redelivery queues
+// the task. The dispatcher's ack floor says whether it still holds the
+// commit; a floor held back by another commit makes this true for longer
+// than needed, never false while the run goes on.
+func (n *Node) heldForEagerRun(ctx context.Context, st *stream.State, id uint64, rec attemptRecord, found bool) (bool, error) {
+	a := st.OpenActivities[id]
+	seq := a.ScheduledSeq
+	switch {
+	case !fastEligible(a.Options):
+		return false, nil
+	case found && (rec.CommitSeq == 0 || rec.Started != 1):
+		return false, nil // started from a task
+	case found:
+		seq = rec.CommitSeq
+	}
+	if seq == 0 {
+		seq = st.LastSeq // a state that does not say (folded by an older engine)
+	}
+	dispatched, err := n.store.Dispatched(ctx, st.SagaID, seq)
+	return !dispatched, err
 }
 
 // queueReplacingLeftover queues task unless a task that runs its attempt

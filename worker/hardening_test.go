@@ -71,6 +71,17 @@ func TestAckWaitMustStayUnderHalfTheDuplicateWindow(t *testing.T) {
 // stayed pending on the consumer for the whole backoff, so that tasks in
 // backoff filled MaxAckPending and stalled new tasks of their type.
 func TestRetryBackoffWaitsOnATimer(t *testing.T) {
+	bothActivityPaths(t, testRetryBackoffWaitsOnATimer)
+}
+
+// bothActivityPaths runs a test with activities run eagerly by the node
+// dispatching their scheduling commit, and through tasks.
+func bothActivityPaths(t *testing.T, test func(t *testing.T, opts worker.Options)) {
+	t.Run("eager", func(t *testing.T) { test(t, worker.Options{}) })
+	t.Run("tasks", func(t *testing.T) { test(t, worker.Options{DisableEagerActivities: true}) })
+}
+
+func testRetryBackoffWaitsOnATimer(t *testing.T, opts worker.Options) {
 	e := newEnv(t)
 	failed := make(chan struct{})
 	var calls atomic.Int32
@@ -85,7 +96,7 @@ func TestRetryBackoffWaitsOnATimer(t *testing.T) {
 	wf := saga.NewWorkflow("slow-retry-wf", 1, func(ctx saga.Context, _ int) (int, error) {
 		return saga.ExecuteActivity(ctx, flaky, 0).Get(ctx)
 	})
-	e.node(worker.Options{}, wf, flaky)
+	e.node(opts, wf, flaky)
 	r, err := saga.StartWorkflow(e.ctx, e.cl, wf, 0, saga.StartOptions{ID: "slow-retry-1"})
 	if err != nil {
 		t.Fatal(err)
@@ -330,6 +341,10 @@ func waitTimersSettled(t *testing.T, e *env, js jetstream.JetStream) {
 // goes to a timer. Before, the wake queued attempt 1 again, and with the
 // timer's attempt 2 the activity ran three times under MaximumAttempts 2.
 func TestWakeDuringRetryBackoffDoesNotRerunAnAttempt(t *testing.T) {
+	bothActivityPaths(t, testWakeDuringRetryBackoffDoesNotRerunAnAttempt)
+}
+
+func testWakeDuringRetryBackoffDoesNotRerunAnAttempt(t *testing.T, opts worker.Options) {
 	e := newEnv(t)
 	var calls atomic.Int32
 	failed := make(chan struct{}, 4)
@@ -341,7 +356,7 @@ func TestWakeDuringRetryBackoffDoesNotRerunAnAttempt(t *testing.T) {
 	wf := saga.NewWorkflow("backoff-wake-wf", 1, func(ctx saga.Context, _ int) (int, error) {
 		return saga.ExecuteActivity(ctx, flaky, 0).Get(ctx)
 	})
-	n := e.node(worker.Options{}, wf, flaky)
+	n := e.node(opts, wf, flaky)
 	r, err := saga.StartWorkflow(e.ctx, e.cl, wf, 0, saga.StartOptions{ID: "backoff-wake-1"})
 	if err != nil {
 		t.Fatal(err)

@@ -30,12 +30,14 @@ var errActivityClosed = errors.New("the activity closed while this attempt ran")
 // reaches the activity, or the activity closed, it cancels the attempt's
 // context.
 type heartbeats struct {
-	n        *Node
-	task     stream.ActivityTask
-	attempt  int
-	taskSeq  uint64
-	interval time.Duration
-	cancel   context.CancelCauseFunc
+	n       *Node
+	task    stream.ActivityTask
+	attempt int
+	taskSeq uint64
+	// commitSeq: the attempt runs eagerly on the commit at this sequence.
+	commitSeq uint64
+	interval  time.Duration
+	cancel    context.CancelCauseFunc
 
 	mu      sync.Mutex
 	latest  stream.Payload
@@ -162,7 +164,7 @@ func (h *heartbeats) beat() {
 		case !found:
 			// An attempt started without a record (see attemptStore): it
 			// is this one.
-			*rec = attemptRecord{Started: h.attempt, TaskSeq: h.taskSeq, Node: h.n.opts.NodeName, At: now}
+			*rec = attemptRecord{Started: h.attempt, TaskSeq: h.taskSeq, CommitSeq: h.commitSeq, Node: h.n.opts.NodeName, At: now}
 			created = true
 		case rec.Started != h.attempt || rec.Ended >= h.attempt || rec.GivenUp >= h.attempt || rec.TimedOut:
 			return false, errAttemptGone

@@ -37,9 +37,14 @@ type Node struct {
 	// activitySlots bound the activity attempts the node runs, from tasks
 	// and eagerly; nil when it registers no activity.
 	activitySlots chan struct{}
-	eagerGate     eagerGate
-	stats         nodeStats
-	timersCfg     kv.TimersConfig
+	// eagerSlots bound the commits the node holds for eager runs (see
+	// eagerBudget); eagerGate keeps long runs off that path.
+	eagerSlots chan struct{}
+	eagerGate  eagerGate
+	// startSlots bound the starts decided at once (see appendStart).
+	startSlots chan struct{}
+	stats      nodeStats
+	timersCfg  kv.TimersConfig
 	// inboxCreated caches the inbox stream's creation time (see
 	// inboxEpoch).
 	inboxCreated atomic.Pointer[inboxEpochRead]
@@ -158,17 +163,18 @@ func New(nc *nats.Conn, reg *saga.Registry, opts Options) (*Node, error) {
 	cfg := store.Config()
 	timersCfg := kv.TimersConfig{Bucket: cfg.TimersBucket(), Replicas: cfg.Replicas, Storage: cfg.Storage, MarkerTTL: opts.TimerMarkerTTL}
 	n := &Node{
-		opts:      opts,
-		reg:       reg,
-		nc:        nc,
-		store:     store,
-		client:    client,
-		log:       opts.Logger.With("node", opts.NodeName),
-		hooks:     opts.Hooks,
-		clock:     opts.Clock,
-		cache:     newSagaCache(opts.CacheSize, opts.CacheBytes),
-		timersCfg: timersCfg,
-		attempts:  &attemptStore{js: store.JetStream(), bucket: cfg.ActivitiesBucket(), purgeTTL: time.Minute},
+		opts:       opts,
+		reg:        reg,
+		nc:         nc,
+		store:      store,
+		client:     client,
+		log:        opts.Logger.With("node", opts.NodeName),
+		hooks:      opts.Hooks,
+		clock:      opts.Clock,
+		cache:      newSagaCache(opts.CacheSize, opts.CacheBytes),
+		startSlots: make(chan struct{}, opts.WorkflowConcurrency),
+		timersCfg:  timersCfg,
+		attempts:   &attemptStore{js: store.JetStream(), bucket: cfg.ActivitiesBucket(), purgeTTL: time.Minute},
 	}
 	self = n
 	n.timers.Store(kv.NewTimers(store.JetStream(), timersCfg, opts.Clock))
@@ -353,6 +359,7 @@ func (n *Node) startConsumers(ctx context.Context) error {
 	activitySlots := make(chan struct{}, n.opts.ActivityConcurrency)
 	if len(n.reg.ActivityNames()) > 0 {
 		n.activitySlots = activitySlots
+		n.eagerSlots = make(chan struct{}, eagerBudget(n.opts.ActivityConcurrency, n.dispatcherMaxAckPending(ctx)))
 	}
 	for shard := range cfg.HistoryShards {
 		if err := n.addConsumer(ctx, cfg.HistoryStream(shard), dispatcherName, "commits to derive effects from", cfg.HistoryFilter(shard), dispatchSlots, dispatcher{n}); err != nil {
@@ -403,10 +410,26 @@ func (n *Node) startProjector(ctx context.Context) error {
 	return nil
 }
 
+// dispatcherMaxAckPending is the MaxAckPending of the dispatcher on the
+// first history stream as the server has it, or what the node creates it
+// with.
+func (n *Node) dispatcherMaxAckPending(ctx context.Context) int {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := n.store.JetStream().Consumer(ctx, n.store.Config().HistoryStream(0), dispatcherName)
+	if err != nil || c.CachedInfo().Config.MaxAckPending <= 0 {
+		return defaultMaxAckPending
+	}
+	return c.CachedInfo().Config.MaxAckPending
+}
+
+// defaultMaxAckPending is what the shared consumers are created with.
+const defaultMaxAckPending = 10_000
+
 // addConsumer creates the durable consumer if it is missing (an existing
 // one keeps its settings) and starts a loop on it.
 func (n *Node) addConsumer(ctx context.Context, streamName, durable, description, filter string, slots chan struct{}, h handler) error {
-	return n.addConsumerPending(ctx, streamName, durable, description, filter, 10_000, slots, h)
+	return n.addConsumerPending(ctx, streamName, durable, description, filter, defaultMaxAckPending, slots, h)
 }
 
 // addConsumerPending is addConsumer with a bound on the messages the

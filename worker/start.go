@@ -39,6 +39,19 @@ func (n *Node) appendStartDecided(ctx context.Context, start *stream.Commit) (se
 	if _, registered := n.reg.Workflow(start.WorkflowType); !registered {
 		return 0, false, nil
 	}
+	// Workflow code runs here, in the caller's request: within the
+	// node's bound on decisions at once, and only while it runs (a
+	// stopping node's cache is going away).
+	select {
+	case n.startSlots <- struct{}{}:
+		defer func() { <-n.startSlots }()
+	default:
+		return 0, false, nil
+	}
+	if !n.track() {
+		return 0, false, nil
+	}
+	defer n.untrack()
 	st := n.beginStep(ctx, start.SagaID)
 	defer func() { st.end(err) }()
 	e := n.cache.acquire(start.SagaID)
@@ -67,6 +80,12 @@ func (n *Node) appendStartDecided(ctx context.Context, start *stream.Commit) (se
 		return 0, false, nil
 	}
 	events := append(append([]stream.Event(nil), start.Events...), m.Propose(1, n.clock.Now())...)
+	if m.NextRun() != nil || n.historyTooLong(v.state, start.Events, events) != nil {
+		// A run that continues as new at once, or a first decision past
+		// the history limit: the dispatcher's decision handles both.
+		v.reset()
+		return 0, false, nil
+	}
 	commit := &stream.Commit{SagaID: start.SagaID, WorkflowType: start.WorkflowType, Decided: true, Events: events}
 	if err := n.hooks.beforeAppend(ctx, start.SagaID, commit); err != nil {
 		v.reset()
