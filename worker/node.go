@@ -49,6 +49,10 @@ type Node struct {
 	runCtx    context.Context // canceled by StopAndCancel: aborts in-flight work
 	cancel    context.CancelFunc
 	consumers []*consumer
+	// sweeper releases idle machines (see releaseIdleMachines) from Start
+	// until stopSweeping.
+	sweeper   sync.WaitGroup
+	stopSweep context.CancelFunc
 
 	// handlers counts in-flight message handlers, API requests and wakes;
 	// once closing is set no more are admitted (see track).
@@ -75,7 +79,7 @@ const (
 
 // nodeStats counts what a node did; see Stats.
 type nodeStats struct {
-	commits, conflicts, replays, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activityRetries, deadLetters atomic.Int64
+	commits, conflicts, replays, historyReads, historyLoads, tasksPublished, workflowTasksPublished, activitiesRun, activityRetries, deadLetters atomic.Int64
 }
 
 // Stats is a snapshot of a node's counters since it started.
@@ -89,6 +93,9 @@ type Stats struct {
 	// HistoryReads: direct-get reads of saga histories (the whole history,
 	// or its last commit to check that the cache is current).
 	HistoryReads int64
+	// HistoryLoads: of HistoryReads, those of a whole history, for a saga
+	// the node did not hold.
+	HistoryLoads int64
 	// TasksPublished: activity tasks derived from history.
 	TasksPublished int64
 	// WorkflowTasksPublished: workflow tasks derived from history (commits
@@ -104,6 +111,13 @@ type Stats struct {
 	// the memory they hold, estimated (see Options.CacheBytes).
 	CachedSagas int
 	CacheBytes  int64
+	// LiveMachines: the cached sagas whose workflow code is live now, its
+	// coroutines parked at their last decision; the others hold their
+	// events and state only (see Options.IdleMachineTimeout).
+	LiveMachines int
+	// MachinesReleased: the machines released after going idle; each is
+	// rebuilt from the cached events, a replay, at its saga's next step.
+	MachinesReleased int64
 }
 
 // New returns a node for the definitions in reg, using nc, which stays
@@ -154,14 +168,17 @@ func (n *Node) Client() *saga.Client { return n.client }
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
-	sagas, bytes := n.cache.size()
+	cached := n.cache.size()
 	return Stats{
-		CachedSagas:            sagas,
-		CacheBytes:             bytes,
+		CachedSagas:            cached.sagas,
+		CacheBytes:             cached.bytes,
+		LiveMachines:           cached.liveMachines,
+		MachinesReleased:       cached.releasedMachines,
 		Commits:                n.stats.commits.Load(),
 		Conflicts:              n.stats.conflicts.Load(),
 		Replays:                n.stats.replays.Load(),
 		HistoryReads:           n.stats.historyReads.Load(),
+		HistoryLoads:           n.stats.historyLoads.Load(),
 		TasksPublished:         n.stats.tasksPublished.Load(),
 		WorkflowTasksPublished: n.stats.workflowTasksPublished.Load(),
 		ActivitiesRun:          n.stats.activitiesRun.Load(),
@@ -188,6 +205,11 @@ func (n *Node) Start(ctx context.Context) error {
 	n.runCtx, n.cancel = context.WithCancel(context.Background())
 	n.runCtx = n.withTaskHeaders(n.runCtx)
 	n.state = nodeRunning
+	if !n.opts.ProjectorOnly {
+		sweepCtx, stop := context.WithCancel(context.Background())
+		n.stopSweep = stop
+		n.sweeper.Go(func() { n.releaseIdleMachines(sweepCtx) })
+	}
 	if err := n.startConsumers(ctx); err != nil {
 		n.stopLocked(ctx, true)
 		return err
@@ -418,6 +440,9 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	n.state = nodeStopped
 	n.running.Store(false)
 	defer n.metrics.Unregister()
+	// Before the cache closes; it never waits for a saga in use, so it
+	// stops at once.
+	n.stopSweeping()
 	if !wasRunning {
 		n.trackMu.Lock()
 		n.closing = true
@@ -482,6 +507,30 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	n.store.Close()
 	n.log.Info("node stopped", "drained", !cancelNow && err == nil)
 	return err
+}
+
+// stopSweeping stops the sweeper of idle machines and waits for it.
+func (n *Node) stopSweeping() {
+	if n.stopSweep != nil {
+		n.stopSweep()
+	}
+	n.sweeper.Wait()
+}
+
+// minIdleMachineTimeout bounds Options.IdleMachineTimeout from below: the
+// sweep runs every quarter of it.
+const minIdleMachineTimeout = 10 * time.Millisecond
+
+// releaseIdleMachines releases the machines of cached sagas that made no
+// decision for IdleMachineTimeout, checking every quarter of it, until ctx
+// ends. A machine is released within 1.25 times the timeout.
+func (n *Node) releaseIdleMachines(ctx context.Context) {
+	idle := n.opts.IdleMachineTimeout
+	for n.clock.Sleep(ctx, idle/4) == nil {
+		if k := n.cache.releaseIdle(n.clock.Now().Add(-idle)); k > 0 {
+			n.log.Debug("released the workflow machines of idle sagas", "count", k, "idle_for", idle)
+		}
+	}
 }
 
 func (n *Node) closeConsumers() {
