@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/internal/natstest"
@@ -55,7 +56,7 @@ const (
 )
 
 // BenchmarkHistoryGrowth measures how the cost of a saga grows with the
-// length of its history: one saga of growthWorkflow is taken to about 10,
+// length of its history: sagas of growthWorkflow are taken to exactly 10,
 // 100, 1,000 and 10,000 events, then timed, on one node and an embedded
 // server (sync interval, the default):
 //
@@ -70,12 +71,13 @@ const (
 // activity) on a fresh node, on a connection of its own, that has never
 // seen the saga, so it reads the whole history and replays it (the node
 // before it is stopped first); warm_step_ms is the same step on the node
-// that has the saga cached. A step is timed from the signal's publish to
-// the commit recording the activity's completion, as a client watching
-// the saga sees it. build_s is how long the saga took to reach the
-// length, events the length at which the measurements began. Each round's
-// steps add 56 events, so later rounds measure a longer saga: -benchtime
-// 1x keeps the figures at the lengths named.
+// that has the saga cached, right after it took the saga there. A step is
+// timed from the signal's publish to the commit recording the activity's
+// completion, as a client watching the saga sees it, and each step is the
+// first of a saga of its own taken to the length just before (see
+// growthSteps), so every step is timed at exactly the length named.
+// build_s is how long the saga took to reach the length, events the
+// length at which the measurements began.
 func BenchmarkHistoryGrowth(b *testing.B) {
 	for _, events := range []int{10, 100, 1_000, 10_000} {
 		b.Run(fmt.Sprintf("events=%d", events), func(b *testing.B) {
@@ -113,21 +115,13 @@ func benchHistoryGrowth(b *testing.B, steps int) {
 	// Describe starts from the saga's latest snapshot: the dispatcher
 	// writes it once it has handled the commit that reaches it.
 	store := growthStore(b, growthConn(b, srv))
-	waitDispatched(b, ctx, store, id)
+	waitSagaDispatched(b, ctx, store, id)
 
 	var warm, cold, describe, fullFold, history []time.Duration
 	var describeCommits int
-	step := func(n *worker.Node) time.Duration {
-		completed++
-		t0 := time.Now()
-		if err := cl.Signal(ctx, id, "go", struct{}{}); err != nil {
-			b.Fatal(err)
-		}
-		watch.waitCompleted(b, completed, time.Minute)
-		return time.Since(t0)
-	}
+	stepWatch := growthConn(b, srv)
 	b.ResetTimer()
-	for range b.N {
+	for round := range b.N {
 		for range growthReads {
 			t0 := time.Now()
 			d, err := cl.Describe(ctx, id)
@@ -168,27 +162,11 @@ func benchHistoryGrowth(b *testing.B, steps int) {
 				b.Fatalf("history of %d events, want at least %d", len(events), length)
 			}
 		}
-		for range growthColdSteps {
-			node.stop(b)
-			node = startGrowthNode(b, srv)
-			cold = append(cold, step(node.Node))
-			// The step is cold only if the node had to rebuild the saga
-			// from its history.
-			if st := node.Stats(); st.Replays < 1 || st.HistoryReads < 1 {
-				b.Fatalf("fresh node: %d replays, %d history reads, want at least one of each", st.Replays, st.HistoryReads)
-			}
-		}
-		replays := node.Stats().Replays
-		for range growthWarmSteps {
-			warm = append(warm, step(node.Node))
-		}
-		// A warm step replays nothing: the saga stays in the cache.
-		if n := node.Stats().Replays - replays; n != 0 {
-			b.Fatalf("%d replays during warm steps, want 0", n)
-		}
+		roundCold, roundWarm := growthSteps(b, ctx, srv, stepWatch, cl, &node, steps, round)
+		cold, warm = append(cold, roundCold...), append(warm, roundWarm...)
 	}
 	b.StopTimer()
-	growthLength(b, ctx, cl, id, length+b.N*(growthColdSteps+growthWarmSteps)*growthEventsPerStep)
+	growthLength(b, ctx, cl, id, length)
 	node.stop(b)
 
 	b.ReportMetric(medianMs(warm), "warm_step_ms")
@@ -212,9 +190,9 @@ func growthStore(b *testing.B, nc *nats.Conn) *stream.Store {
 	return st
 }
 
-// waitDispatched waits until the dispatcher has handled the saga's last
+// waitSagaDispatched waits until the dispatcher has handled the saga's last
 // commit.
-func waitDispatched(b *testing.B, ctx context.Context, store *stream.Store, id string) {
+func waitSagaDispatched(b *testing.B, ctx context.Context, store *stream.Store, id string) {
 	b.Helper()
 	natstest.WaitFor(b, time.Minute, "the saga's commits dispatched", func() bool {
 		last, err := store.LastSeqOnLeader(ctx, id)
@@ -224,6 +202,71 @@ func waitDispatched(b *testing.B, ctx context.Context, store *stream.Store, id s
 		done, err := store.Dispatched(ctx, id, last)
 		return err == nil && done
 	})
+}
+
+// growthSteps times growthColdSteps cold steps, then growthWarmSteps warm
+// ones, each the first step of a saga of its own taken to exactly
+// 1+3*steps events just before, so that every step is timed at the length
+// named. A warm step runs on the node that took its saga there; a cold one
+// on a fresh node, started after the one before it stopped, which reads
+// the whole history and replays it. node is the node running now.
+func growthSteps(b *testing.B, ctx context.Context, srv *natstest.Server, watchConn *nats.Conn, cl *saga.Client, node **growthNode, steps, round int) (cold, warm []time.Duration) {
+	b.Helper()
+	js, err := jetstream.New(watchConn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range growthColdSteps + growthWarmSteps {
+		id := fmt.Sprintf("growth-%d-step-%d", round, i)
+		watch := watchGrowth(b, watchConn, id)
+		// The watch must see the saga's first commit.
+		if err := watchConn.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := saga.StartWorkflow(ctx, cl, growthWorkflow, steps, saga.StartOptions{ID: id}); err != nil {
+			b.Fatal(err)
+		}
+		watch.waitCompleted(b, steps, time.Minute+time.Duration(steps)*10*time.Millisecond)
+		isCold := i < growthColdSteps
+		if isCold {
+			// The node that took the saga there is done with it before it
+			// stops: the fresh node meets nothing of the build but the
+			// history.
+			natstest.WaitFor(b, time.Minute, "the dispatcher idle", func() bool { return dispatcherIdle(ctx, js) })
+			(*node).stop(b)
+			*node = startGrowthNode(b, srv)
+		}
+		// A warm step follows the build at once, as the steps of a busy
+		// saga follow each other (after a pause, the first step of any
+		// saga takes longer on this machine: the pause is not the length's
+		// cost); the history's length is checked after it.
+		before := (*node).Stats()
+		t0 := time.Now()
+		if err := cl.Signal(ctx, id, "go", struct{}{}); err != nil {
+			b.Fatal(err)
+		}
+		watch.waitCompleted(b, steps+1, time.Minute)
+		took := time.Since(t0)
+		after := (*node).Stats()
+		// The step was timed at exactly 1+3*steps events.
+		growthLength(b, ctx, cl, id, 1+3*steps+growthEventsPerStep)
+		switch {
+		case isCold && (after.Replays-before.Replays < 1 || after.HistoryLoads-before.HistoryLoads < 1):
+			// The step is cold only if the node had to rebuild the saga
+			// from its history.
+			b.Fatalf("fresh node: %d replays, %d history loads, want at least one of each",
+				after.Replays-before.Replays, after.HistoryLoads-before.HistoryLoads)
+		case !isCold && after.Replays != before.Replays:
+			// A warm step replays nothing: the saga is cached, its
+			// machine live.
+			b.Fatalf("%d replays during a warm step, want 0", after.Replays-before.Replays)
+		case isCold:
+			cold = append(cold, took)
+		default:
+			warm = append(warm, took)
+		}
+	}
+	return cold, warm
 }
 
 // growthNode is a node on a connection of its own, so that a node that

@@ -22,7 +22,10 @@
 //     backoff, schedule-to-start timeouts.
 //
 // Deciding goes through a saga's view (view.go: state, events and machine
-// kept in step) and one optimistic-concurrency loop (advance.go).
+// kept in step) and one optimistic-concurrency loop (advance.go). Views are
+// cached (cache.go); a view whose machine made no decision for
+// Options.IdleMachineTimeout drops the machine, which its next step
+// rebuilds from the cached events.
 //
 // See docs/architecture.md for the message flow and its costs, and
 // docs/failures.md for what goes wrong and what the node does.

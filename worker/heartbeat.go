@@ -24,11 +24,13 @@ const beatTimeout = 5 * time.Second
 var errActivityClosed = errors.New("the activity closed while this attempt ran")
 
 // heartbeats records the heartbeats of one activity attempt. Heartbeat
-// calls only keep the latest details; a goroutine, started by the first of
-// them and stopped with the attempt, writes them to the activity's attempt
-// record every interval and then reads the saga: when its cancellation
-// reaches the activity, or the activity closed, it cancels the attempt's
-// context.
+// calls only keep the latest details; beats, started by the first of them
+// and stopped with the attempt, write them to the activity's attempt
+// record every interval and then read the saga: when its cancellation
+// reaches the activity, or the activity closed, they cancel the attempt's
+// context. A beat runs on a timer of its own (time.AfterFunc), so that an
+// attempt holds no goroutine between beats: an activity that runs for
+// hours, heartbeating, costs its own goroutine and its handler's only.
 type heartbeats struct {
 	n       *Node
 	task    stream.ActivityTask
@@ -42,12 +44,15 @@ type heartbeats struct {
 	mu      sync.Mutex
 	latest  stream.Payload
 	pending bool // a heartbeat came since the last write
-	running bool
 	stopped bool
 	cause   error // why a beat canceled the attempt
 	created bool  // a beat created the attempt record
-	quit    chan struct{}
-	done    chan struct{}
+	// timer runs the next beat; nil until the first heartbeat.
+	timer *time.Timer
+	// beating counts the beat in progress, which stop waits for; a beat
+	// is counted under mu while stopped is unset, so never after stop
+	// began waiting.
+	beating sync.WaitGroup
 }
 
 // newHeartbeats returns the heartbeats of an attempt; runActivity sets
@@ -64,8 +69,9 @@ func newHeartbeats(n *Node, task stream.ActivityTask, attempt int, taskSeq uint6
 
 var _ saga.HeartbeatRecorder = (*heartbeats)(nil)
 
-// RecordHeartbeat keeps details; the first call starts the writer. Calls
-// after the attempt ended (from an abandoned activity) are dropped.
+// RecordHeartbeat keeps details; the first call starts the beats, the
+// first at once: a heartbeat timeout counts from it. Calls after the
+// attempt ended (from an abandoned activity) are dropped.
 func (h *heartbeats) RecordHeartbeat(details stream.Payload) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -73,14 +79,35 @@ func (h *heartbeats) RecordHeartbeat(details stream.Payload) {
 		return
 	}
 	h.latest, h.pending = details, true
-	if !h.running {
-		h.running = true
-		h.quit, h.done = make(chan struct{}), make(chan struct{})
-		go h.loop()
+	if h.timer == nil {
+		h.timer = time.AfterFunc(0, h.fire)
 	}
 }
 
-// stop ends the writer and waits for it; safe to call more than once.
+// fire runs one beat, on the timer's goroutine, then arms the next one an
+// interval after this one began (at once if the beat took longer), as a
+// ticker would. Once the attempt is stopped, nothing more is told.
+func (h *heartbeats) fire() {
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		return
+	}
+	h.beating.Add(1)
+	h.mu.Unlock()
+	defer h.beating.Done()
+	began := time.Now()
+	h.beat()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped || h.cause != nil {
+		return
+	}
+	h.timer.Reset(max(h.interval-time.Since(began), 0))
+}
+
+// stop ends the beats and waits for the one in progress; safe to call
+// more than once.
 func (h *heartbeats) stop() {
 	h.mu.Lock()
 	if h.stopped {
@@ -88,12 +115,12 @@ func (h *heartbeats) stop() {
 		return
 	}
 	h.stopped = true
-	running := h.running
+	timer := h.timer
 	h.mu.Unlock()
-	if running {
-		close(h.quit)
-		<-h.done
+	if timer != nil {
+		timer.Stop()
 	}
+	h.beating.Wait()
 }
 
 // stoppedBy says why a beat canceled the attempt's context; nil if none
@@ -119,28 +146,6 @@ func (h *heartbeats) stopAttempt(cause error) {
 	}
 	h.mu.Unlock()
 	h.cancel(cause)
-}
-
-func (h *heartbeats) loop() {
-	defer close(h.done)
-	tick := time.NewTicker(h.interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-h.quit: // the attempt ended meanwhile: no more beats
-			return
-		default:
-		}
-		h.beat() // the first at once: a heartbeat timeout counts from it
-		if h.stoppedBy() != nil {
-			return // the attempt is stopped: nothing more to tell
-		}
-		select {
-		case <-h.quit:
-			return
-		case <-tick.C:
-		}
-	}
 }
 
 // beat writes the latest details, if a heartbeat came since the last

@@ -65,6 +65,10 @@ type Node struct {
 	runCtx    context.Context // canceled by StopAndCancel: aborts in-flight work
 	cancel    context.CancelFunc
 	consumers []*consumer
+	// sweeper releases idle machines (see releaseIdleMachines) from Start
+	// until stopSweeping.
+	sweeper   sync.WaitGroup
+	stopSweep context.CancelFunc
 
 	// handlers counts in-flight message handlers, API requests and wakes;
 	// once closing is set no more are admitted (see track).
@@ -91,8 +95,8 @@ const (
 
 // nodeStats counts what a node did; see Stats.
 type nodeStats struct {
-	commits, conflicts, replays, replayedEvents, historyReads, tasksPublished, workflowTasksPublished, activitiesRun, activitiesEager, activityRetries, deadLetters atomic.Int64
-	snapshotsWritten, snapshotWriteFailures, snapshotLoads, snapshotsRejected                                                                                       atomic.Int64
+	commits, conflicts, replays, replayedEvents, historyReads, historyLoads, tasksPublished, workflowTasksPublished, activitiesRun, activitiesEager, activityRetries, deadLetters atomic.Int64
+	snapshotsWritten, snapshotWriteFailures, snapshotLoads, snapshotsRejected                                                                                                     atomic.Int64
 }
 
 // Stats is a snapshot of a node's counters since it started.
@@ -110,6 +114,9 @@ type Stats struct {
 	// HistoryReads: direct-get reads of saga histories (the whole history,
 	// or its last commit to check that the cache is current).
 	HistoryReads int64
+	// HistoryLoads: of HistoryReads, those of a whole history, for a saga
+	// the node did not hold.
+	HistoryLoads int64
 	// TasksPublished: activity tasks derived from history.
 	TasksPublished int64
 	// WorkflowTasksPublished: workflow tasks derived from history (commits
@@ -139,6 +146,13 @@ type Stats struct {
 	// SnapshotsRejected: stored snapshots this node passed over, damaged
 	// or not matching the history (logged), for the whole history.
 	SnapshotsRejected int64
+	// LiveMachines: the cached sagas whose workflow code is live now, its
+	// coroutines parked at their last decision; the others hold their
+	// events and state only (see Options.IdleMachineTimeout).
+	LiveMachines int
+	// MachinesReleased: the machines released after going idle; each is
+	// rebuilt from the cached events, a replay, at its saga's next step.
+	MachinesReleased int64
 }
 
 // New returns a node for the definitions in reg, using nc, which stays
@@ -194,15 +208,18 @@ func (n *Node) Client() *saga.Client { return n.client }
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
-	sagas, bytes := n.cache.size()
+	cached := n.cache.size()
 	return Stats{
-		CachedSagas:            sagas,
-		CacheBytes:             bytes,
+		CachedSagas:            cached.sagas,
+		CacheBytes:             cached.bytes,
+		LiveMachines:           cached.liveMachines,
+		MachinesReleased:       cached.releasedMachines,
 		Commits:                n.stats.commits.Load(),
 		Conflicts:              n.stats.conflicts.Load(),
 		Replays:                n.stats.replays.Load(),
 		ReplayedEvents:         n.stats.replayedEvents.Load(),
 		HistoryReads:           n.stats.historyReads.Load(),
+		HistoryLoads:           n.stats.historyLoads.Load(),
 		TasksPublished:         n.stats.tasksPublished.Load(),
 		WorkflowTasksPublished: n.stats.workflowTasksPublished.Load(),
 		ActivitiesRun:          n.stats.activitiesRun.Load(),
@@ -236,6 +253,11 @@ func (n *Node) Start(ctx context.Context) error {
 	n.state = nodeRunning
 	n.limits.followed = make(chan struct{})
 	go n.followHistoryLimits(n.runCtx, n.limits.followed)
+	if !n.opts.ProjectorOnly {
+		sweepCtx, stop := context.WithCancel(context.Background())
+		n.stopSweep = stop
+		n.sweeper.Go(func() { n.releaseIdleMachines(sweepCtx) })
+	}
 	if err := n.startConsumers(ctx); err != nil {
 		n.stopLocked(ctx, true)
 		return err
@@ -511,6 +533,9 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	n.state = nodeStopped
 	n.running.Store(false)
 	defer n.metrics.Unregister()
+	// Before the cache closes; it never waits for a saga in use, so it
+	// stops at once.
+	n.stopSweeping()
 	if !wasRunning {
 		n.trackMu.Lock()
 		n.closing = true
@@ -577,6 +602,30 @@ func (n *Node) stopLocked(ctx context.Context, cancelNow bool) error {
 	n.store.Close()
 	n.log.Info("node stopped", "drained", !cancelNow && err == nil)
 	return err
+}
+
+// stopSweeping stops the sweeper of idle machines and waits for it.
+func (n *Node) stopSweeping() {
+	if n.stopSweep != nil {
+		n.stopSweep()
+	}
+	n.sweeper.Wait()
+}
+
+// minIdleMachineTimeout bounds Options.IdleMachineTimeout from below: the
+// sweep runs every quarter of it.
+const minIdleMachineTimeout = 10 * time.Millisecond
+
+// releaseIdleMachines releases the machines of cached sagas that made no
+// decision for IdleMachineTimeout, checking every quarter of it, until ctx
+// ends. A machine is released within 1.25 times the timeout.
+func (n *Node) releaseIdleMachines(ctx context.Context) {
+	idle := n.opts.IdleMachineTimeout
+	for n.clock.Sleep(ctx, idle/4) == nil {
+		if k := n.cache.releaseIdle(n.clock.Now().Add(-idle)); k > 0 {
+			n.log.Debug("released the workflow machines of idle sagas", "count", k, "idle_for", idle)
+		}
+	}
 }
 
 func (n *Node) closeConsumers() {

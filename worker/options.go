@@ -53,6 +53,14 @@ type Options struct {
 	// least recently used sagas go first when either bound is passed.
 	// Defaults to 256 MiB.
 	CacheBytes int64
+	// IdleMachineTimeout is how long a cached saga keeps its workflow code
+	// live (a goroutine per coroutine, parked at its last decision) without
+	// deciding. Past it the node stops the coroutines and keeps the saga's
+	// events and state, so that a parked saga holds no goroutine; its next
+	// step replays the cached events (about 2 µs an event, no read). A
+	// saga stepping more often than this never replays. It concerns this
+	// node's memory only. Defaults to 5s.
+	IdleMachineTimeout time.Duration
 	// AckWait is how long JetStream waits for a node to acknowledge a
 	// message before giving it to another node: the time to take over from
 	// a node that died. Nodes heartbeat what they hold at a third of it.
@@ -146,6 +154,9 @@ func (o Options) withDefaults() Options {
 	if o.CacheSize == 0 {
 		o.CacheSize = 1000
 	}
+	if o.IdleMachineTimeout == 0 {
+		o.IdleMachineTimeout = 5 * time.Second
+	}
 	if o.AckWait == 0 {
 		o.AckWait = 30 * time.Second
 	}
@@ -187,6 +198,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("worker options: CacheSize must be positive, got %d", o.CacheSize)
 	case o.CacheBytes < 0:
 		return fmt.Errorf("worker options: CacheBytes must be positive, got %d", o.CacheBytes)
+	case o.IdleMachineTimeout < minIdleMachineTimeout:
+		return fmt.Errorf("worker options: IdleMachineTimeout must be at least %s, got %s", minIdleMachineTimeout, o.IdleMachineTimeout)
 	case o.AckWait < time.Second:
 		return fmt.Errorf("worker options: AckWait must be at least 1s, got %s", o.AckWait)
 	case o.AckWait >= o.Stream.DuplicateWindow/2:

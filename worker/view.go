@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/internal/replay"
@@ -23,6 +24,10 @@ import (
 //     while a decision is being made, the inputs of that decision
 //     (speculative) until the append says whether they landed.
 //
+// The machine is optional: the view may drop it at any time between two
+// holds of its entry (a saga parked for a while, see releaseMachine) and
+// rebuild it from the events when the saga is next decided on.
+//
 // check verifies the invariant; the tests call it after every step.
 type sagaView struct {
 	id string
@@ -33,18 +38,32 @@ type sagaView struct {
 	// speculative counts the events fed to the machine beyond the state:
 	// the inputs of a decision whose append is not settled.
 	speculative int
+	// machineUsed is when the machine last decided or answered a query:
+	// a machine unused for Options.IdleMachineTimeout is released.
+	machineUsed time.Time
 	// noMachine is set when the code could not be replayed here: building
 	// again would fail the same way until the saga is woken, or another
 	// node decides.
 	noMachine bool
-	// bytes estimates the memory the view holds (eventBytes of its events).
-	bytes int64
+	// eventsBytes estimates the memory the events hold (eventBytes of
+	// each); size adds the machine's share.
+	eventsBytes int64
 }
 
-// eventOverhead is the memory a cached event costs beyond its values: the
-// decoded event and attributes, and the replay machine's share, measured
-// at 350-410 bytes per event of the order saga.
-const eventOverhead = 400
+// What a cached saga costs beyond its values, estimated from what
+// BenchmarkViewMemory measures (see docs/benchmarks.md): the view, a fixed
+// part (the folded state) and a part per event (the decoded event and its
+// attributes); the machine, while the view has one, a fixed part (its root
+// coroutine's goroutine and stack, its maps and scopes) and a part per
+// event (its own copy of the history, its commands and futures). Per
+// event, each measured 290-460 bytes (the most for sagas of about 100
+// events, the least for the longest).
+const (
+	viewOverhead         = 3 << 10
+	eventOverhead        = 350
+	machineOverhead      = 6 << 10
+	machineEventOverhead = 350
+)
 
 // eventBytes estimates the memory an event costs in a cached view.
 func eventBytes(e stream.Event) int64 {
@@ -88,7 +107,7 @@ func failureBytes(f *stream.Failure) int64 {
 func (v *sagaView) addEvents(events []stream.Event) {
 	v.events = append(v.events, events...)
 	for _, e := range events {
-		v.bytes += eventBytes(e)
+		v.eventsBytes += eventBytes(e)
 	}
 }
 
@@ -103,12 +122,25 @@ func (v *sagaView) fold(sc stream.StoredCommit) (newRun bool, err error) {
 	events := sc.Commit.Events
 	if v.state.RunStartEventID != runStart {
 		v.dropMachine()
-		v.events, v.bytes = nil, 0
+		v.events, v.eventsBytes = nil, 0
 		events = events[v.state.RunStartEventID-events[0].ID:]
 		newRun = true
 	}
 	v.addEvents(events)
 	return newRun, nil
+}
+
+// size estimates the memory the view holds: its state and events, and its
+// machine while it has one.
+func (v *sagaView) size() int64 {
+	n := v.eventsBytes
+	if v.state != nil {
+		n += viewOverhead
+	}
+	if v.machine != nil {
+		n += machineOverhead + machineEventOverhead*int64(len(v.events))
+	}
+	return n
 }
 
 // known reports whether the view holds the saga's history.
@@ -117,14 +149,27 @@ func (v *sagaView) known() bool { return v.state != nil }
 // reset forgets the history; the next use reads it again.
 func (v *sagaView) reset() {
 	v.dropMachine()
-	v.state, v.events, v.noMachine, v.bytes = nil, nil, false, 0
+	v.state, v.events, v.noMachine, v.eventsBytes = nil, nil, false, 0
 }
 
 func (v *sagaView) dropMachine() {
 	if v.machine != nil {
 		v.machine.Close()
 	}
-	v.machine, v.speculative = nil, 0
+	v.machine, v.speculative, v.machineUsed = nil, 0, time.Time{}
+}
+
+// releaseMachine drops the machine of a view whose machine has not been
+// used since cutoff, and reports whether it did. The state and the events
+// stay: the next decision rebuilds the machine from them, without a read.
+// Called with the entry locked and no decision under way (the entry's
+// holder has released it), so the machine is never fed speculatively.
+func (v *sagaView) releaseMachine(cutoff time.Time) bool {
+	if v.machine == nil || v.speculative > 0 || !v.machineUsed.Before(cutoff) {
+		return false
+	}
+	v.dropMachine()
+	return true
 }
 
 // load replaces what the view holds by a history read from its start.
@@ -265,6 +310,7 @@ func (n *Node) catchUp(ctx context.Context, v *sagaView, delivered *stream.Store
 	}
 	if !v.known() {
 		n.stats.historyReads.Add(1)
+		n.stats.historyLoads.Add(1)
 		var commits []stream.StoredCommit
 		var err error
 		if delivered != nil {
@@ -312,9 +358,10 @@ func (n *Node) catchUp(ctx context.Context, v *sagaView, delivered *stream.Store
 }
 
 // machineFor returns the view's machine, replaying the history it holds
-// (no read) when it has none.
+// (no read) when it has none, and notes its use.
 func (n *Node) machineFor(ctx context.Context, v *sagaView, decide bool) (*replay.Machine, error) {
 	if v.machine != nil {
+		v.machineUsed = n.clock.Now()
 		return v.machine, nil
 	}
 	if v.noMachine {
@@ -340,6 +387,7 @@ func (n *Node) machineFor(ctx context.Context, v *sagaView, decide bool) (*repla
 	}
 	n.stats.replays.Add(1)
 	n.stats.replayedEvents.Add(int64(len(v.events)))
+	v.machineUsed = n.clock.Now()
 	return v.machine, nil
 }
 

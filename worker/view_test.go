@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -199,4 +201,154 @@ func TestViewFollowsTheLatestRun(t *testing.T) {
 		t.Fatalf("met at the boundary: %v, %+v", err, fresh.events)
 	}
 	v.reset()
+}
+
+// memoryStep is the activity of memoryWorkflow.
+var memoryStep = saga.NewActivity("memory-step", func(_ context.Context, i int) (int, error) { return i, nil })
+
+// memoryWorkflow runs n activities one after another, then waits for a
+// signal or an hour: a saga parked after 1 + 3n events (plus its timer).
+var memoryWorkflow = saga.NewWorkflow("memory", 1, func(ctx saga.Context, n int) (int, error) {
+	for i := range n {
+		if _, err := saga.ExecuteActivity(ctx, memoryStep, i).Get(ctx); err != nil {
+			return i, err
+		}
+	}
+	wake := saga.GetSignalChannel[struct{}](ctx, "wake")
+	timeout := saga.NewTimer(ctx, time.Hour)
+	err := saga.Select(ctx, wake.OnSignal(func(struct{}, error) {}), saga.OnReady(timeout, func() {}))
+	return n, err
+})
+
+// parkedView takes a view of memoryWorkflow through steps activities as a
+// node does: each commit encoded and decoded (the view's events do not
+// share their attributes with the machine's commands), the machine kept
+// in step. It returns the view parked, machine live.
+func parkedView(tb testing.TB, cfg replay.Config, id string, steps int) *sagaView {
+	tb.Helper()
+	ctx := context.Background()
+	now := time.Now()
+	v := &sagaView{id: id}
+	input, err := stream.Marshal(steps)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	seq := uint64(0)
+	// decoded is c as a node receives it from the stream.
+	decoded := func(c *stream.Commit) *stream.Commit {
+		for i := range c.Events {
+			c.Events[i].SagaID, c.Events[i].Time, c.Events[i].Category = id, now, stream.CategoryOf(c.Events[i].Type)
+		}
+		data, err := c.Encode()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		d, err := stream.DecodeCommit(data)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return d
+	}
+	seq++
+	start := decoded(&stream.Commit{SagaID: id, WorkflowType: cfg.WorkflowType, Events: []stream.Event{{Type: stream.WorkflowExecutionStarted,
+		Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: cfg.WorkflowType, Version: 1, Input: input}}}})
+	if err := v.load(ctx, []stream.StoredCommit{{Seq: seq, Commit: start}}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := v.buildMachine(ctx, cfg); err != nil {
+		tb.Fatal(err)
+	}
+	var inputs []stream.Event
+	for {
+		next := v.state.NextEventID
+		for i := range inputs {
+			inputs[i].ID = next + uint64(i)
+		}
+		if err := v.feedSpeculative(ctx, inputs); err != nil {
+			tb.Fatal(err)
+		}
+		proposal := v.machine.Propose(next+uint64(len(inputs)), now)
+		seq++
+		c := decoded(&stream.Commit{SagaID: id, WorkflowType: cfg.WorkflowType, Decided: true, Events: append(inputs, proposal...)})
+		if err := v.committed(ctx, c, seq, len(inputs)); err != nil {
+			tb.Fatal(err)
+		}
+		if err := v.check(); err != nil {
+			tb.Fatal(err)
+		}
+		last := c.Events[len(c.Events)-1]
+		if last.Type != stream.ActivityTaskScheduled {
+			return v // parked on the signal and the timer
+		}
+		result, err := stream.Marshal(0)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		inputs = []stream.Event{
+			{Type: stream.ActivityTaskStarted, Attrs: &stream.ActivityTaskStartedAttrs{ScheduledEventID: last.ID, Attempt: 1}},
+			{Type: stream.ActivityTaskCompleted, Attrs: &stream.ActivityTaskCompletedAttrs{ScheduledEventID: last.ID, Result: result}},
+		}
+	}
+}
+
+// memoryInUse is the Go heap and the goroutine stacks in use after a
+// collection.
+func memoryInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapInuse + ms.StackInuse)
+}
+
+// BenchmarkViewMemory measures what a cached saga costs, as the cache's
+// estimate (eventOverhead, machineOverhead, machineEventOverhead) counts
+// it: many views of a saga parked after a number of activities, with their
+// machines live, then released, then dropped:
+//
+//	go test ./worker -run '^$' -bench ViewMemory -benchtime 1x
+//
+// view-B is a view's memory without its machine, per saga, and
+// view-B/event that over its events (no value is larger than a few bytes
+// here); machine-B and machine-B/event the same of a machine; the
+// estimated- figures are what the cache counts for them. b.N is ignored.
+func BenchmarkViewMemory(b *testing.B) {
+	reg := saga.NewRegistry()
+	reg.MustRegister(memoryWorkflow, memoryStep)
+	rw, _ := reg.Workflow("memory")
+	for _, steps := range []int{0, 3, 10, 33, 100, 333, 1000, 3333} {
+		b.Run(fmt.Sprintf("events=%d", 2+3*steps), func(b *testing.B) {
+			sagas := max(20_000/(1+3*steps), 20)
+			cfg := replay.Config{WorkflowType: rw.Name, Workflow: rw.Func, DeadlockTimeout: time.Minute}
+			goroutines := runtime.NumGoroutine()
+			before := memoryInUse()
+			views := make([]*sagaView, sagas)
+			for i := range views {
+				cfg.SagaID = fmt.Sprintf("m-%d", i)
+				views[i] = parkedView(b, cfg, cfg.SagaID, steps)
+			}
+			live := memoryInUse()
+			perSaga := runtime.NumGoroutine() - goroutines
+			estimatedLive := views[0].size()
+			for _, v := range views {
+				v.dropMachine()
+			}
+			released := memoryInUse()
+			if n := runtime.NumGoroutine() - goroutines; n != 0 {
+				b.Fatalf("%d goroutines after every machine was released, want 0", n)
+			}
+			events := len(views[0].events)
+			estimatedView := views[0].size()
+			for _, v := range views {
+				v.reset()
+			}
+			views = nil
+			b.ReportMetric(float64(released-before)/float64(sagas*events), "view-B/event")
+			b.ReportMetric(float64(released-before)/float64(sagas), "view-B")
+			b.ReportMetric(float64(live-released)/float64(sagas), "machine-B")
+			b.ReportMetric(float64(live-released)/float64(sagas*events), "machine-B/event")
+			b.ReportMetric(float64(perSaga)/float64(sagas), "goroutines/machine")
+			b.ReportMetric(float64(estimatedView), "estimated-view-B")
+			b.ReportMetric(float64(estimatedLive-estimatedView), "estimated-machine-B")
+		})
+	}
 }

@@ -169,14 +169,17 @@ func (m *Machine) await(cond func() bool, internal bool) {
 }
 
 // replayAwareHandler drops log records while the machine replays history
-// it has already acted on, so that workflow code logs each line once.
+// it has already acted on, so that workflow code logs each line once, and
+// while its coroutines unwind because the machine is closed: a node drops
+// the machine of a saga that is merely parked or evicted, and the deferred
+// calls of the code, which run then, must not log as if the workflow ended.
 type replayAwareHandler struct {
 	inner slog.Handler
 	m     *Machine
 }
 
 func (h replayAwareHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	return !h.m.replaying() && h.inner.Enabled(ctx, l)
+	return !h.m.replaying() && !h.m.closed() && h.inner.Enabled(ctx, l)
 }
 
 func (h replayAwareHandler) Handle(ctx context.Context, r slog.Record) error {

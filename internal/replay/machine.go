@@ -401,8 +401,19 @@ func (m *Machine) fail(err error) error {
 	return m.err
 }
 
+// closed reports whether Close was called: the coroutines are unwinding.
+func (m *Machine) closed() bool {
+	select {
+	case <-m.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 // Close stops the machine's coroutines and waits for them to exit, at most
-// DeadlockTimeout for code that never yields.
+// DeadlockTimeout for code that never yields. Their deferred calls run as
+// they unwind; what they log is dropped.
 func (m *Machine) Close() {
 	select {
 	case <-m.stop:

@@ -1,9 +1,13 @@
 package replay_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -632,5 +636,52 @@ func BenchmarkReplayLength(b *testing.B) {
 			wf, history := finishedHistory(b, n)
 			benchmarkReplay(b, wf, history)
 		})
+	}
+}
+
+// recordingHandler keeps the messages logged through it.
+type recordingHandler struct {
+	mu       sync.Mutex
+	messages []string
+}
+
+func (h *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.messages = append(h.messages, r.Message)
+	return nil
+}
+func (h *recordingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recordingHandler) WithGroup(string) slog.Handler      { return h }
+
+func (h *recordingHandler) logged() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.messages)
+}
+
+// A machine closed while its code waits (a node releasing the machine of
+// a parked saga) unwinds the code's coroutines silently: what their
+// deferred calls log is dropped, since the workflow did not end.
+func TestCloseUnwindsWithoutLogging(t *testing.T) {
+	h := &recordingHandler{}
+	wf := func(env *replay.Env, _ stream.Payload) (stream.Payload, *stream.Failure) {
+		env.Logger().Info("started")
+		defer env.Logger().Info("deferred")
+		env.ScheduleActivity(env.RootScope(), "a", nil, stream.ActivityOptions{}).Get(env.RootScope())
+		return nil, nil
+	}
+	m := replay.New(replay.Config{SagaID: "s", WorkflowType: "w", Workflow: wf, Logger: slog.New(h)})
+	start := stream.Event{ID: 0, SagaID: "s", Type: stream.WorkflowExecutionStarted, Time: t0, Attrs: &stream.WorkflowExecutionStartedAttrs{WorkflowType: "w"}}
+	if err := m.Feed(t.Context(), start); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.logged(); !slices.Equal(got, []string{"started"}) {
+		t.Fatalf("logged %q before the close, want the live line", got)
+	}
+	m.Close()
+	if got := h.logged(); !slices.Equal(got, []string{"started"}) {
+		t.Fatalf("logged %q after the close, want nothing more", got)
 	}
 }
