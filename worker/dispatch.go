@@ -79,15 +79,18 @@ func (h dispatcher) handle(ctx context.Context, d *delivery) outcome {
 		// redelivery finds them queued (see dispatchActivity).
 		return n.queueEager(ctx, d, eager, n.handlingFailed(ctx, d, "carry out effects", err))
 	}
-	n.snapshotAfter(ctx, sagaID, commit)
 	out = h.decide(ctx, d, sagaID, commit)
-	if len(eager) == 0 {
-		return out
+	switch {
+	case len(eager) == 0:
+	case out.kind != outcomeAck:
+		out = n.queueEager(ctx, d, eager, out)
+	default:
+		out = n.runEagerly(ctx, d, eager)
 	}
-	if out.kind != outcomeAck {
-		return n.queueEager(ctx, d, eager, out)
-	}
-	return n.runEagerly(ctx, d, eager)
+	// Last: the decision and the activities are not held up by it (a
+	// handed-off delivery is finished by its runs, whatever happens here).
+	n.snapshotAfter(ctx, sagaID, commit)
+	return out
 }
 
 // decide makes the decision a commit holding undecided inputs needs: here

@@ -181,13 +181,20 @@ func (n *Node) runEagerly(ctx context.Context, d *delivery, runs map[uint64]eage
 	go func() {
 		defer n.untrack()
 		outs := make([]outcome, len(slotted))
+		// The last run goes on this goroutine: a commit that schedules one
+		// activity (the common case) costs one goroutine beside the
+		// activity's own while it runs.
 		var wg sync.WaitGroup
-		for i, r := range slotted {
+		for i, r := range slotted[:len(slotted)-1] {
 			wg.Go(func() {
 				defer n.releaseEagerSlot()
 				outs[i] = n.settleEager(ctx, d, r)
 			})
 		}
+		func() {
+			defer n.releaseEagerSlot()
+			outs[len(slotted)-1] = n.settleEager(ctx, d, slotted[len(slotted)-1])
+		}()
 		wg.Wait()
 		finish(worstOutcome(outs))
 	}()
