@@ -167,8 +167,11 @@ func (n *Node) runEagerly(ctx context.Context, d *delivery, runs map[uint64]eage
 		}
 	}
 	if out := n.queueEager(ctx, d, queued, ack()); out.kind != outcomeAck {
+		// None runs here: their tasks go for the first attempt where they
+		// can, so that the redelivery does not count one (see
+		// dispatchActivity).
 		release()
-		return out // its redelivery queues them all, as attempt 2 (see dispatchActivity)
+		return n.queueEager(ctx, d, runsByID(slotted), out)
 	}
 	if len(slotted) == 0 {
 		return ack()

@@ -64,7 +64,6 @@ func (n *Node) appendStartDecided(ctx context.Context, start *stream.Commit) (se
 	// The view of a saga about to exist: no event yet, the machine fed
 	// the start speculatively, as the decision's input.
 	v.state = &stream.State{SagaID: start.SagaID, WorkflowType: start.WorkflowType, Version: attrs.Version}
-	st.decide(v.state)
 	before := *v.state
 	m, err := n.machineFor(ctx, v, true)
 	if err == nil {
@@ -87,6 +86,9 @@ func (n *Node) appendStartDecided(ctx context.Context, start *stream.Commit) (se
 		return 0, false, nil
 	}
 	commit := &stream.Commit{SagaID: start.SagaID, WorkflowType: start.WorkflowType, Decided: true, Events: events}
+	// Observed as a decision from here on: a start that goes alone is
+	// decided, and counted, by the dispatcher.
+	st.decide(&before)
 	if err := n.hooks.beforeAppend(ctx, start.SagaID, commit); err != nil {
 		v.reset()
 		return 0, true, err
