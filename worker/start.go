@@ -99,6 +99,7 @@ func (n *Node) appendStartDecided(ctx context.Context, start *stream.Commit) (se
 		return 0, false, nil
 	}
 	if err != nil {
+		st.appendFailed(&before, err) // a conflict: the saga exists
 		v.reset()
 		return 0, true, err
 	}
