@@ -1,8 +1,9 @@
 // Package api owns the wire types of the engine's request/reply API (the
 // NATS micro service every node runs): the JSON bodies of requests and
-// replies, and the error codes of error replies. Clients and the command
-// line import it without importing the node. docs/api.md describes the
-// subjects and the protocol.
+// replies, the error codes of error replies, and Call, which sends a
+// request and reads its reply (shared by the command line and the web
+// UI). Clients and the command line import it without importing the
+// node. docs/api.md describes the subjects and the protocol.
 package api
 
 import "encoding/json"

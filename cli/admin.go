@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/api"
@@ -102,56 +101,11 @@ func runStart(ctx context.Context, args []string, env Env) error {
 }
 
 // errNoNode: no node serves an API subject.
-var errNoNode = errors.New("no node answered")
+var errNoNode = api.ErrNoNode
 
 // apiRequest calls a node API subject and decodes the reply into out.
 func apiRequest(ctx context.Context, nc *nats.Conn, subject string, req, out any) error {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	msg, err := nc.RequestWithContext(ctx, subject, body)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("%w on %s: is \"saga-node run\" running against this NATS and prefix?", errNoNode, subject)
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", subject, err)
-	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		e := &apiError{Code: code, Description: msg.Header.Get(micro.ErrorHeader)}
-		// The body holds the structured error when a node sent it; the
-		// code and the description say enough without it.
-		var body saga.StructuredError
-		if json.Unmarshal(msg.Data, &body) == nil && body.Kind != "" {
-			e.Body = &body
-		}
-		return e
-	}
-	if err := json.Unmarshal(msg.Data, out); err != nil {
-		return fmt.Errorf("%s: the reply is not the expected JSON: %w", subject, err)
-	}
-	return nil
-}
-
-// apiError is an error reply of the API: its code (api.CodeNotFound, …),
-// its one-line description and, when the node sent it, the structured
-// error.
-type apiError struct {
-	Code        string
-	Description string
-	Body        *saga.StructuredError
-}
-
-func (e *apiError) Error() string { return fmt.Sprintf("%s (code %s)", e.Description, e.Code) }
-
-// context returns a value of the structured error's context, or "".
-func (e *apiError) context(key string) string {
-	if e.Body == nil {
-		return ""
-	}
-	return e.Body.Context[key]
+	return api.Call(ctx, nc, subject, req, out)
 }
 
 // clientCommand parses "<command> <saga-id> [--json]", with the flags

@@ -47,8 +47,9 @@ const DefaultNATSURL = "nats://127.0.0.1:4222"
 const usage = `saga-node: a durable saga engine on NATS JetStream
 
 Usage:
-  saga-node run      [--data DIR] [--listen HOST:PORT] [--nats-url URL] [--sync always|interval] [--pg-url URL]
-  saga-node demo
+  saga-node run      [--data DIR] [--listen HOST:PORT] [--nats-url URL] [--sync always|interval] [--pg-url URL] [--ui-listen HOST:PORT]
+  saga-node demo     [--ui]
+  saga-node ui       [--nats-url URL] [--pg-url URL] [--ui-listen HOST:PORT] [--read-only] [--ui-user U --ui-password P | --ui-token T]
   saga-node start    <workflow-type> [--id ID] [--input JSON] [--wait] [--timeout D] [--request-id R] [--run-timeout D]
   saga-node describe <saga-id> [--json] [--pg-url URL]
   saga-node history  <saga-id> [--json] [--latest-run] [--pg-url URL]
@@ -101,6 +102,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 		"list":     runList,
 		"status":   runStatus,
 		"archive":  runArchive,
+		"ui":       runUI,
 
 		"dead-letters":   runDeadLetters,
 		"replay-check":   runReplayCheck,

@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,6 +20,7 @@ import (
 	"github.com/jetsaga/saga/examples/order"
 	"github.com/jetsaga/saga/internal/embeddednats"
 	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/ui"
 	"github.com/jetsaga/saga/worker"
 )
 
@@ -31,9 +34,20 @@ import (
 // another way.
 func runDemo(ctx context.Context, args []string, env Env) error {
 	fs := newFlagSet("demo", env)
+	withUI := fs.Bool("ui", false, "after the demo, serve the web UI on its sagas until Ctrl-C")
+	var uf uiFlags
+	uf.register(fs, env, ui.DefaultListen, " with --ui", "ui-read-only")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
+	uiOpts, err := uf.options()
+	if err != nil {
+		return err
+	}
+	if *withUI && uf.listen == "" {
+		return fmt.Errorf("%w: --ui needs a --ui-listen address", errUsage)
+	}
+	parent := ctx
 	dir, err := os.MkdirTemp("", "saga-demo-")
 	if err != nil {
 		return err
@@ -59,7 +73,8 @@ func runDemo(ctx context.Context, args []string, env Env) error {
 	if err := reg.Register(approval.NewService().Definitions()...); err != nil {
 		return err
 	}
-	node, err := worker.New(nc, reg, worker.Options{NodeName: "demo-node", Logger: log, DisableAPI: true})
+	// The UI's actions go through the API; the demo alone needs none.
+	node, err := worker.New(nc, reg, worker.Options{NodeName: "demo-node", Logger: log, DisableAPI: !*withUI})
 	if err != nil {
 		return err
 	}
@@ -108,6 +123,25 @@ func runDemo(ctx context.Context, args []string, env Env) error {
 	}
 	fmt.Fprintln(out, "\nEvery event above is in JetStream; a node that crashes anywhere in this flow is replaced by")
 	fmt.Fprintln(out, "another that replays the history and carries on. Run a node with \"saga-node run\".")
+	if !*withUI {
+		return nil
+	}
+	return demoServeUI(parent, uiOpts, uf.listen, nc, log, out)
+}
+
+// demoServeUI serves the web UI on the demo's sagas until SIGINT or
+// SIGTERM (or ctx ends), with the node still running so that its actions
+// work.
+func demoServeUI(ctx context.Context, o ui.Options, listen string, nc *nats.Conn, log *slog.Logger, out io.Writer) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	url, stopUI, err := serveUI(o, listen, nc, stream.Config{}, nil, nil, log)
+	if err != nil {
+		return err
+	}
+	defer stopUI()
+	fmt.Fprintf(out, "\nweb UI at %s (the demo's sagas; Ctrl-C to stop)\n", url)
+	<-ctx.Done()
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/jetsaga/saga/internal/embeddednats"
 	"github.com/jetsaga/saga/pgarchive"
 	"github.com/jetsaga/saga/stream"
+	"github.com/jetsaga/saga/ui"
 	"github.com/jetsaga/saga/worker"
 )
 
@@ -50,7 +51,13 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	keys.register(fs)
 	var obs observabilityFlags
 	obs.register(fs)
+	var uf uiFlags
+	uf.register(fs, env, "", " in this process, e.g. "+ui.DefaultListen+" (default: none)", "ui-read-only")
 	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	uiOpts, err := uf.options()
+	if err != nil {
 		return err
 	}
 	if err := obs.validate(); err != nil {
@@ -168,6 +175,15 @@ func runNode(ctx context.Context, args []string, env Env) error {
 	defer cancel()
 	if err := node.Start(startCtx); err != nil {
 		return err
+	}
+	if uf.listen != "" {
+		pg, _ := opts.Projection.(*pgarchive.Store)
+		url, stopUI, err := serveUI(uiOpts, uf.listen, nc, opts.Stream, codec, pg, log)
+		if err != nil {
+			return err
+		}
+		defer stopUI()
+		log.Info("serving the web UI", "url", url, "read_only", uiOpts.ReadOnly, "source", uiListSource(pg))
 	}
 	if pg, ok := opts.Projection.(*pgarchive.Store); ok && *archiveAfter > 0 {
 		archiveCtx, stopArchiving := context.WithCancel(ctx)

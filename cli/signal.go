@@ -112,7 +112,7 @@ func inputFlag(input string) (json.RawMessage, error) {
 // request about a saga: it is not found, or it ended (ended, when set,
 // says what that means for the request).
 func sagaRequestFailure(id, ended string, err error) error {
-	e := (*apiError)(nil)
+	e := (*api.Error)(nil)
 	if !errors.As(err, &e) {
 		return err
 	}
@@ -121,7 +121,7 @@ func sagaRequestFailure(id, ended string, err error) error {
 		return &operatorError{msg: fmt.Sprintf("saga %s not found (is the id right, and the --prefix?)", id), err: err}
 	case api.CodeConflict:
 		status := ""
-		if s := e.context("status"); s != "" {
+		if s := e.Context["status"]; s != "" {
 			status = " (" + s + ")"
 		}
 		msg := fmt.Sprintf("saga %s already ended%s", id, status)

@@ -18,8 +18,11 @@ import (
 type Filter struct {
 	Status stream.Status
 	Type   string
-	// Since keeps sagas started at or after it.
+	// Since keeps sagas started at or after it; Until, before it.
 	Since time.Time
+	Until time.Time
+	// IDPrefix keeps sagas whose id starts with it.
+	IDPrefix string
 	// Compensation keeps sagas whose compensation is in that state
 	// (running, completed, failed, skipped).
 	Compensation string
@@ -83,18 +86,7 @@ func (s *Store) List(ctx context.Context, f Filter) (rows []Row, next string, er
 	if f.Status != "" {
 		where = append(where, "status = "+arg(string(f.Status)))
 	}
-	if f.Type != "" {
-		where = append(where, "workflow_type = "+arg(f.Type))
-	}
-	if !f.Since.IsZero() {
-		where = append(where, "started_at >= "+arg(f.Since))
-	}
-	if f.Compensation != "" {
-		where = append(where, "compensation = "+arg(f.Compensation))
-	}
-	if f.WaitingOnTimer {
-		where = append(where, "open_timers > 0", "status = 'running'")
-	}
+	where = f.where(where, arg)
 	if f.After != "" {
 		at, id, err := decodeCursor(f.After)
 		if err != nil {
@@ -121,6 +113,64 @@ func (s *Store) List(ctx context.Context, f Filter) (rows []Row, next string, er
 		next = encodeCursor(last.StartedAt, last.SagaID)
 	}
 	return rows, next, nil
+}
+
+// where adds the conditions of every field but Status and After.
+func (f Filter) where(where []string, arg func(any) string) []string {
+	if f.Type != "" {
+		where = append(where, "workflow_type = "+arg(f.Type))
+	}
+	if !f.Since.IsZero() {
+		where = append(where, "started_at >= "+arg(f.Since))
+	}
+	if !f.Until.IsZero() {
+		where = append(where, "started_at < "+arg(f.Until))
+	}
+	if f.IDPrefix != "" {
+		where = append(where, "starts_with(saga_id, "+arg(f.IDPrefix)+")")
+	}
+	if f.Compensation != "" {
+		where = append(where, "compensation = "+arg(f.Compensation))
+	}
+	if f.WaitingOnTimer {
+		where = append(where, "open_timers > 0", "status = 'running'")
+	}
+	return where
+}
+
+// CountByStatus counts the sagas the filter selects, ignoring its Status,
+// Limit and After, per status: the counts a list shows beside its page.
+func (s *Store) CountByStatus(ctx context.Context, f Filter) (map[stream.Status]int, error) {
+	f.Status = ""
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	where := f.where(nil, arg)
+	q := "SELECT status, count(*) FROM saga_sagas"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " GROUP BY status"
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("pgarchive: count: %w", err)
+	}
+	counts := map[stream.Status]int{}
+	var status string
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&status, &n}, func() error {
+		counts[stream.Status(status)] = n
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgarchive: count: %w", err)
+	}
+	return counts, nil
 }
 
 const rowColumns = `saga_id, workflow_type, version, status, compensation, started_at, updated_at, closed_at,

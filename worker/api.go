@@ -30,10 +30,21 @@ const apiTimeout = 30 * time.Second
 
 func (n *Node) startAPI() error {
 	cfg := n.opts.Stream
+	workflows, activities := n.reg.WorkflowNames(), n.reg.ActivityNames()
+	if n.opts.ProjectorOnly {
+		workflows, activities = nil, nil
+	}
 	svc, err := micro.AddService(n.nc, micro.Config{
 		Name:        cfg.Prefix + "-api",
 		Version:     "1.0.0",
 		Description: "jetsaga: start, describe, history, wake, cancel, signal and query sagas",
+		// What the node runs, for the discovery ($SRV.INFO) that the web
+		// UI's nodes page reads.
+		Metadata: map[string]string{
+			"node":       n.opts.NodeName,
+			"workflows":  strings.Join(workflows, ","),
+			"activities": strings.Join(activities, ","),
+		},
 	})
 	if err != nil {
 		return &saga.Error{Kind: saga.KindConfiguration, Message: "start API service", Cause: err}
