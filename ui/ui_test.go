@@ -496,7 +496,7 @@ func TestAssets(t *testing.T) {
 	e := startEngine(t, nil)
 	r := e.get(t, "/assets/ui.js")
 	wantCode(t, r, http.StatusOK)
-	contains(t, r.body, "version 1")
+	contains(t, r.body, "version 2")
 	wantCode(t, e.get(t, "/assets/ui.css"), http.StatusOK)
 	r = e.get(t, "/")
 	wantCode(t, r, http.StatusFound)

@@ -1,26 +1,66 @@
-// saga-node ui script, version 1. No dependencies; the pages work without
+// saga-node ui script, version 2. No dependencies; the pages work without
 // it (the confirmation box is checked on the server too).
+//
+// Version 2: an action on a saga's page is sent in the background, and its
+// outcome shown in place, so that the page keeps following the saga (a
+// signal that lets it complete shows it completing without a reload).
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
-  // Ask before any action.
-  document.querySelectorAll("form[data-confirm]").forEach(function (f) {
-    f.addEventListener("submit", function (ev) {
-      if (!window.confirm(f.getAttribute("data-confirm"))) ev.preventDefault();
-    });
-  });
-  // Refresh the live part of a running saga's page until it ends.
   var live = document.getElementById("live");
-  if (!live || !live.dataset.live) return;
-  var url = live.dataset.live;
-  var timer = setInterval(function () {
-    fetch(url, { credentials: "same-origin" }).then(function (r) {
+  var timer = null;
+  // Refresh the live part of a running saga's page until it ends.
+  function refresh() {
+    if (!live || !live.dataset.live) return;
+    fetch(live.dataset.live, { credentials: "same-origin" }).then(function (r) {
       if (!r.ok) throw new Error(r.status);
       return r.text();
     }).then(function (html) {
       // The fragment is rendered and escaped by the server's templates.
       live.innerHTML = html;
       var st = document.getElementById("status");
-      if (st && st.textContent !== "running") clearInterval(timer);
-    }).catch(function () { clearInterval(timer); });
-  }, 2000);
+      if (st && st.textContent !== "running") stop();
+    }).catch(stop);
+  }
+  function follow() {
+    if (live && live.dataset.live && timer === null) timer = setInterval(refresh, 2000);
+  }
+  function stop() {
+    if (timer !== null) clearInterval(timer);
+    timer = null;
+  }
+  // Say how an action went, in the page's status line.
+  function say(text, failed) {
+    var p = document.getElementById("action-result");
+    if (!p) {
+      p = document.createElement("p");
+      p.id = "action-result";
+      p.setAttribute("role", "status");
+      document.querySelector("h1").insertAdjacentElement("afterend", p);
+    }
+    p.className = failed ? "message error" : "message";
+    p.textContent = text;
+  }
+  // Ask before any action, then send it in the background. The server
+  // answers a done action with a redirect to the saga's page whose msg
+  // parameter says what was done, and a refused one with an error page.
+  document.querySelectorAll("form[data-confirm]").forEach(function (f) {
+    f.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      if (!window.confirm(f.getAttribute("data-confirm"))) return;
+      var body = new URLSearchParams(new FormData(f));
+      fetch(f.action, { method: "POST", body: body, credentials: "same-origin" }).then(function (r) {
+        if (!r.ok) {
+          return r.text().then(function (html) {
+            var doc = new DOMParser().parseFromString(html, "text/html");
+            var msg = doc.querySelector(".error, p");
+            say("Refused (" + r.status + "): " + (msg ? msg.textContent : r.statusText), true);
+          });
+        }
+        say(new URL(r.url).searchParams.get("msg") || "Done.", false);
+        refresh();
+        follow();
+      }).catch(function (e) { say("Not sent: " + e, true); });
+    });
+  });
+  follow();
 });
