@@ -120,3 +120,20 @@ type ListResponse struct {
 	Sagas json.RawMessage `json:"sagas"`
 	Next  string          `json:"next,omitempty"`
 }
+
+// NodeWork is what a node reports of its work in flight, as the custom
+// data of its API service's endpoints in the NATS micro discovery
+// ($SRV.STATS): the web UI's nodes page shows it.
+type NodeWork struct {
+	// InFlight counts the messages the node is handling now (commits,
+	// tasks, timers, inbox messages) and the eager activity runs.
+	InFlight int64 `json:"in_flight"`
+	// ActivitiesRunning counts the activity attempts running on the node,
+	// from tasks and eagerly.
+	ActivitiesRunning int `json:"activities_running"`
+	// CachedSagas and LiveMachines: sagas in the node's cache, and those
+	// whose workflow code is live (the others are parked, with no
+	// goroutine).
+	CachedSagas  int `json:"cached_sagas"`
+	LiveMachines int `json:"live_machines"`
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/jetsaga/saga/api"
 	"github.com/jetsaga/saga/stream"
 	"github.com/jetsaga/saga/telemetry"
 )
@@ -94,6 +95,7 @@ type nodeRow struct {
 	Activities           []string
 	Started              time.Time
 	Requests             int
+	Work                 *api.NodeWork
 	Endpoints            int
 	ProjectionListServed bool
 }
@@ -127,6 +129,14 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 			n.Started = st.Started
 			for _, e := range st.Endpoints {
 				n.Requests += e.NumRequests // errors are not counted: see docs/api.md
+			}
+			// Every endpoint carries the node's work in flight; a node
+			// of a version without it reports none.
+			if len(st.Endpoints) > 0 && len(st.Endpoints[0].Data) > 0 {
+				var work api.NodeWork
+				if err := json.Unmarshal(st.Endpoints[0].Data, &work); err == nil {
+					n.Work = &work
+				}
 			}
 		}
 		p.Nodes = append(p.Nodes, n)

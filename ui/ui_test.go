@@ -566,6 +566,10 @@ func TestOperationsPages(t *testing.T) {
 	r = e.get(t, "/nodes")
 	wantCode(t, r, http.StatusOK)
 	contains(t, r.body, "<td>ui-test-node</td>", "approval, order", "reserve-inventory", "saga-api")
+	// The node reports its work in flight through the discovery.
+	if !regexp.MustCompile(`<td>\d+</td><td>\d+</td><td>\d+ \(\d+\)</td>`).MatchString(r.body) || strings.Contains(r.body, "not reported") {
+		t.Fatalf("the nodes page shows no work in flight:\n%s", r.body)
+	}
 
 	e.run(t, "order", "lag-1", order.Input{OrderID: "lag-1", Amount: 1}, saga.StatusCompleted)
 	r = e.get(t, "/lag")

@@ -45,6 +45,8 @@ func (n *Node) startAPI() error {
 			"workflows":  strings.Join(workflows, ","),
 			"activities": strings.Join(activities, ","),
 		},
+		// And what it is doing now ($SRV.STATS).
+		StatsHandler: func(*micro.Endpoint) any { return n.work() },
 	})
 	if err != nil {
 		return &saga.Error{Kind: saga.KindConfiguration, Message: "start API service", Cause: err}
@@ -420,4 +422,11 @@ func respondError(req *apiRequest, err error) {
 	body, _ := json.Marshal(e.Structured())
 	// The description travels in a header: one line.
 	req.error(code, strings.ReplaceAll(err.Error(), "\n", " "), body)
+}
+
+// work is what the node reports of its work in flight.
+func (n *Node) work() api.NodeWork {
+	st := n.Stats()
+	return api.NodeWork{InFlight: n.inflight.Load(), ActivitiesRunning: len(n.activitySlots),
+		CachedSagas: st.CachedSagas, LiveMachines: st.LiveMachines}
 }
