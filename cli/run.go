@@ -180,6 +180,10 @@ func runNode(ctx context.Context, args []string, env Env) error {
 		pg, _ := opts.Projection.(*pgarchive.Store)
 		url, stopUI, err := serveUI(uiOpts, uf.listen, nc, opts.Stream, codec, pg, log)
 		if err != nil {
+			// The node started: it stops, rather than run on unseen.
+			stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = node.Stop(stopCtx)
 			return err
 		}
 		defer stopUI()

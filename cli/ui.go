@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetsaga/saga/pgarchive"
 	"github.com/jetsaga/saga/stream"
@@ -25,6 +27,7 @@ type uiFlags struct {
 	password  string
 	token     string
 	allowOpen bool
+	hosts     string
 	getenv    func(string) string
 }
 
@@ -38,6 +41,7 @@ func (u *uiFlags) register(fs *flag.FlagSet, env Env, defListen, what, readOnly 
 	fs.StringVar(&u.password, "ui-password", "", "web UI: the basic authentication password; prefer env SAGA_UI_PASSWORD")
 	fs.StringVar(&u.token, "ui-token", "", "web UI: require this bearer token (or it as the basic authentication password); prefer env SAGA_UI_TOKEN")
 	fs.BoolVar(&u.allowOpen, "ui-allow-open", false, "web UI: serve an address other than loopback without authentication")
+	fs.StringVar(&u.hosts, "ui-allowed-hosts", "", "web UI without authentication: host names it answers to besides loopback ones, comma-separated (others are refused: DNS rebinding)")
 }
 
 // options checks the flags and returns the UI's options, without the
@@ -54,13 +58,18 @@ func (u *uiFlags) options() (ui.Options, error) {
 	switch {
 	case u.user != "" && password == "":
 		return o, fmt.Errorf("%w: --ui-user needs a password (--ui-password or SAGA_UI_PASSWORD)", errUsage)
-	case u.user == "" && u.password != "":
-		return o, fmt.Errorf("%w: --ui-password needs --ui-user", errUsage)
+	case u.user == "" && password != "":
+		return o, fmt.Errorf("%w: a password (--ui-password or SAGA_UI_PASSWORD) needs --ui-user: without it, no authentication is set", errUsage)
 	case u.user != "" && token != "":
 		return o, fmt.Errorf("%w: give --ui-user or --ui-token, not both", errUsage)
 	}
 	if u.user != "" {
 		o.User, o.Password = u.user, password
+	}
+	for h := range strings.SplitSeq(u.hosts, ",") {
+		if h = strings.ToLower(strings.TrimSpace(h)); h != "" {
+			o.AllowedHosts = append(o.AllowedHosts, h)
+		}
 	}
 	if u.listen != "" {
 		hasAuth := o.User != "" || o.Token != ""
@@ -143,7 +152,20 @@ func runUI(ctx context.Context, args []string, env Env) error {
 		}
 		defer pg.Close()
 	}
-	url, stopUI, err := serveUI(opts, uf.listen, nc, stream.Config{Prefix: conn.prefix}, codec, pg, log)
+	// The engine's shard count, as its streams record it: a UI set to
+	// another would be refused every read.
+	cfg := stream.Config{Prefix: conn.prefix}
+	if js, err := jetstream.New(nc); err == nil {
+		readCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		fleet, err := stream.Fleet(readCtx, js, cfg.Defaults())
+		cancel()
+		if err != nil {
+			log.Warn("could not read the engine's settings; assuming one history shard", "err", err)
+		} else if fleet.HistoryShards > 0 {
+			cfg.HistoryShards = fleet.HistoryShards
+		}
+	}
+	url, stopUI, err := serveUI(opts, uf.listen, nc, cfg, codec, pg, log)
 	if err != nil {
 		return err
 	}

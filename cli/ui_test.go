@@ -33,6 +33,17 @@ func TestUIBadFlags(t *testing.T) {
 			t.Errorf("%q: want exit %d, got:\n%s", args, ExitUsage, r)
 		}
 	}
+	// A password in the environment without a user would leave the UI
+	// open while its operator believes it closed.
+	withPassword := func(k string) string {
+		if k == "SAGA_UI_PASSWORD" {
+			return "s3cret"
+		}
+		return ""
+	}
+	if r := runCLI(t, withPassword, "ui", "--ui-listen", "127.0.0.1:0"); r.code != ExitUsage || !strings.Contains(r.stderr, "--ui-user") {
+		t.Errorf("SAGA_UI_PASSWORD without --ui-user: want a usage error naming --ui-user, got:\n%s", r)
+	}
 }
 
 // command runs a long-lived command in a goroutine until the test ends.

@@ -62,8 +62,13 @@ func (s *Server) action(do func(ctx context.Context, id string, form url.Values)
 			s.fail(w, r, code, err)
 			return
 		}
-		s.log.Info("ui: action", "path", r.URL.Path, "saga_id", id)
-		http.Redirect(w, r, "/sagas/"+url.PathEscape(id)+"?msg="+url.QueryEscape(msg), http.StatusSeeOther)
+		s.log.Info("ui: action", "path", r.URL.Path, "saga_id", id, "user", s.user(r), "remote", r.RemoteAddr)
+		if wantsJSON(r) {
+			// The page's script: the outcome itself, not a page to follow.
+			writeJSON(w, http.StatusOK, actionResult{Message: msg})
+			return
+		}
+		http.Redirect(w, r, "/sagas/"+url.PathEscape(id)+"?msg="+url.QueryEscape(msg)+"&sig="+s.signMessage(msg), http.StatusSeeOther)
 	}
 }
 
@@ -120,6 +125,8 @@ func (s *Server) cancel(ctx context.Context, id string, form url.Values) (string
 		return "", &errRefused{http.StatusConflict, fmt.Sprintf("the cancellation of saga %s was already requested", id)}
 	case errors.Is(err, saga.ErrNotFound):
 		return "", &errRefused{http.StatusNotFound, fmt.Sprintf("saga %s not found", id)}
+	case errors.Is(err, saga.KindValidation):
+		return "", &errRefused{http.StatusBadRequest, err.Error()} // a reason over 4 KiB, say
 	case err != nil:
 		return "", err
 	}

@@ -120,7 +120,7 @@ func (s *Server) handleDetail(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, statusOf(err), err)
 		return
 	}
-	p := detailPage{page: s.page("Saga " + v.D.ID), sagaView: v, Message: r.URL.Query().Get("msg")}
+	p := detailPage{page: s.page("Saga " + v.D.ID), sagaView: v, Message: s.signedMessage(r)}
 	s.render(w, http.StatusOK, "detail.html", p)
 }
 
@@ -269,4 +269,14 @@ func buildCompensation(events []stream.Event, info *saga.CompensationInfo) compV
 		c.Left = strings.Join(append(append([]string(nil), info.FailedSteps...), info.NotRun...), ", ")
 	}
 	return c
+}
+
+// signedMessage is the message of the action that led to the page, when
+// the server signed it (see signMessage).
+func (s *Server) signedMessage(r *http.Request) string {
+	q := r.URL.Query()
+	if msg := q.Get("msg"); s.messageSigned(msg, q.Get("sig")) {
+		return msg
+	}
+	return ""
 }

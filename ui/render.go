@@ -2,9 +2,11 @@ package ui
 
 import (
 	"bytes"
+	"encoding/json"
 	"html/template"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -60,5 +62,34 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, code int, err erro
 	if code >= 500 {
 		s.log.Warn("ui: request failed", "path", r.URL.Path, "code", code, "err", err)
 	}
+	if wantsJSON(r) {
+		writeJSON(w, code, actionResult{Error: err.Error()})
+		return
+	}
 	s.render(w, code, "error.html", errorPage{page: s.page(http.StatusText(code)), Code: code, Message: err.Error()})
+}
+
+// actionResult answers an action sent by the page's script.
+type actionResult struct {
+	Message string `json:"message,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// wantsJSON reports a request of the page's script, which asks for JSON.
+func wantsJSON(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "application/json")
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// user names who asked, for the log: the basic-auth user, if any.
+func (s *Server) user(r *http.Request) string {
+	if u, _, ok := r.BasicAuth(); ok && s.opts.User != "" {
+		return u
+	}
+	return ""
 }

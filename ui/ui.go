@@ -8,8 +8,11 @@
 package ui
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
 	"encoding/base64"
@@ -20,6 +23,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,6 +64,12 @@ type Options struct {
 	// Token, when set, requires "Authorization: Bearer <token>" (or basic
 	// authentication with the token as password, for a browser).
 	Token string
+	// AllowedHosts are the host names (without port) the UI answers to
+	// when it has no authentication, besides loopback ones (127.0.0.1,
+	// ::1, localhost): a page of another site that re-points its own name
+	// at this machine (DNS rebinding) is then refused, since its requests
+	// name that site.
+	AllowedHosts []string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -121,10 +132,22 @@ func (s *Server) Close() {
 	s.hist.Close()
 }
 
+// staticAssets are the files served under /assets/: the templates stay
+// the server's own.
+var staticAssets = map[string]string{"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
+
 func (s *Server) routes() {
-	static, _ := fs.Sub(assets, "assets")
 	m := http.NewServeMux()
-	m.Handle("GET /assets/", http.StripPrefix("/assets/", http.FileServerFS(static)))
+	for name, contentType := range staticAssets {
+		data, err := fs.ReadFile(assets, "assets/"+name)
+		if err != nil {
+			panic(fmt.Sprintf("ui: embedded asset %s: %v", name, err)) // the build embeds it
+		}
+		m.HandleFunc("GET /assets/"+name, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", contentType)
+			http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(data))
+		})
+	}
 	m.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/sagas", http.StatusFound) })
 	m.HandleFunc("GET /sagas", s.handleList)
 	m.HandleFunc("GET /sagas/{id}", s.handleDetail)
@@ -142,19 +165,61 @@ func (s *Server) routes() {
 // ServeHTTP checks the credentials, sets the headers every page gets and
 // routes the request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Basic realm="saga-node ui", charset="UTF-8"`)
-		http.Error(w, "authentication required", http.StatusUnauthorized)
-		return
-	}
 	h := w.Header()
 	// No inline script or style runs, whatever a payload holds: the only
-	// script is the embedded one.
+	// script is the embedded one. Set on every answer, refusals included.
 	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "no-referrer")
+	// Payloads and the form token stay out of caches.
+	h.Set("Cache-Control", "no-store")
+	if !s.hostAllowed(r) {
+		http.Error(w, "this UI does not answer to host "+r.Host+" (see --ui-allowed-hosts)", http.StatusMisdirectedRequest)
+		return
+	}
+	if !s.authorized(r) {
+		h.Set("WWW-Authenticate", `Basic realm="saga-node ui", charset="UTF-8"`)
+		http.Error(w, "authentication required", http.StatusUnauthorized)
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && crossSite(r) {
+		http.Error(w, "a request from another site", http.StatusForbidden)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// hostAllowed refuses, on a UI without authentication, requests that name
+// a host other than loopback or the allowed ones: how a page of another
+// site reaches a loopback UI through DNS rebinding. With authentication
+// the browser has no credentials for that site's name.
+func (s *Server) hostAllowed(r *http.Request) bool {
+	if s.opts.Token != "" || s.opts.User != "" {
+		return true
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	return isLoopback(host) || slices.Contains(s.opts.AllowedHosts, strings.ToLower(host))
+}
+
+// crossSite reports a request a browser sent on behalf of another site:
+// an Origin that is not this host, or a fetch the browser marks
+// cross-site. A client that sends neither (curl) is judged by the form
+// token alone.
+func crossSite(r *http.Request) bool {
+	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		return true
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return false
+	}
+	u, err := url.Parse(origin)
+	return err != nil || !strings.EqualFold(u.Host, r.Host)
 }
 
 func (s *Server) authorized(r *http.Request) bool {
@@ -167,13 +232,33 @@ func (s *Server) authorized(r *http.Request) bool {
 		return ok && equal(pw, s.opts.Token)
 	case s.opts.User != "":
 		u, pw, ok := r.BasicAuth()
-		// Both compared, so that the time taken does not say which was wrong.
-		return ok && equal(u, s.opts.User) && equal(pw, s.opts.Password)
+		// Both compared whatever the first gives, so that the time taken
+		// does not say which was wrong.
+		userOK, passwordOK := equal(u, s.opts.User), equal(pw, s.opts.Password)
+		return ok && userOK && passwordOK
 	}
 	return true
 }
 
-func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
+// equal compares secrets in constant time, also in their length: it
+// compares their digests.
+func equal(a, b string) bool {
+	da, db := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
+	return subtle.ConstantTimeCompare(da[:], db[:]) == 1
+}
+
+// signMessage and messageSigned keep the message a saga's page shows after
+// an action the server's own: a link of another site cannot put its text
+// in the page's status box.
+func (s *Server) signMessage(msg string) string {
+	m := hmac.New(sha256.New, []byte(s.csrf))
+	m.Write([]byte(msg))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+func (s *Server) messageSigned(msg, sig string) bool {
+	return msg != "" && hmac.Equal([]byte(s.signMessage(msg)), []byte(sig))
+}
 
 // ErrUnsafeListen: a listen address reachable from other machines with
 // no authentication.

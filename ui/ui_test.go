@@ -459,7 +459,10 @@ func TestReadOnly(t *testing.T) {
 		}
 	}
 	for _, a := range []string{"signal", "cancel", "wake"} {
-		wantCode(t, e.post(t, "/sagas/ap-r/"+a, url.Values{"confirm": {"yes"}, "name": {"approve"}}), http.StatusForbidden)
+		r := e.post(t, "/sagas/ap-r/"+a, url.Values{"confirm": {"yes"}, "name": {"approve"}})
+		wantCode(t, r, http.StatusForbidden)
+		// Refused as read-only, before the form's token is looked at.
+		contains(t, r.body, "read-only")
 	}
 }
 

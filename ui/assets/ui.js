@@ -1,8 +1,8 @@
 // saga-node ui script, version 2. No dependencies; the pages work without
 // it (the confirmation box is checked on the server too).
 //
-// Version 2: an action on a saga's page is sent in the background, and its
-// outcome shown in place, so that the page keeps following the saga (a
+// Version 2: an action on a saga's page is sent in the background (asking
+// for a JSON answer), and its outcome shown in place, so that the page keeps following the saga (a
 // signal that lets it complete shows it completing without a reload).
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
@@ -40,26 +40,28 @@ document.addEventListener("DOMContentLoaded", function () {
     p.className = failed ? "message error" : "message";
     p.textContent = text;
   }
-  // Ask before any action, then send it in the background. The server
-  // answers a done action with a redirect to the saga's page whose msg
-  // parameter says what was done, and a refused one with an error page.
+  // Ask before any action, then send it in the background, asking for
+  // JSON: the server answers with the outcome ({"message"} or {"error"})
+  // rather than a page to follow.
   document.querySelectorAll("form[data-confirm]").forEach(function (f) {
     f.addEventListener("submit", function (ev) {
       ev.preventDefault();
       if (!window.confirm(f.getAttribute("data-confirm"))) return;
       var body = new URLSearchParams(new FormData(f));
-      fetch(f.action, { method: "POST", body: body, credentials: "same-origin" }).then(function (r) {
-        if (!r.ok) {
-          return r.text().then(function (html) {
-            var doc = new DOMParser().parseFromString(html, "text/html");
-            var msg = doc.querySelector(".error, p");
-            say("Refused (" + r.status + "): " + (msg ? msg.textContent : r.statusText), true);
-          });
-        }
-        say(new URL(r.url).searchParams.get("msg") || "Done.", false);
-        refresh();
-        follow();
-      }).catch(function (e) { say("Not sent: " + e, true); });
+      fetch(f.action, {
+        method: "POST", body: body, credentials: "same-origin",
+        headers: { "Accept": "application/json" }
+      }).then(function (r) {
+        return r.json().then(function (res) {
+          if (!r.ok) {
+            say("Refused (" + r.status + "): " + (res.error || r.statusText), true);
+            return;
+          }
+          say(res.message || "Done.", false);
+          refresh();
+          follow();
+        });
+      }).catch(function (e) { say("Not sent, or no answer: " + e, true); });
     });
   });
   follow();
