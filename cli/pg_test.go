@@ -28,7 +28,7 @@ func TestProjectionCommands(t *testing.T) {
 	withPG := func(string) string { return "" }
 	r := runCLI(t, withPG, "migrate", "--pg-url", pgURL)
 	expectCode(t, r, ExitOK)
-	if !strings.Contains(r.stdout, "version 3") {
+	if !strings.Contains(r.stdout, "version 4") {
 		t.Fatalf("migrate: %s", r)
 	}
 	r = runCLI(t, withPG, "list")

@@ -85,7 +85,10 @@ func (s *Server) load(ctx context.Context, id string) (*saga.Description, []stre
 	return saga.DescribeState(st), events, true, nil
 }
 
-func (s *Server) view(ctx context.Context, id string) (sagaView, error) {
+// view reads a saga for its page; withEvents adds every event with its
+// attributes as JSON (the page's list of events), which the live
+// fragment does not show: for a long history that is most of the work.
+func (s *Server) view(ctx context.Context, id string, withEvents bool) (sagaView, error) {
 	if err := stream.ValidateID("saga id", id); err != nil {
 		return sagaView{}, err
 	}
@@ -107,6 +110,9 @@ func (s *Server) view(ctx context.Context, id string) (sagaView, error) {
 	v.Timeline = buildTimeline(events, now)
 	v.Comp = buildCompensation(events, d.Compensation)
 	v.Timers = openTimers(events)
+	if !withEvents {
+		return v, nil
+	}
 	for _, e := range events {
 		v.Events = append(v.Events, eventView{ID: e.ID, Type: string(e.Type), Category: string(e.Category), Time: e.Time,
 			Attrs: eventAttrs(e), Undo: e.Category == stream.CategoryCompensation})
@@ -115,7 +121,7 @@ func (s *Server) view(ctx context.Context, id string) (sagaView, error) {
 }
 
 func (s *Server) handleDetail(w http.ResponseWriter, r *http.Request) {
-	v, err := s.view(r.Context(), r.PathValue("id"))
+	v, err := s.view(r.Context(), r.PathValue("id"), true)
 	if err != nil {
 		s.fail(w, r, statusOf(err), err)
 		return
@@ -128,7 +134,7 @@ func (s *Server) handleDetail(w http.ResponseWriter, r *http.Request) {
 // saga runs; the page's script fetches it again and again until the saga
 // ends.
 func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
-	v, err := s.view(r.Context(), r.PathValue("id"))
+	v, err := s.view(r.Context(), r.PathValue("id"), false)
 	if err != nil {
 		s.fail(w, r, statusOf(err), err)
 		return
