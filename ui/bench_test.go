@@ -233,6 +233,7 @@ func benchUI(b *testing.B, srv *natstest.Server, pg *pgarchive.Store) *ui.Server
 func serve(b *testing.B, h http.Handler, path string) *httptest.ResponseRecorder {
 	b.Helper()
 	req := httptest.NewRequest(http.MethodGet, path, nil)
+	req.Host = "127.0.0.1" // as a browser on the machine names a loopback UI
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK {
