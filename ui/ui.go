@@ -300,7 +300,11 @@ func Listen(addr string, h http.Handler, log *slog.Logger) (*HTTPServer, error) 
 		return nil, fmt.Errorf("ui: listen on %s: %w", addr, err)
 	}
 	hs := &HTTPServer{
-		srv:  &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)},
+		// Bounded reads, and idle connections closed: a client that
+		// connects and says nothing (authenticated or not) holds nothing
+		// for long. No write timeout: a long history's JSON takes its time.
+		srv: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+			IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)},
 		addr: l.Addr().String(),
 		done: make(chan struct{}),
 	}

@@ -8,18 +8,24 @@
 document.addEventListener("DOMContentLoaded", function () {
   var live = document.getElementById("live");
   var timer = null;
-  // Refresh the live part of a running saga's page until it ends.
+  var failures = 0;
+  // Refresh the live part of a running saga's page until it ends; a
+  // refresh that fails (a node restarting) is tried again, up to 5 in a
+  // row.
   function refresh() {
     if (!live || !live.dataset.live) return;
     fetch(live.dataset.live, { credentials: "same-origin" }).then(function (r) {
       if (!r.ok) throw new Error(r.status);
       return r.text();
     }).then(function (html) {
+      failures = 0;
       // The fragment is rendered and escaped by the server's templates.
       live.innerHTML = html;
       var st = document.getElementById("status");
       if (st && st.textContent !== "running") stop();
-    }).catch(stop);
+    }).catch(function () {
+      if (++failures >= 5) stop();
+    });
   }
   function follow() {
     if (live && live.dataset.live && timer === null) timer = setInterval(refresh, 2000);
