@@ -52,7 +52,7 @@ func (s *Server) action(do func(ctx context.Context, id string, form url.Values)
 			s.fail(w, r, http.StatusBadRequest, err)
 			return
 		}
-		msg, err := do(r.Context(), id, r.PostForm)
+		msg, err := do(context.WithValue(r.Context(), userKey{}, s.user(r)), id, r.PostForm)
 		if err != nil {
 			code := http.StatusBadGateway
 			if e := (*errRefused)(nil); errors.As(err, &e) {
@@ -117,7 +117,7 @@ func (s *Server) signal(ctx context.Context, id string, form url.Values) (string
 func (s *Server) cancel(ctx context.Context, id string, form url.Values) (string, error) {
 	// As "saga-node cancel" does: the request is recorded in the history,
 	// so no node has to answer.
-	err := s.client.RequestCancel(ctx, id, form.Get("reason"), ActionIdentity)
+	err := s.client.RequestCancel(ctx, id, form.Get("reason"), identity(ctx))
 	switch {
 	case errors.Is(err, saga.ErrAlreadyEnded):
 		return "", &errRefused{http.StatusConflict, fmt.Sprintf("saga %s already ended: there is nothing to cancel", id)}
@@ -139,4 +139,15 @@ func (s *Server) wake(ctx context.Context, id string, _ url.Values) (string, err
 		return "", apiFailure(id, err)
 	}
 	return "woken: a node replays it and decides", nil
+}
+
+type userKey struct{}
+
+// identity is who the history records as asking: the UI, and the
+// basic-auth user when there is one.
+func identity(ctx context.Context) string {
+	if u, _ := ctx.Value(userKey{}).(string); u != "" {
+		return ActionIdentity + " (" + u + ")"
+	}
+	return ActionIdentity
 }

@@ -1,11 +1,13 @@
 package ui_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jetsaga/saga/examples/approval"
 	"github.com/jetsaga/saga/ui"
@@ -133,5 +135,30 @@ func TestActionsAnswerTheScriptInJSON(t *testing.T) {
 	code, out = post("cancel", url.Values{"csrf": {token}, "confirm": {"yes"}, "reason": {"no longer needed"}})
 	if code != http.StatusOK || !strings.Contains(out["message"], "cancellation requested") {
 		t.Fatalf("a cancel: %d %v", code, out)
+	}
+}
+
+// A cancellation made by a user the UI authenticated is recorded with
+// that user's name.
+func TestCancelRecordsTheUser(t *testing.T) {
+	e := startEngine(t, nil, func(o *ui.Options) { o.User, o.Password = "ops", "s3cret" })
+	e.run(t, "approval", "ap-u", approval.Input{RequestID: "r-u", Amount: 10, Timeout: "1h"}, "")
+	req, _ := http.NewRequest(http.MethodGet, e.ui.URL+"/sagas/ap-u", nil)
+	req.SetBasicAuth("ops", "s3cret")
+	page := do(t, req)
+	m := csrfRE.FindStringSubmatch(page.body)
+	if m == nil {
+		t.Fatalf("no form token:\n%s", page.body)
+	}
+	form := url.Values{"csrf": {m[1]}, "confirm": {"yes"}, "reason": {"duplicate"}}
+	req, _ = http.NewRequest(http.MethodPost, e.ui.URL+"/sagas/ap-u/cancel", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("ops", "s3cret")
+	wantCode(t, do(t, req), http.StatusSeeOther)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d, err := e.cl.Describe(ctx, "ap-u")
+	if err != nil || d.CancelRequested == nil || d.CancelRequested.Identity != ui.ActionIdentity+" (ops)" {
+		t.Fatalf("cancellation %+v, %v; want it recorded as asked by %q", d.CancelRequested, err, ui.ActionIdentity+" (ops)")
 	}
 }

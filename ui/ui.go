@@ -40,7 +40,7 @@ import (
 const DefaultListen = "127.0.0.1:8233"
 
 // ActionIdentity is recorded as the requester of a cancellation made in
-// the UI.
+// the UI, followed by the basic-auth user in brackets when there is one.
 const ActionIdentity = "saga-node ui"
 
 //go:embed assets
