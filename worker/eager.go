@@ -18,13 +18,14 @@ import (
 // Eager activities: the node dispatching a commit that schedules an
 // activity runs the activity itself, when it registers the activity and
 // has a free activity slot, instead of queueing its task for some node to
-// take. No task is written, delivered, acked or removed: three fewer
-// stored writes per activity. The commit's delivery is the lease: it is
-// kept alive while the activity runs and acked only once the outcome is in
-// the history (or the retry is on its timer). If the node dies meanwhile,
-// the commit is redelivered and its next dispatch queues the activity's
-// task as usual, for the next attempt: activities run at least once, as
-// they always did.
+// take. No task is written, delivered, acked or removed: one stored write
+// fewer per activity, and a delivery, an ack and a removal. The commit's
+// delivery is the lease: it is kept alive while the activity runs and
+// acked only once the activity is settled (its outcome in the history, or
+// its next attempt on its way: see retryEager). If the node dies
+// meanwhile, the commit is redelivered and its next dispatch queues the
+// activity's task as the attempt record says (see nextAfterRedispatch):
+// activities run at least once, as they always did.
 //
 // Only the first delivery of a commit runs activities eagerly, and only
 // activities whose first attempt may start without a record anyway (see
