@@ -162,7 +162,7 @@ func CheckHistoryLimits(ctx context.Context, js jetstream.JetStream, cfg Config,
 	}
 	name := cfg.HistoryStream(0)
 	for range 5 {
-		sc, err := historyStream0(ctx, js, name)
+		sc, err := historyStream0(ctx, js, name, true)
 		if err != nil {
 			return HistoryLimits{}, err
 		}
@@ -187,7 +187,7 @@ func CheckHistoryLimits(ctx context.Context, js jetstream.JetStream, cfg Config,
 // false when none are recorded (no node of this version started yet).
 func FleetHistoryLimits(ctx context.Context, js jetstream.JetStream, cfg Config) (HistoryLimits, bool, error) {
 	name := cfg.HistoryStream(0)
-	sc, err := historyStream0(ctx, js, name)
+	sc, err := historyStream0(ctx, js, name, false)
 	if err != nil {
 		return HistoryLimits{}, false, err
 	}
@@ -206,7 +206,7 @@ func SetHistoryLimits(ctx context.Context, js jetstream.JetStream, cfg Config, l
 		return err
 	}
 	name := cfg.HistoryStream(0)
-	sc, err := historyStream0(ctx, js, name)
+	sc, err := historyStream0(ctx, js, name, false)
 	if err != nil {
 		return err
 	}
@@ -217,7 +217,17 @@ func SetHistoryLimits(ctx context.Context, js jetstream.JetStream, cfg Config, l
 	return nil
 }
 
-func historyStream0(ctx context.Context, js jetstream.JetStream, name string) (jetstream.StreamConfig, error) {
+// historyStream0 reads the first history stream's configuration;
+// justEnsured: the node has just set the streams up, so that a server that
+// does not show it yet is waited for (see ensuredStreamConfig).
+func historyStream0(ctx context.Context, js jetstream.JetStream, name string, justEnsured bool) (jetstream.StreamConfig, error) {
+	if justEnsured {
+		sc, err := ensuredStreamConfig(ctx, js, name)
+		if err != nil {
+			return jetstream.StreamConfig{}, fmt.Errorf("history limits: read %s: %w", name, err)
+		}
+		return sc, nil
+	}
 	attemptCtx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
 	defer cancel()
 	s, err := js.Stream(attemptCtx, name)

@@ -203,13 +203,10 @@ var ErrCodecMismatch = errors.New("payload codec does not fit the fleet's")
 func CheckPayloadCodec(ctx context.Context, js jetstream.JetStream, cfg Config, c PayloadCodec) error {
 	name := cfg.HistoryStream(0)
 	for range 5 {
-		attemptCtx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
-		s, err := js.Stream(attemptCtx, name)
-		cancel()
+		sc, err := ensuredStreamConfig(ctx, js, name)
 		if err != nil {
-			return fmt.Errorf("payload codec: read %s: %w", name, mapError(err))
+			return fmt.Errorf("payload codec: read %s: %w", name, err)
 		}
-		sc := s.CachedInfo().Config
 		recorded, keys := recordedCodec(sc.Metadata)
 		if c == nil {
 			if recorded != "" {
@@ -239,7 +236,7 @@ func CheckPayloadCodec(ctx context.Context, js jetstream.JetStream, cfg Config, 
 		// An update has no expected revision: two nodes adding keys at once
 		// may overwrite each other. Reading back and checking again repairs
 		// that.
-		attemptCtx, cancel = context.WithTimeout(ctx, setupAttemptTimeout)
+		attemptCtx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
 		_, err = js.UpdateStream(attemptCtx, sc)
 		cancel()
 		if err != nil {

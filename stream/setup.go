@@ -644,6 +644,33 @@ const setupAttemptTimeout = 3 * time.Second
 
 // retryUntil retries f with a short backoff while it fails with an error
 // that a server still starting up gives, until ctx is done.
+// ensuredStreamConfig reads the configuration of a stream the node has
+// just ensured. In a cluster forming, or right after another node created
+// the stream, a server may answer that it does not exist before it has
+// applied the creation: that answer is retried too, for
+// ensuredStreamPatience.
+func ensuredStreamConfig(ctx context.Context, js jetstream.JetStream, name string) (jetstream.StreamConfig, error) {
+	ctx, cancel := context.WithTimeout(ctx, ensuredStreamPatience)
+	defer cancel()
+	var sc jetstream.StreamConfig
+	err := backoff.Retry{Policy: setupPolicy, Retryable: func(err error) bool {
+		return transientSetupError(err) || errors.Is(err, jetstream.ErrStreamNotFound)
+	}}.Do(ctx, func(ctx context.Context) error {
+		attemptCtx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
+		defer cancel()
+		s, err := js.Stream(attemptCtx, name)
+		if err != nil {
+			return err
+		}
+		sc = s.CachedInfo().Config
+		return nil
+	})
+	return sc, mapError(err)
+}
+
+// ensuredStreamPatience bounds the wait for a stream just ensured to show.
+const ensuredStreamPatience = 10 * time.Second
+
 func retryUntil(ctx context.Context, f func() error) error {
 	err := backoff.Retry{Policy: setupPolicy, Retryable: transientSetupError}.
 		Do(ctx, func(context.Context) error { return f() })
