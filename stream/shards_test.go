@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -65,5 +66,49 @@ func TestShardCountOfAnEngineWithoutTheRecord(t *testing.T) {
 	}
 	if got := s.CachedInfo().Config.Metadata[metaHistoryShards]; got != "3" {
 		t.Fatalf("recorded shard count %q, want 3", got)
+	}
+}
+
+// A stream another node is creating, which a server does not show yet,
+// is waited for by a node that has just set the streams up: before, the
+// node read "stream not found" and exited (three nodes starting at once
+// on a cluster forming). Here the stream is created once the node's first
+// read of it has gone out.
+func TestEnsuredStreamIsWaitedFor(t *testing.T) {
+	nc, js := setupJetStream(t)
+	ctx := setupContext(t, 30*time.Second)
+	sc := Config{}.Defaults().historyStreamConfig(0)
+	firstRead := make(chan struct{}, 1)
+	sub, err := nc.Subscribe("$JS.API.STREAM.INFO."+sc.Name, func(*nats.Msg) {
+		select {
+		case firstRead <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	created := make(chan error, 1)
+	go func() {
+		select {
+		case <-firstRead:
+		case <-ctx.Done():
+		}
+		_, err := js.CreateStream(ctx, sc)
+		created <- err
+	}()
+	got, err := ensuredStreamConfig(ctx, js, sc.Name)
+	if err != nil {
+		t.Fatalf("the stream created meanwhile was not waited for: %v", err)
+	}
+	if got.Name != sc.Name {
+		t.Fatalf("read %q", got.Name)
+	}
+	if err := <-created; err != nil {
+		t.Fatal(err)
 	}
 }
