@@ -58,11 +58,8 @@ type Client struct {
 	// The fleet's settings as last read (fleet).
 	fleetMu       sync.Mutex
 	fleetSettings stream.FleetSettings
+	fleetRead     bool // the last read answered
 	fleetChecked  time.Time
-	// The fleet's history limits as last read (historyLimits).
-	limits        stream.HistoryLimits
-	limitsKnown   bool
-	limitsChecked time.Time
 }
 
 // NewClient returns a client using nc, which stays owned by the caller.
@@ -355,7 +352,7 @@ func (c *Client) SignalPayload(ctx context.Context, id, name string, value strea
 // believes sealed, and one with a key the fleet has not recorded would
 // write values no node can open.
 func (c *Client) seal(ctx context.Context, what string, p stream.Payload) (stream.Payload, error) {
-	fleet := c.fleet(ctx)
+	fleet, _ := c.fleet(ctx)
 	if fleet.HistoryShards != 0 && fleet.HistoryShards != c.store.Config().HistoryShards {
 		return nil, &Error{Kind: KindConfiguration, Message: what, Cause: fmt.Errorf("%w: the engine has %d history shard(s), the client is set to %d (ClientOptions.Stream.HistoryShards)",
 			stream.ErrShardsMismatch, fleet.HistoryShards, c.store.Config().HistoryShards)}
@@ -380,7 +377,7 @@ func (c *Client) seal(ctx context.Context, what string, p stream.Payload) (strea
 // at most fleetCheckTimeout: a client not allowed to read stream settings
 // (the least-privilege client role) gets no answer, and then writes as it
 // is configured; the nodes open what they can and leave the rest.
-func (c *Client) fleet(ctx context.Context) stream.FleetSettings {
+func (c *Client) fleet(ctx context.Context) (f stream.FleetSettings, read bool) {
 	c.fleetMu.Lock()
 	defer c.fleetMu.Unlock()
 	if time.Since(c.fleetChecked) > fleetCheckEvery {
@@ -389,12 +386,12 @@ func (c *Client) fleet(ctx context.Context) stream.FleetSettings {
 		cancel()
 		c.fleetChecked = time.Now()
 		if err != nil {
-			c.logger.Debug("could not read the fleet's settings; writing as configured", "err", err)
+			c.logger.Debug("could not read the fleet's settings; writing as configured, and describing with no length warning", "err", err)
 			f = stream.FleetSettings{}
 		}
-		c.fleetSettings = f
+		c.fleetSettings, c.fleetRead = f, err == nil
 	}
-	return c.fleetSettings
+	return c.fleetSettings, c.fleetRead
 }
 
 // checkCodec compares the client's codec with the fleet's.
@@ -526,27 +523,12 @@ func (c *Client) Describe(ctx context.Context, id string) (*Description, error) 
 	return d, nil
 }
 
-// historyLimits returns the fleet's history limits, read at most once a
-// minute (the defaults, which nodes then follow, when none are recorded);
-// false when they cannot be read (a client not allowed to read stream
-// settings): describe then warns of nothing.
+// historyLimits returns the fleet's history limits (read with its other
+// settings, see fleet); false when they cannot be read (a client not
+// allowed to read stream settings): describe then warns of nothing.
 func (c *Client) historyLimits(ctx context.Context) (stream.HistoryLimits, bool) {
-	c.fleetMu.Lock()
-	defer c.fleetMu.Unlock()
-	if time.Since(c.limitsChecked) > fleetCheckEvery {
-		readCtx, cancel := context.WithTimeout(ctx, fleetCheckTimeout)
-		l, recorded, err := stream.FleetHistoryLimits(readCtx, c.store.JetStream(), c.store.Config())
-		cancel()
-		c.limitsChecked = time.Now()
-		if err == nil && !recorded {
-			l = stream.DefaultHistoryLimits
-		}
-		c.limits, c.limitsKnown = l, err == nil
-		if err != nil {
-			c.logger.Debug("could not read the fleet's history limits; describe warns of no length", "err", err)
-		}
-	}
-	return c.limits, c.limitsKnown
+	f, read := c.fleet(ctx)
+	return f.HistoryLimits, read && f.HistoryLimitsKnown
 }
 
 // describe folds the saga's history (from its latest snapshot, when it

@@ -8,7 +8,6 @@ import (
 
 	"github.com/jetsaga/saga"
 	"github.com/jetsaga/saga/internal/natstest"
-	"github.com/jetsaga/saga/worker"
 )
 
 // rounds is continuedWorkflow's input: runs left, and steps per run.
@@ -72,7 +71,7 @@ func benchContinuedHistory(b *testing.B, r rounds) {
 	defer cl.Close()
 	const id = "continued-1"
 	watch := watchGrowth(b, growthConn(b, srv), id)
-	node := startContinuedNode(b, srv)
+	node := startGrowthNode(b, srv, continuedWorkflow, growthStep)
 	if _, err := saga.StartWorkflow(ctx, cl, continuedWorkflow, r, saga.StartOptions{ID: id}); err != nil {
 		b.Fatal(err)
 	}
@@ -111,7 +110,7 @@ func benchContinuedHistory(b *testing.B, r rounds) {
 		}
 		for range growthColdSteps {
 			node.stop(b)
-			node = startContinuedNode(b, srv)
+			node = startGrowthNode(b, srv, continuedWorkflow, growthStep)
 			cold = append(cold, step())
 			st := node.Stats()
 			if st.Replays < 1 {
@@ -128,23 +127,4 @@ func benchContinuedHistory(b *testing.B, r rounds) {
 	b.ReportMetric(medianMs(history), "history_read_ms")
 	b.ReportMetric(float64(replayed)/float64(len(cold)), "replayed_events")
 	b.ReportMetric(float64(events), "events")
-}
-
-func startContinuedNode(b *testing.B, srv *natstest.Server) *growthNode {
-	b.Helper()
-	nc := growthConn(b, srv)
-	reg := saga.NewRegistry()
-	reg.MustRegister(continuedWorkflow, growthStep)
-	n, err := worker.New(nc, reg, worker.Options{Logger: testLogger(), DisableAPI: true, DeadlockTimeout: time.Minute})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
-	gn := &growthNode{Node: n, nc: nc}
-	b.Cleanup(func() { gn.stop(b) })
-	return gn
 }

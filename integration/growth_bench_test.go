@@ -288,11 +288,16 @@ func growthConn(b *testing.B, srv *natstest.Server) *nats.Conn {
 	return nc
 }
 
-func startGrowthNode(b *testing.B, srv *natstest.Server) *growthNode {
+// startGrowthNode starts a node of the growth benchmarks with defs (the
+// growth workflow and its step, by default).
+func startGrowthNode(b *testing.B, srv *natstest.Server, defs ...saga.Definition) *growthNode {
 	b.Helper()
 	nc := growthConn(b, srv)
+	if len(defs) == 0 {
+		defs = []saga.Definition{growthWorkflow, growthStep}
+	}
 	reg := saga.NewRegistry()
-	reg.MustRegister(growthWorkflow, growthStep)
+	reg.MustRegister(defs...)
 	// Replaying 10,000 events runs the workflow code for a while before
 	// its first new decision: the deadlock timeout allows it generously.
 	n, err := worker.New(nc, reg, worker.Options{Logger: testLogger(), DisableAPI: true, DeadlockTimeout: time.Minute})

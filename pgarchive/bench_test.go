@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -321,7 +320,7 @@ func seedList(ctx context.Context, tb testing.TB, applied int) listSeed {
 		commits[i] = stream.StoredCommit{Seq: uint64(i + 1), Commit: c}
 	}
 	began := time.Now()
-	applyList(ctx, tb, store, commits)
+	pgtest.Apply(ctx, tb, store, commits)
 	tb.Logf("applied %d sagas in %v (%.0f sagas/s)", applied, time.Since(began).Round(time.Millisecond),
 		float64(applied)/time.Since(began).Seconds())
 	if copies := listSagas/applied - 1; copies > 0 {
@@ -357,45 +356,6 @@ func seedList(ctx context.Context, tb testing.TB, applied int) listSeed {
 		tb.Fatalf("seeded %d sagas, want %d", rows, listSagas)
 	}
 	return listSeed{store: store, now: now}
-}
-
-// applyList applies commits in batches of 1,000, a few batches at once:
-// Apply makes a round trip or two per saga, and one connection alone would
-// leave the server mostly waiting.
-func applyList(ctx context.Context, tb testing.TB, store *pgarchive.Store, commits []stream.StoredCommit) {
-	tb.Helper()
-	const batch, workers = 1000, 4
-	batches := make(chan []stream.StoredCommit)
-	errs := make(chan error, workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for cs := range batches {
-				if err := store.Apply(ctx, cs); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	var err error
-send:
-	for from := 0; from < len(commits); from += batch {
-		select {
-		case batches <- commits[from:min(from+batch, len(commits))]:
-		case err = <-errs:
-			break send
-		}
-	}
-	close(batches)
-	wg.Wait()
-	close(errs)
-	if err == nil {
-		err = <-errs
-	}
-	if err != nil {
-		tb.Fatal(err)
-	}
 }
 
 // listHistory is a saga's history as one commit: its start, then the

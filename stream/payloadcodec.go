@@ -257,6 +257,11 @@ type FleetSettings struct {
 	// HistoryShards is the engine's shard count; 0 when none is recorded
 	// (see checkShards).
 	HistoryShards int
+	// HistoryLimits are the fleet's history limits (the defaults, which
+	// nodes then follow, when none are recorded); HistoryLimitsKnown is
+	// false when the record does not parse.
+	HistoryLimits      HistoryLimits
+	HistoryLimitsKnown bool
 }
 
 // Fleet returns the settings the engine records; the zero value when it
@@ -273,6 +278,14 @@ func Fleet(ctx context.Context, js jetstream.JetStream, cfg Config) (FleetSettin
 	var f FleetSettings
 	f.Codec, f.KeyIDs = recordedCodec(meta)
 	f.HistoryShards, _ = strconv.Atoi(meta[metaHistoryShards])
+	l, recorded, err := recordedHistoryLimits(meta)
+	switch {
+	case err != nil:
+	case recorded:
+		f.HistoryLimits, f.HistoryLimitsKnown = l, true
+	default:
+		f.HistoryLimits, f.HistoryLimitsKnown = DefaultHistoryLimits, true
+	}
 	return f, nil
 }
 

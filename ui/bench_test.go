@@ -19,7 +19,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -98,7 +97,7 @@ func seedProjection(ctx context.Context, b *testing.B, store *pgarchive.Store, n
 		}
 	}
 	began := time.Now()
-	benchApply(ctx, b, store, commits)
+	pgtest.Apply(ctx, b, store, commits)
 	b.Logf("applied %d commits of %d sagas in %v", len(commits), n, time.Since(began).Round(time.Millisecond))
 	if _, err := store.Pool().Exec(ctx, "ANALYZE saga_sagas"); err != nil {
 		b.Fatal(err)
@@ -109,50 +108,6 @@ func seedProjection(ctx context.Context, b *testing.B, store *pgarchive.Store, n
 	}
 	if rows != n {
 		b.Fatalf("projected %d sagas, want %d", rows, n)
-	}
-}
-
-// benchApply applies commits in batches of 1,000 (a saga's two commits in
-// one batch), a few batches at once, as pgarchive's seed does.
-func benchApply(ctx context.Context, b *testing.B, store *pgarchive.Store, commits []stream.StoredCommit) {
-	b.Helper()
-	const batch, workers = 1000, 4
-	batches := make(chan []stream.StoredCommit)
-	errs := make(chan error, workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for cs := range batches {
-				if err := store.Apply(ctx, cs); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	var err error
-send:
-	for from := 0; from < len(commits); {
-		to := min(from+batch, len(commits))
-		// A batch ends between sagas.
-		for to < len(commits) && commits[to].Commit.SagaID == commits[to-1].Commit.SagaID {
-			to++
-		}
-		select {
-		case batches <- commits[from:to]:
-			from = to
-		case err = <-errs:
-			break send
-		}
-	}
-	close(batches)
-	wg.Wait()
-	close(errs)
-	if err == nil {
-		err = <-errs
-	}
-	if err != nil {
-		b.Fatal(err)
 	}
 }
 
