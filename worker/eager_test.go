@@ -231,6 +231,18 @@ func TestEagerActivitySpans(t *testing.T) {
 		t.Fatalf("stats %+v, want 3 eager runs", st)
 	}
 	root := telemetry.SagaSpanContext("saga", id)
+	// An attempt's span ends once its outcome is recorded: the last one
+	// just after the saga ended.
+	activitySpans := func() int {
+		k := 0
+		for _, s := range exp.GetSpans() {
+			if strings.HasPrefix(s.Name, "activity ") {
+				k++
+			}
+		}
+		return k
+	}
+	natstest.WaitFor(t, 10*time.Second, "the three activity spans", func() bool { return activitySpans() >= 3 })
 	var activities []string
 	for _, s := range exp.GetSpans() {
 		if !strings.HasPrefix(s.Name, "activity ") {

@@ -276,7 +276,17 @@ func TestSagaIsOneTrace(t *testing.T) {
 	}
 
 	// The activity node ran one attempt of each step, under the saga's
-	// root as the task headers name it.
+	// root as the task headers name it. An attempt's span ends once its
+	// outcome is recorded, which may be after the saga's end.
+	natstest.WaitFor(t, 10*time.Second, "the three activity spans", func() bool {
+		k := 0
+		for _, s := range expB.GetSpans() {
+			if strings.HasPrefix(s.Name, "activity ") {
+				k++
+			}
+		}
+		return k >= 3
+	})
 	activities := map[string]tracetest.SpanStub{}
 	for _, s := range expB.GetSpans() {
 		if strings.HasPrefix(s.Name, "activity ") {
